@@ -1,0 +1,25 @@
+"""bayes_sd: Bayesian latency models of speculative decoding in LLM serving."""
+
+from bayes_sd import latency
+from bayes_sd._version import __version__
+from bayes_sd.datasets import list_examples, load_example
+from bayes_sd.errors import DataError
+from bayes_sd.io import read_step_costs, read_sweep
+from bayes_sd.registry import lookup_model, register_model
+from bayes_sd.schema import SWEEP_COLUMNS, flag_saturation, validate_sweep, write_sweep
+
+__all__ = [
+    "SWEEP_COLUMNS",
+    "DataError",
+    "__version__",
+    "flag_saturation",
+    "latency",
+    "list_examples",
+    "load_example",
+    "lookup_model",
+    "read_step_costs",
+    "read_sweep",
+    "register_model",
+    "validate_sweep",
+    "write_sweep",
+]

@@ -1,0 +1,271 @@
+"""Readers: every supported input to the validated canonical sweep table."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bayes_sd.errors import DataError
+from bayes_sd.io._record import run_id
+from bayes_sd.io._safe import MAX_BYTES, MAX_FILES, load_yaml, parse_json_documents, read_text
+from bayes_sd.io.guidellm import looks_like_guidellm, parse_guidellm
+from bayes_sd.io.metadata import (
+    canonical_metadata,
+    is_sidecar,
+    merge,
+    resolve_system,
+    sidecars_for,
+)
+from bayes_sd.io.stepcost import read_step_costs
+from bayes_sd.io.vllm import looks_like_vllm, parse_vllm
+from bayes_sd.registry import lookup_model
+from bayes_sd.schema import SWEEP_COLUMNS, flag_saturation, validate_sweep, warn_assumed
+
+__all__ = ["read_step_costs", "read_sweep"]
+
+RESULT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".csv", ".parquet", ".pq")
+Source = str | os.PathLike | Iterable[str | os.PathLike]
+
+
+def read_sweep(source: Source, /, *, max_bytes: int = MAX_BYTES, **metadata: Any) -> pd.DataFrame:
+    """Read benchmark results into the validated canonical sweep table (one row per run).
+
+    Parameters
+    ----------
+    source
+        A file, a list of files, or a directory (read recursively, sorted by path). Formats are
+        detected from content: ``vllm bench serve --save-result`` JSON (one object, or JSON lines
+        from ``--append-result``; current and legacy field names), GuideLLM reports (JSON or
+        YAML, report schema v1/v2 and the v0.4 layout), and tidy CSV/Parquet in the canonical
+        schema. In directories, ``*.pytorch.json`` companions and metadata sidecars are skipped.
+    max_bytes
+        Largest file that will be read (default 256 MiB).
+    **metadata
+        What the files do not record, applied to every run: ``gpu``, ``num_gpus``, ``target``,
+        ``k``, ``method``, ``drafter``, ``alpha``, ``source``, ``dataset``, model sizes, or a
+        vLLM ``speculative_config``. Sidecar files (``bayes_sd.yaml`` in the folder,
+        ``<name>.meta.yaml`` beside a file) may give the same keys. Conflicting values are an
+        error.
+
+    Raises
+    ------
+    DataError
+        For anything wrong with the input; the message names the file, record and field.
+
+    Examples
+    --------
+    >>> import bayes_sd
+    >>> sweep = bayes_sd.read_sweep("results/", gpu="H100", k=0)  # doctest: +SKIP
+    """
+    user = canonical_metadata(metadata, "read_sweep(...) arguments", strict=True)
+    paths = _expand(source)
+    frames = []
+    assumed: Counter[str] = Counter()
+    for path in paths:
+        frame, file_assumed = _read_one(path, user, max_bytes)
+        frames.append(frame)
+        assumed.update(file_assumed)
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    where = str(paths[0]) if len(paths) == 1 else None
+    table = validate_sweep(table, file=where)
+    warn_assumed(dict(assumed))
+    return table
+
+
+def _expand(source: Source) -> list[Path]:
+    if isinstance(source, str | os.PathLike):
+        items = [Path(source)]
+    else:
+        try:
+            items = [Path(s) for s in source]
+        except TypeError as err:
+            raise DataError(f"expected a path or a list of paths, got {source!r}") from err
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in RESULT_SUFFIXES
+                and not p.name.endswith(".pytorch.json")
+                and not is_sidecar(p)
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            )
+            if not found:
+                raise DataError(
+                    "no result files (.json, .jsonl, .yaml, .csv, .parquet) found", file=str(item)
+                )
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError("no such file or directory", file=str(item))
+        if len(paths) > MAX_FILES:
+            raise DataError(f"more than {MAX_FILES} files to read", file=str(item))
+    if not paths:
+        raise DataError("no files given")
+    return paths
+
+
+def _read_one(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, list[str]]:
+    file = str(path)
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".parquet", ".pq"):
+        return _read_tidy(path, user, max_bytes)
+    text = read_text(path, max_bytes)
+    if suffix in (".yaml", ".yml"):
+        if not text.strip():
+            raise DataError("the file is empty", file=file)
+        docs = [("0", load_yaml(text, file))]
+    else:
+        docs = parse_json_documents(text, file)
+    layers = [("read_sweep(...) arguments", user), *sidecars_for(path)]
+    rows: list[dict[str, Any]] = []
+    assumed: list[str] = []
+    for record, obj in docs:
+        if looks_like_guidellm(obj):
+            parsed = parse_guidellm(obj, file)
+        elif looks_like_vllm(obj):
+            parsed = [parse_vllm(obj, file, record if len(docs) > 1 else "0")]
+        else:
+            keys = ", ".join(list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
+            raise DataError(
+                "not a vllm bench serve result (no request_throughput/completed/duration) nor "
+                f"a GuideLLM report (no benchmarks list); found: {keys}",
+                file=file,
+                record=record if len(docs) > 1 else None,
+            )
+        for row, file_meta in parsed:
+            meta = merge([*layers, (f"{file} (metadata keys)", file_meta)])
+            system, why = resolve_system(meta, file, row["record"])
+            assumed.extend(why)
+            _fill_from_meta(row, meta)
+            row.update(system)
+            row.setdefault("source", meta.get("source") or path.parent.name or path.stem)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    table["run_id"] = [
+        run_id(
+            file,
+            r["record"],
+            r.get("latency_mean_s"),
+            r.get("n_requests"),
+            r.get("duration_s"),
+            r.get("request_rate"),
+            r.get("concurrency"),
+        )
+        for r in rows
+    ]
+    for col in ("saturated", "saturation_reason"):
+        if col not in table:
+            table[col] = None
+    table["saturated"] = table["saturated"].fillna(False)
+    return flag_saturation(_ensure_columns(table)), assumed
+
+
+def _fill_from_meta(row: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Workload and acceptance from metadata where the file did not measure them."""
+    for key in ("prefill_len", "decode_len"):
+        if row.get(key) is None and key in meta:
+            row[key] = meta[key]
+    if row.get("acceptance_length") is None and "acceptance_length" in meta:
+        row["acceptance_length"] = meta["acceptance_length"]
+        row["acceptance_source"] = "metadata"
+    if meta.get("k") == 0:
+        row["acceptance_length"] = 1.0
+        row["acceptance_source"] = row.get("acceptance_source") or "k=0"
+
+
+def _ensure_columns(table: pd.DataFrame) -> pd.DataFrame:
+    for name in SWEEP_COLUMNS:
+        if name not in table.columns:
+            table[name] = None
+    return table
+
+
+def _read_tidy(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, list[str]]:
+    """A table already in the canonical schema; missing system columns may come from metadata."""
+    file = str(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(f"file is {size / 2**20:.1f} MiB, over the limit (max_bytes)", file=file)
+    if size == 0:
+        raise DataError("the file is empty", file=file)
+    try:
+        if path.suffix.lower() == ".csv":
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            table = pd.read_parquet(path)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise DataError(f"cannot parse as a table: {err}", file=file) from err
+    except Exception as err:  # pyarrow raises its own ArrowInvalid family
+        if type(err).__module__.startswith("pyarrow"):
+            raise DataError(f"cannot parse as Parquet: {err}", file=file) from err
+        raise
+    if table.empty:
+        raise DataError("the table has no rows", file=file)
+    meta = merge([("read_sweep(...) arguments", user), *sidecars_for(path)])
+    assumed: list[str] = []
+    for key, value in meta.items():
+        if key in SWEEP_COLUMNS:
+            if key not in table.columns:
+                table[key] = value
+            else:
+                table[key] = table[key].where(table[key].notna(), value)
+    if "num_gpus" not in table.columns:
+        table["num_gpus"] = 1
+        assumed.extend(["num_gpus=1"] * len(table))
+    _fill_sizes_from_registry(table)
+    if "source" not in table.columns:
+        table["source"] = path.stem
+    original_where = {c: table[c].copy() for c in ("file", "record") if c in table.columns}
+    table["file"] = file
+    table["record"] = [f"row {i + 1}" for i in range(len(table))]
+    if "run_id" not in table.columns:
+        table["run_id"] = [
+            run_id(file, r, lat)
+            for r, lat in zip(table["record"], table.get("latency_mean_s"), strict=True)
+        ]
+    if "saturated" not in table.columns:
+        table["saturated"] = False
+    checked = validate_sweep(table, file=file, allow_duplicates=True)
+    checked = flag_saturation(checked)
+    for col, values in original_where.items():  # keep the provenance the table carried
+        checked[col] = values.astype("string").to_numpy()
+    return checked, assumed
+
+
+def _fill_sizes_from_registry(table: pd.DataFrame) -> None:
+    if "target" not in table.columns:
+        return
+    fills = {
+        "target_params": "params",
+        "target_active_params": "active_params",
+        "target_experts": "experts",
+        "target_experts_per_token": "experts_per_token",
+    }
+    for col, attr in fills.items():
+        current = table[col] if col in table.columns else pd.Series([None] * len(table))
+        values = []
+        for target, value in zip(table["target"], current, strict=True):
+            if value is not None and not (isinstance(value, float) and np.isnan(value)):
+                values.append(value)
+                continue
+            info = lookup_model(target) if isinstance(target, str) else None
+            values.append(getattr(info, attr) if info else None)
+        table[col] = values
+    if "drafter" in table.columns:
+        current = table.get("drafter_params", pd.Series([None] * len(table)))
+        table["drafter_params"] = [
+            v
+            if v is not None and not (isinstance(v, float) and np.isnan(v))
+            else (getattr(lookup_model(d), "params", None) if isinstance(d, str) else None)
+            for d, v in zip(table["drafter"], current, strict=True)
+        ]

@@ -1,0 +1,555 @@
+"""The latency algebra of speculative decoding under load (docs/science.md).
+
+Plain functions on NumPy arrays, which broadcast over posterior draws, and on PyTensor tensors,
+so one formula serves the PyMC model and the posterior-draw predictions alike. A function is in
+PyTensor mode when any argument is a PyTensor variable; it then builds a graph and does no input
+checks (the model's priors keep values in range). In NumPy mode inputs are checked and bad
+values raise ``ValueError``.
+
+Notation (per request): ``k`` draft length, ``E`` expected tokens committed per draft–verify
+cycle (vLLM's acceptance length, bonus token included), ``D`` output tokens (decode length),
+``P`` prompt tokens, ``λ`` request rate (req/s), ``N`` concurrency, ``B`` requests in flight.
+
+    C1 = c1p + (D / E) (c1v + k c1d)        load-independent latency (s)
+    C2 = c2p + (D / E) (c2v + k c2d)        latency added per request in flight (s)
+    open loop:   L(λ) = C1 / (1 − λ C2)     for λ < 1 / C2, +inf beyond (saturated)
+    closed loop: L(N) = C1 + N C2,  throughput N / L(N)
+
+Saturated inputs give ``+inf`` latency (never a negative one); speedups that involve a saturated
+system follow IEEE division (finite/inf = 0, inf/finite = inf, inf/inf = nan).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "Coefficients",
+    "acceptance_rate",
+    "alpha_from_tokens_per_cycle",
+    "break_even_rate",
+    "closed_loop_latency",
+    "closed_loop_speedup",
+    "closed_loop_throughput",
+    "demand",
+    "expert_coverage",
+    "max_rate_under_slo",
+    "moe_closed_loop_latency",
+    "moe_demand",
+    "moe_open_loop_latency",
+    "moe_saturation_rate",
+    "open_loop_latency",
+    "saturation_rate",
+    "speedup",
+    "speedup_from_ratios",
+    "sustainable_rate_ratio",
+    "tokens_per_cycle",
+    "tokens_per_cycle_from_rate",
+    "tokens_per_cycle_positional",
+]
+
+
+class Coefficients(NamedTuple):
+    """The six demand coefficients of one system (seconds).
+
+    ``1`` = load-independent, ``2`` = load-dependent (per request in flight);
+    ``p`` prefill, ``v`` one verification pass (a plain decode step when k = 0), ``d`` one
+    drafting step. Fields may be floats, arrays (e.g. posterior draws) or PyTensor tensors.
+    """
+
+    c1p: Any
+    c2p: Any
+    c1v: Any
+    c2v: Any
+    c1d: Any
+    c2d: Any
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy / PyTensor dispatch
+
+
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("pytensor")
+
+
+class _NumpyOps:
+    tensor = False
+    where = staticmethod(np.where)
+    abs = staticmethod(np.abs)
+
+    @staticmethod
+    def asarray(x):
+        return np.asarray(x, dtype=float)
+
+    @staticmethod
+    def cumprod(x, axis):
+        return np.cumprod(x, axis=axis)
+
+    @staticmethod
+    def sum(x, axis):
+        return np.sum(x, axis=axis)
+
+
+class _TensorOps:
+    tensor = True
+
+    def __init__(self) -> None:
+        import pytensor.tensor as pt
+
+        self.pt = pt
+        self.abs = pt.abs
+
+    def where(self, cond, a, b):
+        return self.pt.switch(
+            self.pt.as_tensor_variable(np.asarray(cond) if not _is_tensor(cond) else cond), a, b
+        )
+
+    def convert(self, *xs):
+        return [self.pt.as_tensor_variable(x) for x in xs]
+
+    def asarray(self, x):
+        return self.pt.as_tensor_variable(x)
+
+    def cumprod(self, x, axis):
+        return self.pt.cumprod(x, axis=axis)
+
+    def sum(self, x, axis):
+        return self.pt.sum(x, axis=axis)
+
+
+def _ops(*xs: Any):
+    return _TensorOps() if any(_is_tensor(x) for x in xs) else _NumpyOps()
+
+
+def _check(ok: Any, message: str) -> None:
+    if not bool(np.all(ok)):
+        raise ValueError(message)
+
+
+def _numeric(name: str, x: Any, *, low: float | None = None, high: float | None = None):
+    """Float array with a range check (NumPy mode only); NaN passes through unchecked."""
+    arr = np.asarray(x, dtype=float)
+    finite = ~np.isnan(arr)
+    if low is not None:
+        _check(arr[finite] >= low, f"{name} must be >= {low}; got {arr[finite].min()}")
+    if high is not None:
+        _check(arr[finite] <= high, f"{name} must be <= {high}; got {arr[finite].max()}")
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# Acceptance: expected tokens per draft–verify cycle
+
+
+def tokens_per_cycle(alpha: Any, k: Any) -> Any:
+    """Expected tokens committed per cycle with i.i.d. per-token acceptance ``alpha``.
+
+    ``E = (1 − α^(k+1)) / (1 − α)``, with ``E = k + 1`` at ``α = 1`` and ``E = 1`` at ``k = 0``.
+    """
+    ops = _ops(alpha, k)
+    if ops.tensor:
+        alpha, k = ops.convert(alpha, k)
+    else:
+        alpha = _numeric("alpha", alpha, low=0.0, high=1.0)
+        k = _numeric("k", k, low=0.0)
+    gap = 1.0 - alpha
+    near_one = ops.abs(gap) < 1e-6
+    safe_gap = ops.where(near_one, 1.0, gap)
+    # Near α = 1 the closed form cancels; its first-order expansion is exact to O(gap²).
+    series = (k + 1.0) - 0.5 * k * (k + 1.0) * gap
+    return ops.where(near_one, series, (1.0 - alpha ** (k + 1.0)) / safe_gap)
+
+
+def tokens_per_cycle_positional(rates: Any, *, conditional: bool = True) -> Any:
+    """Expected tokens per cycle from per-position acceptance probabilities (last axis = k).
+
+    With ``conditional=True`` (model.md §2) ``rates[i]`` is the probability that position
+    ``i+1`` is accepted given all earlier ones were: ``E = 1 + Σ_i Π_{j≤i} a_j``.
+    With ``conditional=False`` they are vLLM's unconditional per-position rates
+    (accepted at position i / drafts): ``E = 1 + Σ_i r_i``.
+    """
+    ops = _ops(rates)
+    if ops.tensor:
+        (rates,) = ops.convert(rates)
+    else:
+        rates = _numeric("per-position acceptance", rates, low=0.0, high=1.0)
+        if rates.ndim == 0:
+            raise ValueError("per-position acceptance needs a last axis of length k")
+    terms = ops.cumprod(rates, axis=-1) if conditional else rates
+    return 1.0 + ops.sum(terms, axis=-1)
+
+
+def tokens_per_cycle_from_rate(rate: Any, k: Any) -> Any:
+    """Expected tokens per cycle from vLLM's acceptance rate (accepted / drafted, a fraction)."""
+    ops = _ops(rate, k)
+    if ops.tensor:
+        rate, k = ops.convert(rate, k)
+    else:
+        rate = _numeric("acceptance rate", rate, low=0.0, high=1.0)
+        k = _numeric("k", k, low=0.0)
+    return 1.0 + rate * k
+
+
+def acceptance_rate(tokens: Any, k: Any) -> Any:
+    """vLLM's acceptance rate ``(E − 1) / k`` (a fraction; NaN at k = 0)."""
+    ops = _ops(tokens, k)
+    if ops.tensor:
+        tokens, k = ops.convert(tokens, k)
+    else:
+        tokens = _numeric("tokens per cycle", tokens, low=1.0)
+        k = _numeric("k", k, low=0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(k > 0, (tokens - 1.0) / np.where(k > 0, k, 1.0), np.nan)
+    return (tokens - 1.0) / k
+
+
+def alpha_from_tokens_per_cycle(tokens: Any, k: Any) -> np.ndarray:
+    """The i.i.d. acceptance ``α`` with ``tokens_per_cycle(α, k) == tokens`` (NumPy only).
+
+    ``tokens`` must lie in ``[1, k + 1]``; ``k = 0`` gives NaN (α is not identified).
+    """
+    tokens = _numeric("tokens per cycle", tokens, low=1.0)
+    k = _numeric("k", k, low=0.0)
+    tokens, k = np.broadcast_arrays(tokens, k)
+    _check(
+        np.isnan(tokens) | (tokens <= k + 1.0 + 1e-9),
+        "tokens per cycle must be <= k + 1",
+    )
+    lo = np.zeros(tokens.shape)
+    hi = np.ones(tokens.shape)
+    for _ in range(60):  # E(α, k) is increasing in α: bisection to machine precision
+        mid = 0.5 * (lo + hi)
+        below = tokens_per_cycle(mid, k) < tokens
+        lo = np.where(below, mid, lo)
+        hi = np.where(below, hi, mid)
+    out = 0.5 * (lo + hi)
+    return np.where((k > 0) & ~np.isnan(tokens), out, np.nan)
+
+
+# --------------------------------------------------------------------------------------------
+# Demand and latency
+
+
+def demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any) -> tuple[Any, Any]:
+    """Combine the six coefficients into ``(C1, C2)`` for draft length ``k``.
+
+    ``tokens`` is the expected tokens per cycle (1 for k = 0), ``decode_len`` the output tokens.
+    """
+    ops = _ops(*coefs, k, tokens, decode_len)
+    if not ops.tensor:
+        for name, value in zip(Coefficients._fields, coefs, strict=True):
+            _numeric(name, value, low=0.0)
+        k = _numeric("k", k, low=0.0)
+        tokens = _numeric("tokens per cycle", tokens, low=1.0)
+        decode_len = _numeric("decode_len", decode_len, low=0.0)
+    cycles = decode_len / tokens
+    c1 = coefs.c1p + cycles * (coefs.c1v + k * coefs.c1d)
+    c2 = coefs.c2p + cycles * (coefs.c2v + k * coefs.c2d)
+    return c1, c2
+
+
+def open_loop_latency(c1: Any, c2: Any, rate: Any) -> Any:
+    """Mean latency under Poisson arrivals: ``C1 / (1 − λ C2)``; ``+inf`` for ``λ ≥ 1 / C2``."""
+    ops = _ops(c1, c2, rate)
+    if ops.tensor:
+        c1, c2, rate = ops.convert(c1, c2, rate)
+    else:
+        c1 = _numeric("C1", c1, low=0.0)
+        c2 = _numeric("C2", c2, low=0.0)
+        rate = _numeric("rate", rate, low=0.0)
+    slack = 1.0 - rate * c2
+    stable = slack > 0
+    return ops.where(stable, c1 / ops.where(stable, slack, 1.0), np.inf)
+
+
+def closed_loop_latency(c1: Any, c2: Any, concurrency: Any) -> Any:
+    """Mean latency at fixed concurrency ``N``: ``C1 + N C2``."""
+    ops = _ops(c1, c2, concurrency)
+    if ops.tensor:
+        c1, c2, concurrency = ops.convert(c1, c2, concurrency)
+    else:
+        c1 = _numeric("C1", c1, low=0.0)
+        c2 = _numeric("C2", c2, low=0.0)
+        concurrency = _numeric("concurrency", concurrency, low=0.0)
+    return c1 + concurrency * c2
+
+
+def closed_loop_throughput(c1: Any, c2: Any, concurrency: Any) -> Any:
+    """Request throughput at fixed concurrency: ``N / (C1 + N C2)`` (req/s)."""
+    return concurrency / closed_loop_latency(c1, c2, concurrency)
+
+
+def saturation_rate(c2: Any) -> Any:
+    """The highest sustainable open-loop rate ``1 / C2`` (req/s)."""
+    ops = _ops(c2)
+    if ops.tensor:
+        (c2,) = ops.convert(c2)
+    else:
+        c2 = _numeric("C2", c2, low=0.0)
+        with np.errstate(divide="ignore"):
+            return 1.0 / c2
+    return 1.0 / c2
+
+
+def sustainable_rate_ratio(c2_base: Any, c2_sd: Any) -> Any:
+    """Ratio of sustainable rates, SD over baseline: ``1 / C2R = C2_base / C2_SD``."""
+    return saturation_rate(c2_sd) / saturation_rate(c2_base)
+
+
+def max_rate_under_slo(c1: Any, c2: Any, slo: Any) -> Any:
+    """Highest open-loop rate whose mean latency is at most ``slo`` seconds.
+
+    The inverse of :func:`open_loop_latency`: ``(1 − C1 / slo) / C2``, and 0 when even a lone
+    request takes longer than ``slo``.
+    """
+    ops = _ops(c1, c2, slo)
+    if ops.tensor:
+        c1, c2, slo = ops.convert(c1, c2, slo)
+    else:
+        c1 = _numeric("C1", c1, low=0.0)
+        c2 = _numeric("C2", c2, low=0.0)
+        slo = _numeric("slo", slo, low=0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = (1.0 - c1 / slo) / c2
+        return np.where(slo > c1, rate, 0.0)
+    return ops.where(slo > c1, (1.0 - c1 / slo) / c2, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Speedup and break-even
+
+
+def speedup(c1_base: Any, c2_base: Any, c1_sd: Any, c2_sd: Any, rate: Any) -> Any:
+    """Open-loop speedup ``L_base(λ) / L_SD(λ)`` at the same request rate."""
+    ops = _ops(c1_base, c2_base, c1_sd, c2_sd, rate)
+    base = open_loop_latency(c1_base, c2_base, rate)
+    sd = open_loop_latency(c1_sd, c2_sd, rate)
+    if not ops.tensor:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return base / sd
+    return base / sd
+
+
+def speedup_from_ratios(c1_ratio: Any, c2_ratio: Any, utilisation: Any) -> Any:
+    """Speedup from ``C1R = C1_SD/C1_base``, ``C2R = C2_SD/C2_base`` and ``r = λ C2_base``.
+
+    ``(1 / C1R) · [1 + (1 − C2R) r / (1 − r)]`` (model.md §3) while both systems are stable;
+    ``+inf`` when only the baseline is saturated, 0 when only SD is, NaN when both are.
+    """
+    ops = _ops(c1_ratio, c2_ratio, utilisation)
+    if ops.tensor:
+        c1_ratio, c2_ratio, utilisation = ops.convert(c1_ratio, c2_ratio, utilisation)
+    else:
+        c1_ratio = _numeric("C1R", c1_ratio, low=0.0)
+        c2_ratio = _numeric("C2R", c2_ratio, low=0.0)
+        utilisation = _numeric("utilisation", utilisation, low=0.0)
+    base_ok = utilisation < 1.0
+    sd_ok = utilisation * c2_ratio < 1.0
+    safe_r = ops.where(base_ok, utilisation, 0.0)
+    stable = (1.0 / c1_ratio) * (1.0 + (1.0 - c2_ratio) * safe_r / (1.0 - safe_r))
+    only_base_saturated = ops.where(sd_ok, np.inf, np.nan)
+    return ops.where(base_ok, ops.where(sd_ok, stable, 0.0), only_base_saturated)
+
+
+def break_even_rate(c1_base: Any, c2_base: Any, c1_sd: Any, c2_sd: Any) -> Any:
+    """The request rate at which SD and the baseline have equal mean latency.
+
+    ``λ* = r* / C2_base`` with ``r* = (1 − C1R) / (C2R − C1R)`` (model.md §3). Where the two
+    latency curves do not cross below saturation the answer is ``+inf`` when SD wins at every
+    sustainable load (``C1R < 1`` and ``C2R ≤ 1``) and ``0`` when it never wins
+    (``C1R ≥ 1`` and ``C2R ≥ 1``). When ``C1R > 1 > C2R``, λ* is where SD *starts* winning.
+    """
+    ops = _ops(c1_base, c2_base, c1_sd, c2_sd)
+    if ops.tensor:
+        c1_base, c2_base, c1_sd, c2_sd = ops.convert(c1_base, c2_base, c1_sd, c2_sd)
+    else:
+        c1_base = _numeric("C1_base", c1_base, low=0.0)
+        c2_base = _numeric("C2_base", c2_base, low=0.0)
+        c1_sd = _numeric("C1_SD", c1_sd, low=0.0)
+        c2_sd = _numeric("C2_SD", c2_sd, low=0.0)
+    c1r = c1_sd / c1_base
+    c2r = c2_sd / c2_base
+    wins_low = c1r < 1.0
+    always = wins_low & (c2r <= 1.0)
+    never = ~wins_low & (c2r >= 1.0)
+    crosses = ~always & ~never
+    denom = ops.where(crosses, c2r - c1r, 1.0)
+    r_star = (1.0 - c1r) / denom
+    crossing = r_star / c2_base
+    return ops.where(always, np.inf, ops.where(never, 0.0, crossing))
+
+
+def closed_loop_speedup(
+    c1_base: Any, c2_base: Any, c1_sd: Any, c2_sd: Any, concurrency: Any
+) -> Any:
+    """Closed-loop speedup ``(C1_base + N C2_base) / (C1_SD + N C2_SD)``; tends to ``1/C2R``."""
+    return closed_loop_latency(c1_base, c2_base, concurrency) / closed_loop_latency(
+        c1_sd, c2_sd, concurrency
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Mixture of experts
+
+
+def expert_coverage(tokens: Any, experts: Any, experts_per_token: Any) -> Any:
+    """Expected fraction of experts touched by ``tokens`` routed tokens: ``1 − (1 − m/M)^T``.
+
+    Independent routing of each token to ``m`` of ``M`` experts (model.md §4). 0 at T = 0,
+    increasing and concave in T, tending to 1.
+    """
+    ops = _ops(tokens, experts, experts_per_token)
+    if ops.tensor:
+        tokens, experts, experts_per_token = ops.convert(tokens, experts, experts_per_token)
+    else:
+        tokens = _numeric("routed tokens", tokens, low=0.0)
+        experts = _numeric("experts", experts, low=1.0)
+        experts_per_token = _numeric("experts_per_token", experts_per_token, low=1.0)
+        _check(experts_per_token <= experts, "experts_per_token must be <= experts")
+    return 1.0 - (1.0 - experts_per_token / experts) ** tokens
+
+
+def moe_demand(
+    unsaturated: Coefficients,
+    increment: Coefficients,
+    k: Any,
+    tokens: Any,
+    decode_len: Any,
+    batch: Any,
+    experts: Any,
+    experts_per_token: Any,
+    prefill_len: Any,
+) -> tuple[Any, Any]:
+    """``(C1, C2)`` of an MoE target with ``batch`` requests in flight.
+
+    Each coefficient is ``c_u + φ(T) c_s`` (model.md §4) with the routed tokens per forward pass
+    ``T = max(B, 1)(k + 1)`` for verification (a request in flight is always in its own batch),
+    ``T = P`` for the prefill of one prompt and ``T = max(B, 1)`` for a drafting step (if the
+    drafter is dense, give it a zero increment).
+    """
+    ops = _ops(*unsaturated, *increment, k, tokens, decode_len, batch, prefill_len)
+    if not ops.tensor:
+        batch = _numeric("batch", batch, low=0.0)
+    in_batch = ops.where(batch > 1.0, batch, 1.0)
+    phi_v = expert_coverage(in_batch * (k + 1.0), experts, experts_per_token)
+    phi_p = expert_coverage(prefill_len, experts, experts_per_token)
+    phi_d = expert_coverage(in_batch, experts, experts_per_token)
+    phis = {"p": phi_p, "v": phi_v, "d": phi_d}
+    coefs = Coefficients(
+        *(
+            u + phis[name[-1]] * s
+            for name, u, s in zip(Coefficients._fields, unsaturated, increment, strict=True)
+        )
+    )
+    return demand(coefs, k, tokens, decode_len)
+
+
+def moe_closed_loop_latency(
+    unsaturated: Coefficients,
+    increment: Coefficients,
+    k: Any,
+    tokens: Any,
+    decode_len: Any,
+    concurrency: Any,
+    experts: Any,
+    experts_per_token: Any,
+    prefill_len: Any,
+) -> Any:
+    """MoE mean latency at fixed concurrency ``N``: ``C1(N) + N C2(N)``."""
+    c1, c2 = moe_demand(
+        unsaturated,
+        increment,
+        k,
+        tokens,
+        decode_len,
+        concurrency,
+        experts,
+        experts_per_token,
+        prefill_len,
+    )
+    return c1 + concurrency * c2
+
+
+def moe_saturation_rate(
+    unsaturated: Coefficients, increment: Coefficients, k: Any, tokens: Any, decode_len: Any
+) -> Any:
+    """Sustainable open-loop rate of an MoE target: ``1 / C2`` with every expert read (φ = 1)."""
+    full = Coefficients(*(u + s for u, s in zip(unsaturated, increment, strict=True)))
+    _, c2 = demand(full, k, tokens, decode_len)
+    return saturation_rate(c2)
+
+
+def moe_open_loop_latency(
+    unsaturated: Coefficients,
+    increment: Coefficients,
+    k: Any,
+    tokens: Any,
+    decode_len: Any,
+    rate: Any,
+    experts: Any,
+    experts_per_token: Any,
+    prefill_len: Any,
+    *,
+    growth: float = 1.25,
+    max_growth_steps: int = 200,
+    bisection_steps: int = 60,
+) -> np.ndarray:
+    """MoE mean latency under Poisson arrivals at ``rate`` (NumPy only; vectorised).
+
+    Solves ``L = C1(B) + B C2(B)`` with ``B = λ L`` (model.md §4) and returns its least root —
+    the operating point reached as load rises from zero — or ``+inf`` where there is none
+    (saturated). The least root lies above ``L_lo = C1_u / (1 − λ C2_u)`` (coverage ≥ 0), so the
+    solver walks up from ``L_lo`` by factors of ``growth`` until ``f(L) < L``, then bisects.
+    """
+    arrays = np.broadcast_arrays(
+        *(np.asarray(c, dtype=float) for c in (*unsaturated, *increment)),
+        *(
+            np.asarray(v, dtype=float)
+            for v in (k, tokens, decode_len, rate, experts, experts_per_token, prefill_len)
+        ),
+    )
+    unsat, incr = Coefficients(*arrays[:6]), Coefficients(*arrays[6:12])
+    k, tokens, decode_len, rate, experts, experts_per_token, prefill_len = arrays[12:]
+    _numeric("rate", rate, low=0.0)
+
+    def excess(lat: np.ndarray) -> np.ndarray:  # f(L) − L
+        c1, c2 = moe_demand(
+            unsat,
+            incr,
+            k,
+            tokens,
+            decode_len,
+            rate * lat,
+            experts,
+            experts_per_token,
+            prefill_len,
+        )
+        return c1 + rate * lat * c2 - lat
+
+    c1_u, c2_u = demand(unsat, k, tokens, decode_len)
+    lower = open_loop_latency(c1_u, c2_u, rate)
+    # f is increasing, so the least root L* >= L_lo also satisfies L* = f(L*) >= f(L_lo).
+    finite = np.isfinite(lower)
+    lower = np.where(finite, excess(np.where(finite, lower, 0.0)) + lower, np.inf)
+    hi = np.where(np.isfinite(lower), lower, np.nan)
+    lo = hi.copy()
+    found = ~np.isfinite(lower)  # saturated even without coverage: nothing to search
+    for _ in range(max_growth_steps):
+        todo = ~found
+        if not todo.any():
+            break
+        cand = np.where(todo, hi * growth, hi)
+        below = todo & (excess(cand) <= 0.0)
+        lo = np.where(todo & ~below, cand, lo)
+        hi = np.where(todo, cand, hi)
+        found |= below
+    for _ in range(bisection_steps):
+        mid = 0.5 * (lo + hi)
+        above = excess(mid) > 0.0
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    result = np.where(found & np.isfinite(lower), hi, np.inf)
+    return result

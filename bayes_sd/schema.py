@@ -1,0 +1,425 @@
+"""The canonical sweep table: one row per benchmark run, validated.
+
+Every reader returns this table (``validate_sweep`` output). Columns are listed in
+``SWEEP_COLUMNS`` with their type, whether a value is required, and their meaning; the same list
+is the data-format reference in ``docs/data-formats.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bayes_sd.errors import DataError, Problem
+
+__all__ = [
+    "LOAD_MODES",
+    "SWEEP_COLUMNS",
+    "Column",
+    "expected_achieved_rate",
+    "flag_saturation",
+    "validate_sweep",
+    "write_sweep",
+]
+
+LOAD_MODES = ("rate", "concurrency", "burst")
+
+
+@dataclass(frozen=True)
+class Column:
+    kind: str  # "str", "int", "float" or "bool"
+    required: bool
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low (not >=)
+
+
+SWEEP_COLUMNS: dict[str, Column] = {
+    # Provenance
+    "source": Column("str", True, "Label of the sweep the run belongs to (noise is per source)."),
+    "run_id": Column("str", True, "Unique id of the run (stable hash of file and record)."),
+    "file": Column("str", False, "File the run was read from."),
+    "record": Column("str", False, "Record within the file (JSON line, benchmark index, row)."),
+    "dataset": Column("str", False, "Prompt dataset (ShareGPT, random, ...)."),
+    # System
+    "gpu": Column("str", True, "GPU type, e.g. H100-SXM-80GB."),
+    "num_gpus": Column("int", True, "GPUs serving the target (tensor parallel size).", 1),
+    "target": Column("str", True, "Target model name."),
+    "target_params": Column("float", True, "Target parameters (total).", 0, low_open=True),
+    "target_active_params": Column(
+        "float", True, "Target parameters active per token (= total if dense).", 0, low_open=True
+    ),
+    "target_experts": Column("int", True, "Experts per MoE layer (1 if dense).", 1),
+    "target_experts_per_token": Column("int", True, "Experts routed per token (1 if dense).", 1),
+    "drafter": Column("str", False, "Draft model or head (empty for k = 0 and n-gram)."),
+    "drafter_params": Column("float", False, "Drafter parameters.", 0, low_open=True),
+    "method": Column("str", True, "SD method (vLLM names: draft_model, eagle3, ngram, ...); none."),
+    "k": Column("int", True, "Draft length (num_speculative_tokens); 0 = no SD.", 0),
+    # Acceptance
+    "alpha": Column("float", False, "Per-token acceptance probability (imposed/assumed).", 0, 1),
+    "acceptance_length": Column(
+        "float", False, "Measured mean tokens per cycle, bonus token included (1 for k = 0).", 1
+    ),
+    "acceptance_source": Column(
+        "str", False, "Where acceptance_length came from: server, client_stream, metadata."
+    ),
+    # Workload
+    "prefill_len": Column("float", True, "Mean prompt tokens per request.", 0, low_open=True),
+    "decode_len": Column("float", True, "Mean output tokens per request.", 0, low_open=True),
+    # Load
+    "load_mode": Column("str", True, "rate (open loop), concurrency (closed loop) or burst."),
+    "arrivals": Column("str", False, "Open-loop arrival process: poisson, gamma or constant."),
+    "burstiness": Column(
+        "float", False, "Arrival burstiness (1 = Poisson; gamma shape).", 0, low_open=True
+    ),
+    "request_rate": Column(
+        "float", False, "Offered request rate (req/s), open loop.", 0, low_open=True
+    ),
+    "concurrency": Column("float", False, "Fixed concurrency (closed loop) or cap.", 1),
+    "achieved_rate": Column("float", False, "Completed requests per second.", 0),
+    "n_requests": Column("int", False, "Completed requests (unknown for digitised data).", 1),
+    "n_failed": Column("int", False, "Failed requests.", 0),
+    "duration_s": Column("float", False, "Benchmark wall time (s).", 0, low_open=True),
+    # Latency (seconds)
+    "latency_mean_s": Column("float", True, "Mean end-to-end latency (s).", 0, low_open=True),
+    "latency_p50_s": Column("float", False, "Median latency (s).", 0, low_open=True),
+    "latency_p90_s": Column("float", False, "90th percentile latency (s).", 0, low_open=True),
+    "latency_p99_s": Column("float", False, "99th percentile latency (s).", 0, low_open=True),
+    "latency_source": Column(
+        "str", False, "How latency was obtained: summary, latencies, ttft+itl, ttft+tpot."
+    ),
+    "latency_growth": Column(
+        "float", False, "Mean latency of the last quarter of requests over the first.", 0, True
+    ),
+    "ttft_mean_s": Column("float", False, "Mean time to first token (s).", 0),
+    "tpot_mean_s": Column("float", False, "Mean time per output token after the first (s).", 0),
+    "saturated": Column("bool", True, "Run is past saturation; left out of model fits."),
+    "saturation_reason": Column("str", False, "Why the run was flagged saturated."),
+}
+
+_TOL = 1e-6
+
+
+def _blank(value) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def _where(table: pd.DataFrame, i: int, file: str | None) -> tuple[str | None, str]:
+    row = table.iloc[i]
+    row_file = row.get("file") if "file" in table.columns else None
+    row_record = row.get("record") if "record" in table.columns else None
+    f = row_file if not _blank(row_file) else file
+    r = row_record if not _blank(row_record) else f"row {i + 1}"
+    return (None if _blank(f) else str(f)), str(r)
+
+
+def _coerce(
+    table: pd.DataFrame, name: str, col: Column, problems: list[Problem], file: str | None
+) -> pd.Series:
+    """Column as the canonical dtype; values that do not convert become problems."""
+    raw = table[name]
+    n = len(raw)
+    if col.kind == "str":
+        values = [None if _blank(v) else str(v).strip() for v in raw]
+        return pd.Series(values, index=table.index, dtype="string")
+    if col.kind == "bool":
+        out = []
+        for i, v in enumerate(raw):
+            if isinstance(v, bool | np.bool_):
+                out.append(bool(v))
+            elif _blank(v):
+                out.append(None)
+            elif str(v).strip().lower() in {"true", "1", "yes"}:
+                out.append(True)
+            elif str(v).strip().lower() in {"false", "0", "no"}:
+                out.append(False)
+            else:
+                f, r = _where(table, i, file)
+                problems.append(Problem(f"expected true/false, got {v!r}", f, r, name))
+                out.append(None)
+        return pd.Series(out, index=table.index, dtype="boolean")
+    out = np.full(n, np.nan)
+    for i, v in enumerate(raw):
+        if _blank(v):
+            continue
+        if isinstance(v, bool | np.bool_):
+            f, r = _where(table, i, file)
+            problems.append(Problem(f"expected a number, got {v!r}", f, r, name))
+            continue
+        try:
+            x = float(v)
+        except (TypeError, ValueError, OverflowError):
+            f, r = _where(table, i, file)
+            problems.append(Problem(f"expected a number, got {v!r}", f, r, name))
+            continue
+        out[i] = x
+    return pd.Series(out, index=table.index, dtype=float)
+
+
+def _check_range(
+    table: pd.DataFrame,
+    name: str,
+    col: Column,
+    values: pd.Series,
+    problems: list[Problem],
+    file: str | None,
+) -> None:
+    for i, x in enumerate(values.to_numpy(dtype=float, na_value=np.nan)):
+        if np.isnan(x):
+            continue
+        f, r = _where(table, i, file)
+        if not np.isfinite(x) and not (name == "request_rate" and x == np.inf):
+            problems.append(Problem(f"must be finite, got {x}", f, r, name))
+            continue
+        if col.kind == "int" and x != round(x):
+            problems.append(Problem(f"must be a whole number, got {x}", f, r, name))
+        if col.low is not None and (x < col.low or (col.low_open and x <= col.low)):
+            op = ">" if col.low_open else ">="
+            problems.append(Problem(f"must be {op} {col.low:g}, got {x:g}", f, r, name))
+        if col.high is not None and x > col.high:
+            problems.append(Problem(f"must be <= {col.high:g}, got {x:g}", f, r, name))
+
+
+def validate_sweep(
+    table: pd.DataFrame, *, file: str | os.PathLike | None = None, allow_duplicates: bool = False
+) -> pd.DataFrame:
+    """Check a sweep table and return it in canonical form (column order and dtypes).
+
+    Checks types, ranges and consistency (k = 0 ⇔ method ``none``; acceptance length within
+    ``[1, k + 1]``; the load knob that the load mode needs; percentiles in order; active
+    parameters ≤ total; routed experts ≤ experts; duplicated runs). All problems are collected
+    and raised together as one :class:`~bayes_sd.DataError` naming file, record and field.
+    Optional columns that are absent are added empty; unknown extra columns are kept at the end.
+    """
+    file = None if file is None else str(file)
+    if not isinstance(table, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame, got {type(table).__name__}", file=file)
+    table = table.reset_index(drop=True)
+    problems: list[Problem] = []
+    missing = [n for n, c in SWEEP_COLUMNS.items() if c.required and n not in table.columns]
+    if missing:
+        raise DataError(
+            f"missing required column(s) {', '.join(missing)}; see docs/data-formats.md",
+            file=file,
+            field=missing[0],
+        )
+    if table.empty:
+        raise DataError("the sweep has no runs", file=file)
+    out = pd.DataFrame(index=table.index)
+    for name, col in SWEEP_COLUMNS.items():
+        if name not in table.columns:
+            table[name] = None
+        values = _coerce(table, name, col, problems, file)
+        if col.kind in ("int", "float"):
+            _check_range(table, name, col, values, problems, file)
+        if col.required:
+            for i in np.flatnonzero(values.isna().to_numpy()):
+                f, r = _where(table, int(i), file)
+                problems.append(Problem("required value is missing", f, r, name))
+        out[name] = values
+    if problems:
+        raise DataError(problems=problems)
+    _check_consistency(out, problems, file, allow_duplicates)
+    if problems:
+        raise DataError(problems=problems)
+    for name, col in SWEEP_COLUMNS.items():
+        if col.kind == "int":
+            out[name] = out[name].astype("Int64")
+    extras = [c for c in table.columns if c not in SWEEP_COLUMNS]
+    for c in extras:
+        out[c] = table[c]
+    return out
+
+
+def _check_consistency(
+    t: pd.DataFrame, problems: list[Problem], file: str | None, allow_duplicates: bool
+) -> None:
+    def add(i: int, field: str, message: str) -> None:
+        f, r = _where(t, i, file)
+        problems.append(Problem(message, f, r, field))
+
+    for i, row in enumerate(t.itertuples(index=False)):
+        k = int(row.k)
+        method = str(row.method).lower()
+        if (k == 0) != (method == "none"):
+            add(i, "method", f"method {row.method!r} does not fit k = {k} (k = 0 ⇔ method 'none')")
+        al = row.acceptance_length
+        if not pd.isna(al) and not (1 - _TOL <= al <= k + 1 + _TOL):
+            add(i, "acceptance_length", f"must lie in [1, k + 1] = [1, {k + 1}], got {al:g}")
+        if row.load_mode not in LOAD_MODES:
+            add(i, "load_mode", f"must be one of {', '.join(LOAD_MODES)}, got {row.load_mode!r}")
+        elif row.load_mode == "rate" and (
+            pd.isna(row.request_rate) or not np.isfinite(row.request_rate)
+        ):
+            add(i, "request_rate", "an open-loop (rate) run needs a finite request_rate")
+        elif row.load_mode == "concurrency" and pd.isna(row.concurrency):
+            add(i, "concurrency", "a closed-loop (concurrency) run needs concurrency")
+        if row.target_active_params > row.target_params * (1 + _TOL):
+            add(i, "target_active_params", "active parameters exceed total parameters")
+        if row.target_experts_per_token > row.target_experts:
+            add(i, "target_experts_per_token", "more experts per token than experts")
+        if (row.target_experts > 1) != (row.target_active_params < row.target_params * (1 - _TOL)):
+            add(
+                i,
+                "target_experts",
+                "an MoE target (experts > 1) must have fewer active than total parameters, "
+                "and a dense one equal counts",
+            )
+        pct = [row.latency_p50_s, row.latency_p90_s, row.latency_p99_s]
+        known = [p for p in pct if not pd.isna(p)]
+        if any(b < a * (1 - _TOL) for a, b in itertools.pairwise(known)):
+            add(i, "latency_p90_s", f"percentiles out of order: p50, p90, p99 = {pct}")
+    if not allow_duplicates:
+        key = [
+            "source",
+            "gpu",
+            "num_gpus",
+            "target",
+            "drafter",
+            "method",
+            "k",
+            "load_mode",
+            "request_rate",
+            "concurrency",
+            "n_requests",
+            "latency_mean_s",
+            "duration_s",
+            "prefill_len",
+            "decode_len",
+        ]
+        dup = t.duplicated(subset=key, keep=False).to_numpy()
+        if dup.any():
+            groups: dict[tuple, list[int]] = {}
+            for i in np.flatnonzero(dup):
+                groups.setdefault(tuple(t.loc[i, key].astype(str)), []).append(int(i))
+            for rows in groups.values():
+                first = _where(t, rows[0], file)
+                for i in rows[1:]:
+                    add(
+                        i,
+                        "run_id",
+                        f"duplicate of {first[0] or ''} {first[1]}: the same run was read twice "
+                        "(same system, load and measured latency)",
+                    )
+
+
+# --------------------------------------------------------------------------------------------
+# Saturation
+
+
+def expected_achieved_rate(rate, n_requests, latency_mean_s):
+    """Completion rate of a *stable* open-loop run of ``n`` requests: ``n / (n/λ + L)``.
+
+    A finite run ends when its last request completes, one mean latency after the last arrival,
+    so even a stable run completes below the offered rate.
+    """
+    rate = np.asarray(rate, dtype=float)
+    n = np.asarray(n_requests, dtype=float)
+    lat = np.asarray(latency_mean_s, dtype=float)
+    return n / (n / rate + lat)
+
+
+def flag_saturation(table: pd.DataFrame, *, growth_limit: float = 1.5) -> pd.DataFrame:
+    """Set ``saturated`` (and ``saturation_reason``) on runs past saturation.
+
+    A run is flagged when any request failed, when an open-loop run completed clearly fewer
+    requests per second than a stable run would (``achieved < expected·(1 − max(0.05, 3/√n))``,
+    see :func:`expected_achieved_rate`), when latency grew over the run (last quarter over first
+    quarter above ``growth_limit``), or when it is a burst run (all requests at once).
+    Flags already set are kept.
+    """
+    t = table.copy()
+    reasons: list[list[str]] = [[] for _ in range(len(t))]
+    given = t["saturated"].fillna(False).astype(bool).to_numpy()
+    prior = (
+        t["saturation_reason"].fillna("").astype(str).to_numpy()
+        if "saturation_reason" in t
+        else np.full(len(t), "")
+    )
+    for i in range(len(t)):
+        if given[i]:
+            reasons[i].extend(prior[i].split("; ") if prior[i] else ["flagged in input"])
+    n_failed = pd.to_numeric(t.get("n_failed"), errors="coerce")
+    n = pd.to_numeric(t["n_requests"], errors="coerce").to_numpy(dtype=float)
+    rate = pd.to_numeric(t["request_rate"], errors="coerce").to_numpy(dtype=float)
+    achieved = pd.to_numeric(t["achieved_rate"], errors="coerce").to_numpy(dtype=float)
+    lat = pd.to_numeric(t["latency_mean_s"], errors="coerce").to_numpy(dtype=float)
+    growth = pd.to_numeric(t.get("latency_growth"), errors="coerce")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expect = expected_achieved_rate(rate, n, lat)
+        tol = np.maximum(0.05, 3.0 / np.sqrt(n))
+    for i in range(len(t)):
+        if n_failed is not None and not pd.isna(n_failed.iloc[i]) and n_failed.iloc[i] > 0:
+            reasons[i].append(f"{int(n_failed.iloc[i])} failed requests")
+        mode = t["load_mode"].iloc[i]
+        if mode == "burst":
+            reasons[i].append("burst run (all requests at once)")
+        if (
+            mode == "rate"
+            and np.isfinite(expect[i])
+            and np.isfinite(achieved[i])
+            and achieved[i] < expect[i] * (1 - tol[i])
+        ):
+            reasons[i].append(
+                f"achieved {achieved[i]:.3g} req/s, a stable run would complete {expect[i]:.3g}"
+            )
+        if growth is not None and not pd.isna(growth.iloc[i]) and growth.iloc[i] > growth_limit:
+            reasons[i].append(f"latency grew {growth.iloc[i]:.2f}x over the run")
+    t["saturated"] = [bool(r) for r in reasons]
+    t["saturation_reason"] = ["; ".join(dict.fromkeys(r)) or None for r in reasons]
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write through a temporary file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_sweep(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Validate ``table`` and write it atomically as CSV (``.csv``) or Parquet (``.parquet``).
+
+    ``read_sweep`` on the written file gives the same table back.
+    """
+    path = Path(path)
+    table = validate_sweep(table)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return atomic_write(path, lambda p: table.to_csv(p, index=False))
+    if suffix in (".parquet", ".pq"):
+        return atomic_write(path, lambda p: table.to_parquet(p, index=False))
+    raise ValueError(f"{path}: write_sweep writes .csv or .parquet, not {suffix or 'no suffix'!r}")
+
+
+def warn_assumed(assumed: dict[str, int]) -> None:
+    """One warning listing the defaults a reader had to assume."""
+    if assumed:
+        parts = ", ".join(f"{k} for {n} run(s)" for k, n in assumed.items())
+        warnings.warn(f"bayes_sd assumed defaults: {parts}", UserWarning, stacklevel=3)
