@@ -40,10 +40,12 @@ def normalize_model_name(name: str) -> str:
     key = key.rsplit("/", 1)[-1]
     key = re.sub(r"^meta-", "", key)
     key = key.replace("_", "-").replace(" ", "-")
-    for suffix in ("-instruct", "-chat", "-hf", "-it", "-base", "-fp8", "-bf16"):
-        while key.endswith(suffix):
-            key = key[: -len(suffix)]
-    key = re.sub(r"-(\d{4})$", "", key)  # date suffixes such as -2507
+    previous = None
+    while key != previous:  # strip date and flavour suffixes in any order
+        previous = key
+        key = re.sub(r"-(\d{4})$", "", key)  # date suffixes such as -2507
+        for suffix in ("-instruct", "-chat", "-hf", "-it", "-base", "-fp8", "-bf16"):
+            key = key.removesuffix(suffix)
     return key
 
 

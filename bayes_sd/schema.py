@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class Column:
     kind: str  # "str", "int", "float" or "bool"
     required: bool
     doc: str
+    _: KW_ONLY
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # True: value must be > low (not >=)
@@ -53,56 +54,68 @@ SWEEP_COLUMNS: dict[str, Column] = {
     "dataset": Column("str", False, "Prompt dataset (ShareGPT, random, ...)."),
     # System
     "gpu": Column("str", True, "GPU type, e.g. H100-SXM-80GB."),
-    "num_gpus": Column("int", True, "GPUs serving the target (tensor parallel size).", 1),
+    "num_gpus": Column("int", True, "GPUs serving the target (tensor parallel size).", low=1),
     "target": Column("str", True, "Target model name."),
-    "target_params": Column("float", True, "Target parameters (total).", 0, low_open=True),
+    "target_params": Column("float", True, "Target parameters (total).", low=0, low_open=True),
     "target_active_params": Column(
-        "float", True, "Target parameters active per token (= total if dense).", 0, low_open=True
+        "float",
+        True,
+        "Target parameters active per token (= total if dense).",
+        low=0,
+        low_open=True,
     ),
-    "target_experts": Column("int", True, "Experts per MoE layer (1 if dense).", 1),
-    "target_experts_per_token": Column("int", True, "Experts routed per token (1 if dense).", 1),
+    "target_experts": Column("int", True, "Experts per MoE layer (1 if dense).", low=1),
+    "target_experts_per_token": Column(
+        "int", True, "Experts routed per token (1 if dense).", low=1
+    ),
     "drafter": Column("str", False, "Draft model or head (empty for k = 0 and n-gram)."),
-    "drafter_params": Column("float", False, "Drafter parameters.", 0, low_open=True),
+    "drafter_params": Column("float", False, "Drafter parameters.", low=0, low_open=True),
     "method": Column("str", True, "SD method (vLLM names: draft_model, eagle3, ngram, ...); none."),
-    "k": Column("int", True, "Draft length (num_speculative_tokens); 0 = no SD.", 0),
+    "k": Column("int", True, "Draft length (num_speculative_tokens); 0 = no SD.", low=0),
     # Acceptance
-    "alpha": Column("float", False, "Per-token acceptance probability (imposed/assumed).", 0, 1),
+    "alpha": Column(
+        "float", False, "Per-token acceptance probability (imposed/assumed).", low=0, high=1
+    ),
     "acceptance_length": Column(
-        "float", False, "Measured mean tokens per cycle, bonus token included (1 for k = 0).", 1
+        "float", False, "Measured mean tokens per cycle, bonus token included (1 for k = 0).", low=1
     ),
     "acceptance_source": Column(
         "str", False, "Where acceptance_length came from: server, client_stream, metadata."
     ),
     # Workload
-    "prefill_len": Column("float", True, "Mean prompt tokens per request.", 0, low_open=True),
-    "decode_len": Column("float", True, "Mean output tokens per request.", 0, low_open=True),
+    "prefill_len": Column("float", True, "Mean prompt tokens per request.", low=0, low_open=True),
+    "decode_len": Column("float", True, "Mean output tokens per request.", low=0, low_open=True),
     # Load
     "load_mode": Column("str", True, "rate (open loop), concurrency (closed loop) or burst."),
     "arrivals": Column("str", False, "Open-loop arrival process: poisson, gamma or constant."),
     "burstiness": Column(
-        "float", False, "Arrival burstiness (1 = Poisson; gamma shape).", 0, low_open=True
+        "float", False, "Arrival burstiness (1 = Poisson; gamma shape).", low=0, low_open=True
     ),
     "request_rate": Column(
-        "float", False, "Offered request rate (req/s), open loop.", 0, low_open=True
+        "float", False, "Offered request rate (req/s), open loop.", low=0, low_open=True
     ),
-    "concurrency": Column("float", False, "Fixed concurrency (closed loop) or cap.", 1),
-    "achieved_rate": Column("float", False, "Completed requests per second.", 0),
-    "n_requests": Column("int", False, "Completed requests (unknown for digitised data).", 1),
-    "n_failed": Column("int", False, "Failed requests.", 0),
-    "duration_s": Column("float", False, "Benchmark wall time (s).", 0, low_open=True),
+    "concurrency": Column("float", False, "Fixed concurrency (closed loop) or cap.", low=1),
+    "achieved_rate": Column("float", False, "Completed requests per second.", low=0),
+    "n_requests": Column("int", False, "Completed requests (unknown for digitised data).", low=1),
+    "n_failed": Column("int", False, "Failed requests.", low=0),
+    "duration_s": Column("float", False, "Benchmark wall time (s).", low=0, low_open=True),
     # Latency (seconds)
-    "latency_mean_s": Column("float", True, "Mean end-to-end latency (s).", 0, low_open=True),
-    "latency_p50_s": Column("float", False, "Median latency (s).", 0, low_open=True),
-    "latency_p90_s": Column("float", False, "90th percentile latency (s).", 0, low_open=True),
-    "latency_p99_s": Column("float", False, "99th percentile latency (s).", 0, low_open=True),
+    "latency_mean_s": Column("float", True, "Mean end-to-end latency (s).", low=0, low_open=True),
+    "latency_p50_s": Column("float", False, "Median latency (s).", low=0, low_open=True),
+    "latency_p90_s": Column("float", False, "90th percentile latency (s).", low=0, low_open=True),
+    "latency_p99_s": Column("float", False, "99th percentile latency (s).", low=0, low_open=True),
     "latency_source": Column(
         "str", False, "How latency was obtained: summary, latencies, ttft+itl, ttft+tpot."
     ),
     "latency_growth": Column(
-        "float", False, "Mean latency of the last quarter of requests over the first.", 0, True
+        "float",
+        False,
+        "Mean latency of the last quarter of requests over the first.",
+        low=0,
+        low_open=True,
     ),
-    "ttft_mean_s": Column("float", False, "Mean time to first token (s).", 0),
-    "tpot_mean_s": Column("float", False, "Mean time per output token after the first (s).", 0),
+    "ttft_mean_s": Column("float", False, "Mean time to first token (s).", low=0),
+    "tpot_mean_s": Column("float", False, "Mean time per output token after the first (s).", low=0),
     "saturated": Column("bool", True, "Run is past saturation; left out of model fits."),
     "saturation_reason": Column("str", False, "Why the run was flagged saturated."),
 }

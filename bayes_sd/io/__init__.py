@@ -178,9 +178,9 @@ def _fill_from_meta(row: dict[str, Any], meta: dict[str, Any]) -> None:
     if row.get("acceptance_length") is None and "acceptance_length" in meta:
         row["acceptance_length"] = meta["acceptance_length"]
         row["acceptance_source"] = "metadata"
-    if meta.get("k") == 0:
+    if meta.get("k") == 0:  # without SD every step commits one token
         row["acceptance_length"] = 1.0
-        row["acceptance_source"] = row.get("acceptance_source") or "k=0"
+        row["acceptance_source"] = "k=0"
 
 
 def _ensure_columns(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,239 @@
+"""The latency algebra: known values, identities under property tests, PyTensor parity."""
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bayes_sd import latency as L
+
+pos = st.floats(1e-4, 10.0, allow_nan=False)
+small = st.floats(1e-6, 0.05, allow_nan=False)
+alphas = st.floats(0.0, 1.0, allow_nan=False)
+ks = st.integers(0, 10)
+
+
+def coefs_strategy():
+    return st.builds(L.Coefficients, small, small, small, small, small, small)
+
+
+# ---------------------------------------------------------------- acceptance
+
+
+def test_tokens_per_cycle_known_values():
+    np.testing.assert_allclose(L.tokens_per_cycle([0.0, 0.5, 1.0], 3), [1.0, 1.875, 4.0])
+    assert L.tokens_per_cycle(0.7, 0) == pytest.approx(1.0)
+
+
+@given(alphas, ks)
+def test_tokens_per_cycle_matches_sum_of_powers(alpha, k):
+    # E = Σ_{i=0..k} α^i, the direct definition, including near α = 1
+    direct = sum(alpha**i for i in range(k + 1))
+    assert L.tokens_per_cycle(alpha, k) == pytest.approx(direct, rel=1e-9, abs=1e-9)
+
+
+@given(alphas, st.integers(1, 10))
+def test_positional_reduces_to_iid(alpha, k):
+    rates = np.full(k, alpha)
+    assert L.tokens_per_cycle_positional(rates) == pytest.approx(
+        float(L.tokens_per_cycle(alpha, k)), rel=1e-9
+    )
+    # vLLM's unconditional per-position rates of an i.i.d. process are α^(i+1)
+    uncond = alpha ** np.arange(1, k + 1)
+    assert L.tokens_per_cycle_positional(uncond, conditional=False) == pytest.approx(
+        float(L.tokens_per_cycle(alpha, k)), rel=1e-9
+    )
+
+
+@given(st.floats(0.01, 0.99), st.integers(1, 8))
+def test_alpha_inverse_and_acceptance_rate(alpha, k):
+    tokens = L.tokens_per_cycle(alpha, k)
+    assert L.alpha_from_tokens_per_cycle(tokens, k) == pytest.approx(alpha, abs=1e-9)
+    rate = L.acceptance_rate(tokens, k)
+    assert L.tokens_per_cycle_from_rate(rate, k) == pytest.approx(float(tokens))
+
+
+def test_domain_errors():
+    with pytest.raises(ValueError, match="alpha"):
+        L.tokens_per_cycle(1.2, 3)
+    with pytest.raises(ValueError, match="rate"):
+        L.open_loop_latency(1.0, 0.1, -1.0)
+    with pytest.raises(ValueError, match="<= k"):
+        L.alpha_from_tokens_per_cycle(5.0, 3)
+    assert np.isnan(L.alpha_from_tokens_per_cycle(1.0, 0))
+
+
+# ---------------------------------------------------------------- latency and speedup
+
+
+def test_open_loop_saturation_is_infinite_never_negative():
+    lat = L.open_loop_latency(2.0, 0.1, np.array([0.0, 5.0, 9.99, 10.0, 50.0]))
+    assert lat[0] == 2.0 and lat[1] == pytest.approx(4.0)
+    assert np.all(np.isinf(lat[3:])) and np.all(lat > 0)
+
+
+@given(coefs_strategy(), st.integers(1, 8), st.floats(0.0, 1.0), st.floats(16, 2048),
+       st.floats(0.0, 0.999))  # fmt: skip
+def test_speedup_formula_equals_ratio_of_latencies(coefs, k, alpha, decode, frac):
+    c1b, c2b = L.demand(coefs, 0, 1.0, decode)
+    c1s, c2s = L.demand(coefs, k, L.tokens_per_cycle(alpha, k), decode)
+    rate = frac / max(c2b, c2s)  # both systems stable
+    ratio = L.open_loop_latency(c1b, c2b, rate) / L.open_loop_latency(c1s, c2s, rate)
+    formula = L.speedup_from_ratios(c1s / c1b, c2s / c2b, rate * c2b)
+    assert formula == pytest.approx(float(ratio), rel=1e-9)
+    assert L.speedup(c1b, c2b, c1s, c2s, rate) == pytest.approx(float(ratio), rel=1e-12)
+
+
+@given(coefs_strategy(), st.floats(0.0, 1.0), st.floats(16, 2048), st.floats(0.0, 0.99))
+def test_k0_reduces_to_baseline(coefs, alpha, decode, frac):
+    c1, c2 = L.demand(coefs, 0, L.tokens_per_cycle(alpha, 0), decode)
+    assert c1 == pytest.approx(coefs.c1p + decode * coefs.c1v)
+    assert c2 == pytest.approx(coefs.c2p + decode * coefs.c2v)
+    rate = frac / c2
+    assert L.speedup(c1, c2, c1, c2, rate) == pytest.approx(1.0)
+    assert L.speedup_from_ratios(1.0, 1.0, rate * c2) == pytest.approx(1.0)
+
+
+@given(st.floats(0.05, 0.95), st.floats(1.05, 5.0), st.floats(0.1, 10), st.floats(1e-3, 1.0))
+def test_break_even_speedup_is_one(c1r, c2r, c1b, c2b):
+    lam = L.break_even_rate(c1b, c2b, c1r * c1b, c2r * c2b)
+    assert 0 < lam < 1 / c2b
+    assert L.speedup(c1b, c2b, c1r * c1b, c2r * c2b, lam) == pytest.approx(1.0, rel=1e-8)
+    # SD wins below the break-even load and loses above it
+    assert L.speedup(c1b, c2b, c1r * c1b, c2r * c2b, 0.5 * lam) > 1
+    assert L.speedup(c1b, c2b, c1r * c1b, c2r * c2b, lam + 0.5 * (1 / (c2r * c2b) - lam)) < 1
+
+
+def test_break_even_without_crossing():
+    assert L.break_even_rate(1.0, 0.1, 0.5, 0.08) == np.inf  # SD wins everywhere
+    assert L.break_even_rate(1.0, 0.1, 1.2, 0.15) == 0.0  # SD never wins
+
+
+def test_saturation_and_slo_inverse():
+    assert L.saturation_rate(0.25) == 4.0
+    assert L.sustainable_rate_ratio(0.1, 0.2) == pytest.approx(0.5)
+    rate = L.max_rate_under_slo(1.0, 0.1, 2.0)
+    assert L.open_loop_latency(1.0, 0.1, rate) == pytest.approx(2.0)
+    assert L.max_rate_under_slo(3.0, 0.1, 2.0) == 0.0
+
+
+@given(small, small, st.floats(1, 512))
+def test_closed_loop(c1, c2, n):
+    assert L.closed_loop_latency(c1, c2, n) == pytest.approx(c1 + n * c2)
+    assert L.closed_loop_throughput(c1, c2, n) * L.closed_loop_latency(c1, c2, n) == (
+        pytest.approx(n)
+    )
+
+
+def test_closed_loop_speedup_tends_to_inverse_c2r():
+    s = L.closed_loop_speedup(2.0, 0.01, 1.0, 0.02, 1e9)
+    assert s == pytest.approx(0.5, rel=1e-6)
+
+
+def test_vectorised_over_draws():
+    draws = np.random.default_rng(0).uniform(0.001, 0.01, size=(4, 100, 1))
+    rates = np.linspace(0, 20, 7)
+    out = L.open_loop_latency(draws * 100, draws, rates)
+    assert out.shape == (4, 100, 7)
+
+
+# ---------------------------------------------------------------- MoE
+
+
+@given(st.floats(0, 1e4), st.integers(2, 256), st.integers(1, 8))
+def test_coverage_limits(tokens, experts, m):
+    m = min(m, experts - 1)
+    phi = L.expert_coverage(tokens, experts, m)
+    assert 0.0 <= phi <= 1.0
+    assert L.expert_coverage(0.0, experts, m) == 0.0
+    assert L.expert_coverage(1.0, experts, m) == pytest.approx(m / experts)
+    assert L.expert_coverage(tokens + 1.0, experts, m) >= phi
+    assert L.expert_coverage(1e7, experts, m) == pytest.approx(1.0)
+
+
+def moe_coefs():
+    unsat = L.Coefficients(0.02, 0.001, 0.004, 0.0001, 0.0004, 0.00005)
+    incr = L.Coefficients(0.0, 0.0, 0.012, 0.0002, 0.0, 0.0)
+    return unsat, incr
+
+
+def test_moe_latency_solves_the_fixed_point():
+    unsat, incr = moe_coefs()
+    k, tokens, decode, prefill = 2, 2.4, 256, 512
+    rates = np.array([0.0, 0.5, 2.0, 5.0, 8.0])
+    lat = L.moe_open_loop_latency(unsat, incr, k, tokens, decode, rates, 64, 8, prefill)
+    c1, c2 = L.moe_demand(unsat, incr, k, tokens, decode, rates * lat, 64, 8, prefill)
+    np.testing.assert_allclose(c1 + rates * lat * c2, lat, rtol=1e-9)
+    assert np.all(np.diff(lat) > 0)
+    beyond = L.moe_saturation_rate(unsat, incr, k, tokens, decode) * 1.01
+    assert np.isinf(L.moe_open_loop_latency(unsat, incr, k, tokens, decode, beyond, 64, 8, 512))
+
+
+def test_moe_with_zero_increment_equals_dense():
+    unsat, _ = moe_coefs()
+    zero = L.Coefficients(*([0.0] * 6))
+    rates = np.array([0.0, 1.0, 3.0])
+    moe = L.moe_open_loop_latency(unsat, zero, 3, 2.5, 256, rates, 64, 8, 512)
+    dense = L.open_loop_latency(*L.demand(unsat, 3, 2.5, 256), rates)
+    np.testing.assert_allclose(moe, dense, rtol=1e-9)
+
+
+def test_moe_coverage_raises_latency_at_load():
+    unsat, incr = moe_coefs()
+    low = L.moe_closed_loop_latency(unsat, incr, 0, 1.0, 256, 1, 128, 8, 512)
+    high = L.moe_closed_loop_latency(unsat, incr, 0, 1.0, 256, 64, 128, 8, 512)
+    c1_full, c2_full = L.demand(L.Coefficients(*(u + s for u, s in zip(unsat, incr))), 0, 1, 256)
+    # at one request most experts are idle; at 64 almost all are read
+    assert low < c1_full + c2_full
+    assert high == pytest.approx(c1_full + 64 * c2_full, rel=0.02)  # φ(64) = 0.984
+
+
+# ---------------------------------------------------------------- PyTensor parity
+
+
+def test_pytensor_matches_numpy_and_has_finite_gradient():
+    a = pt.dvector("alpha")
+    lam = pt.dscalar("rate")
+    coefs = L.Coefficients(0.02, 0.001, 0.007, 0.0002, 0.0004, 0.0001)
+    tokens = L.tokens_per_cycle(a, 3)
+    c1, c2 = L.demand(coefs, 3, tokens, 256)
+    lat = L.open_loop_latency(c1, c2, lam)
+    brk = L.break_even_rate(*L.demand(coefs, 0, 1.0, 256), c1, c2)
+    grad = pytensor.grad(lat.sum(), a)
+    f = pytensor.function([a, lam], [lat, brk, grad])
+    alpha = np.array([0.5, 0.8, 1.0])
+    got_lat, got_brk, got_grad = f(alpha, 2.0)
+    np_c1, np_c2 = L.demand(coefs, 3, L.tokens_per_cycle(alpha, 3), 256)
+    np.testing.assert_allclose(got_lat, L.open_loop_latency(np_c1, np_c2, 2.0), rtol=1e-12)
+    np.testing.assert_allclose(
+        got_brk, L.break_even_rate(*L.demand(coefs, 0, 1.0, 256), np_c1, np_c2), rtol=1e-12
+    )
+    assert np.all(np.isfinite(got_grad)) and np.all(got_grad < 0)  # more acceptance, less latency
+    sat_lat, _, _ = f(alpha, 1e4)
+    assert np.all(np.isinf(sat_lat))
+
+
+def test_pytensor_moe_demand_and_coverage():
+    b = pt.dscalar("batch")
+    unsat, incr = moe_coefs()
+    c1, c2 = L.moe_demand(unsat, incr, 2, 2.4, 256, b, 64, 8, 512)
+    f = pytensor.function([b], [c1, c2])
+    for batch in (0.5, 4.0, 32.0):
+        np.testing.assert_allclose(
+            f(batch), L.moe_demand(unsat, incr, 2, 2.4, 256, batch, 64, 8, 512), rtol=1e-12
+        )
+
+
+@pytest.fixture(scope="module")
+def tokens_fn():
+    a = pt.dscalar("a")
+    return pytensor.function([a], L.tokens_per_cycle(a, 4))
+
+
+@settings(max_examples=25)
+@given(alpha=st.floats(0.0, 1.0))
+def test_pytensor_tokens_per_cycle_near_one(tokens_fn, alpha):
+    f = tokens_fn
+    assert float(f(alpha)) == pytest.approx(float(L.tokens_per_cycle(alpha, 4)), rel=1e-12)

@@ -1,0 +1,209 @@
+"""Readers on realistic fixtures of every format, and round trips through the tidy table."""
+
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayes_sd
+from bayes_sd import DataError, read_sweep, write_sweep
+
+
+def test_vllm_current_json(fixtures, expected):
+    path = fixtures / "vllm_eagle" / "eagle3-4.0qps-Llama-3.1-8B-Instruct-20261101-101500.json"
+    t = read_sweep(path)
+    assert len(t) == 1
+    row = t.iloc[0]
+    exp = expected["vllm_current"]
+    assert row["latency_mean_s"] == pytest.approx(exp["latency_mean_s"], rel=1e-9)
+    assert row["acceptance_length"] == pytest.approx(exp["acceptance_length"])
+    assert row["acceptance_source"] == "server"
+    assert row["k"] == 3 and row["method"] == "eagle3"  # from the sidecar's speculative_config
+    assert row["drafter"] == "yuhuili/EAGLE3-LLaMA3.1-Instruct-8B"
+    assert row["drafter_params"] == pytest.approx(480_247_808)  # registry alias
+    assert row["gpu"] == "H100-SXM-80GB" and row["num_gpus"] == 1
+    assert row["target_params"] == pytest.approx(8_029_995_008)
+    assert row["load_mode"] == "rate" and row["request_rate"] == 4.0
+    assert row["prefill_len"] == 512 and row["decode_len"] == 256
+    assert row["latency_p99_s"] > row["latency_p50_s"] > 0
+    assert 0.8 < row["latency_growth"] < 1.25 and not row["saturated"]
+
+
+def test_vllm_jsonl_append_result(fixtures, expected):
+    t = read_sweep(fixtures / "vllm_eagle" / "appended.jsonl")
+    assert list(t["record"]) == ["line 1", "line 2", "line 3"]
+    np.testing.assert_allclose(t["latency_mean_s"], expected["vllm_jsonl"]["latency_mean_s"])
+    np.testing.assert_allclose(t["request_rate"], expected["vllm_jsonl"]["rates"])
+    assert t["run_id"].is_unique
+
+
+def test_vllm_directory_skips_pytorch_companion_and_sidecar(fixtures):
+    t = read_sweep(fixtures / "vllm_eagle")
+    assert len(t) == 4
+    assert not t["file"].str.endswith(".pytorch.json").any()
+
+
+def test_vllm_percentiles_from_latencies_when_summary_missing(fixtures, expected):
+    t = read_sweep(fixtures / "vllm_base" / "base-inf-concurrency16.json")
+    row = t.iloc[0]
+    exp = expected["vllm_no_e2el"]
+    assert row["latency_source"] == "latencies"
+    assert row["latency_mean_s"] == pytest.approx(exp["latency_mean_s"])
+    assert row["latency_p90_s"] == pytest.approx(exp["latency_p90_s"])
+    assert row["load_mode"] == "concurrency" and row["concurrency"] == 16
+    assert row["k"] == 0 and row["method"] == "none" and row["acceptance_length"] == 1
+
+
+def test_vllm_legacy_reconstructs_latency_from_ttft_and_itl(fixtures, expected):
+    t = read_sweep(fixtures / "vllm_base" / "legacy-2.0qps.json")
+    row = t.iloc[0]
+    assert row["latency_source"] == "ttft+itl"
+    assert row["latency_mean_s"] == pytest.approx(expected["vllm_legacy"]["latency_mean_s"])
+    assert row["n_failed"] == 0  # legacy: num_prompts − completed
+
+
+def test_guidellm_v2_sweep(fixtures, expected):
+    t = read_sweep(fixtures / "guidellm" / "benchmarks.json")
+    assert len(t) == 5
+    np.testing.assert_allclose(t["latency_mean_s"], expected["guidellm_v2"]["latency_mean_s"])
+    assert list(t["load_mode"]) == expected["guidellm_v2"]["modes"]
+    assert t.loc[0, "concurrency"] == 1  # synchronous
+    assert t.loc[1, "saturated"] and "throughput" in t.loc[1, "saturation_reason"]
+    assert list(t.loc[2:, "request_rate"]) == [2.0, 5.0, 8.0]
+    assert t["target"].eq("meta-llama/Llama-3.1-8B-Instruct").all()
+    assert t["gpu"].eq("H200-SXM-141GB").all() and t["source"].eq("guidellm").all()
+    # GuideLLM's inter-token latency is vLLM's TPOT (not its time_per_output_token_ms)
+    assert (t["tpot_mean_s"] < t["latency_mean_s"] / 255).all()
+
+
+def test_guidellm_v1_yaml_with_file_sidecar(fixtures, expected):
+    t = read_sweep(fixtures / "guidellm" / "v1" / "benchmarks.yaml")
+    np.testing.assert_allclose(t["latency_mean_s"], expected["guidellm_v1"]["latency_mean_s"])
+    assert t["k"].eq(2).all() and t["method"].eq("draft_model").all()
+    assert t["drafter_params"].eq(1_498_415_104).all()
+    np.testing.assert_allclose(
+        t["acceptance_length"], expected["guidellm_v1"]["acceptance_length"], rtol=1e-9
+    )
+    assert t["acceptance_source"].eq("client_stream").all()
+
+
+def test_all_fixtures_together(fixtures):
+    paths = [fixtures / "vllm_eagle", fixtures / "vllm_base", fixtures / "guidellm"]
+    t = read_sweep(paths)
+    assert len(t) == 4 + 2 + 5 + 2
+    assert t["run_id"].is_unique
+    assert list(t.columns[: len(bayes_sd.SWEEP_COLUMNS)]) == list(bayes_sd.SWEEP_COLUMNS)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_tidy_round_trip_is_exact(fixtures, tmp_path, suffix):
+    t = read_sweep([fixtures / "vllm_eagle", fixtures / "vllm_base", fixtures / "guidellm"])
+    path = write_sweep(t, tmp_path / f"sweep{suffix}")
+    back = read_sweep(path)
+    pd.testing.assert_frame_equal(back, t)
+
+
+def test_metadata_from_keywords_and_conflicts(fixtures, tmp_path):
+    src = fixtures / "vllm_base" / "legacy-2.0qps.json"
+    dst = tmp_path / "legacy.json"
+    shutil.copy(src, dst)
+    with pytest.raises(DataError, match="missing 'gpu'") as err:
+        read_sweep(dst)
+    assert err.value.field == "gpu" and err.value.file == str(dst)
+    t = read_sweep(dst, gpu="4xH100", k=0)
+    assert t.loc[0, "gpu"] == "H100" and t.loc[0, "num_gpus"] == 4
+    (tmp_path / "bayes_sd.yaml").write_text("gpu: H200\n")
+    with pytest.raises(DataError, match="conflicting values for 'gpu'"):
+        read_sweep(dst, gpu="H100", k=0, num_gpus=1)
+    with pytest.raises(DataError, match="unknown metadata key"):
+        read_sweep(dst, gpu="H200", k=0, colour="blue")
+
+
+def test_assumed_defaults_warn_once(fixtures, tmp_path):
+    shutil.copy(fixtures / "vllm_base" / "legacy-2.0qps.json", tmp_path / "a.json")
+    with pytest.warns(UserWarning, match="num_gpus=1 for 1 run"):
+        read_sweep(tmp_path / "a.json", gpu="H100", k=0)
+
+
+def test_unknown_model_needs_sizes(fixtures, tmp_path):
+    obj = (fixtures / "vllm_base" / "legacy-2.0qps.json").read_text()
+    (tmp_path / "x.json").write_text(obj.replace("meta-llama/Llama-3.1-8B-Instruct", "acme/Z-9"))
+    with pytest.raises(DataError, match="not in the registry"):
+        read_sweep(tmp_path / "x.json", gpu="H100", k=0, num_gpus=1)
+    t = read_sweep(tmp_path / "x.json", gpu="H100", k=0, num_gpus=1, target_params=9e9)
+    assert t.loc[0, "target_active_params"] == 9e9
+
+
+def test_ttft_tpot_fallback_warns(fixtures, tmp_path):
+    import json
+
+    obj = json.loads((fixtures / "vllm_base" / "base-inf-concurrency16.json").read_text())
+    del obj["latencies"]
+    (tmp_path / "r.json").write_text(json.dumps(obj))
+    with pytest.warns(UserWarning, match="no end-to-end latency recorded"):
+        t = read_sweep(tmp_path / "r.json", gpu="H100", k=0, num_gpus=1)
+    assert t.loc[0, "latency_source"] == "ttft+tpot"
+
+
+def test_saturation_flags(fixtures, tmp_path):
+    import json
+
+    obj = json.loads((fixtures / "vllm_base" / "legacy-2.0qps.json").read_text())
+    obj["request_throughput"] = 1.0  # offered 2 req/s, completed half of that
+    (tmp_path / "slow.json").write_text(json.dumps(obj))
+    obj["request_throughput"] = 1.9
+    obj["completed"] = 95  # 5 of 100 prompts failed
+    (tmp_path / "failed.json").write_text(json.dumps(obj))
+    t = read_sweep(tmp_path, gpu="H100", k=0, num_gpus=1).set_index("file")
+    assert t.loc[str(tmp_path / "slow.json"), "saturated"]
+    assert "achieved" in t.loc[str(tmp_path / "slow.json"), "saturation_reason"]
+    assert "5 failed" in t.loc[str(tmp_path / "failed.json"), "saturation_reason"]
+
+
+def test_load_examples_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = bayes_sd.load_example("vllm-blog-2024")
+    assert len(sweep) == 18 and set(sweep["k"]) == {0, 4}
+    assert sweep["gpu"].eq("H100-SXM-80GB").all() and sweep["num_gpus"].eq(4).all()
+    share = sweep[(sweep["dataset"] == "ShareGPT") & (sweep["request_rate"] == 1)]
+    assert sorted(share["latency_mean_s"]) == [1.65, 2.56]  # SD, no SD: the blog's 1.5x
+    steps = bayes_sd.load_example("stepcost")
+    assert len(steps) == 29_947 and steps["gpu"].nunique() == 2 and steps["model"].nunique() == 8
+    assert set(bayes_sd.list_examples()) == {"stepcost", "vllm-blog-2024"}
+    with pytest.raises(ValueError, match="unknown example"):
+        bayes_sd.load_example("nope")
+
+
+def test_step_costs_reader_errors(tmp_path):
+    steps = bayes_sd.load_example("stepcost").head(50).copy()
+    steps.loc[3, "time_ms"] = -1.0
+    steps.loc[7, "phase"] = "training"
+    path = tmp_path / "steps.csv"
+    steps.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"row 4: field 'time_ms': must be > 0"):
+        bayes_sd.read_step_costs(path)
+    steps.loc[3, "time_ms"] = 1.0
+    steps.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"row 8: field 'phase'"):
+        bayes_sd.read_step_costs(path)
+    path.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        bayes_sd.read_step_costs(path)
+
+
+def test_registry_names():
+    info = bayes_sd.lookup_model("meta-llama/Llama-3.1-8B-Instruct")
+    assert info.name == "llama-3.1-8b" and not info.moe
+    moe = bayes_sd.lookup_model("Qwen/Qwen3-30B-A3B-Instruct-2507")
+    assert moe.experts == 128 and moe.experts_per_token == 8 and moe.active_params < moe.params
+    assert bayes_sd.lookup_model("acme/unknown") is None
+    with pytest.raises(ValueError, match="active"):
+        bayes_sd.register_model("bad", 1e9, 2e9)
+
+
+def test_no_warnings_on_clean_fixtures(fixtures):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_sweep([fixtures / "vllm_eagle", fixtures / "guidellm"])
