@@ -145,42 +145,40 @@ def _coerce(
 ) -> pd.Series:
     """Column as the canonical dtype; values that do not convert become problems."""
     raw = table[name]
-    n = len(raw)
     if col.kind == "str":
-        values = [None if _blank(v) else str(v).strip() for v in raw]
-        return pd.Series(values, index=table.index, dtype="string")
+        text = raw.astype("string").str.strip()
+        return text.mask(text == "")
     if col.kind == "bool":
-        out = []
-        for i, v in enumerate(raw):
-            if isinstance(v, bool | np.bool_):
-                out.append(bool(v))
-            elif _blank(v):
-                out.append(None)
-            elif str(v).strip().lower() in {"true", "1", "yes"}:
-                out.append(True)
-            elif str(v).strip().lower() in {"false", "0", "no"}:
-                out.append(False)
-            else:
-                f, r = _where(table, i, file)
-                problems.append(Problem(f"expected true/false, got {v!r}", f, r, name))
-                out.append(None)
-        return pd.Series(out, index=table.index, dtype="boolean")
-    out = np.full(n, np.nan)
-    for i, v in enumerate(raw):
+        if raw.dtype == bool:
+            return raw.astype("boolean")
+        words = raw.astype("string").str.strip().str.lower()
+        out = pd.Series(pd.NA, index=table.index, dtype="boolean")
+        out[words.isin(["true", "1", "yes", "1.0"]).fillna(False).to_numpy()] = True
+        out[words.isin(["false", "0", "no", "0.0"]).fillna(False).to_numpy()] = False
+        for i in np.flatnonzero((out.isna() & words.notna() & (words != "")).to_numpy()):
+            f, r = _where(table, int(i), file)
+            problems.append(Problem(f"expected true/false, got {raw.iloc[i]!r}", f, r, name))
+        return out
+    if raw.dtype.kind in "iuf":
+        return raw.astype(float)
+    if raw.dtype.kind == "b":
+        values = pd.Series(np.nan, index=table.index)
+        failed = np.ones(len(raw), dtype=bool)
+    else:
+        values = pd.to_numeric(raw.astype(object), errors="coerce").astype(float)
+        failed = (values.isna() & raw.notna()).to_numpy()
+    for i in np.flatnonzero(failed):
+        v = raw.iloc[i]
         if _blank(v):
             continue
-        if isinstance(v, bool | np.bool_):
-            f, r = _where(table, i, file)
-            problems.append(Problem(f"expected a number, got {v!r}", f, r, name))
-            continue
-        try:
-            x = float(v)
+        try:  # "NaN" and "inf" convert (and are judged later); "abc" and True do not
+            if isinstance(v, bool | np.bool_):
+                raise TypeError
+            values.iloc[i] = float(v)
         except (TypeError, ValueError, OverflowError):
-            f, r = _where(table, i, file)
+            f, r = _where(table, int(i), file)
             problems.append(Problem(f"expected a number, got {v!r}", f, r, name))
-            continue
-        out[i] = x
-    return pd.Series(out, index=table.index, dtype=float)
+    return values
 
 
 def _check_range(
@@ -191,20 +189,26 @@ def _check_range(
     problems: list[Problem],
     file: str | None,
 ) -> None:
-    for i, x in enumerate(values.to_numpy(dtype=float, na_value=np.nan)):
-        if np.isnan(x):
-            continue
-        f, r = _where(table, i, file)
-        if not np.isfinite(x) and not (name == "request_rate" and x == np.inf):
-            problems.append(Problem(f"must be finite, got {x}", f, r, name))
-            continue
-        if col.kind == "int" and x != round(x):
-            problems.append(Problem(f"must be a whole number, got {x}", f, r, name))
-        if col.low is not None and (x < col.low or (col.low_open and x <= col.low)):
-            op = ">" if col.low_open else ">="
-            problems.append(Problem(f"must be {op} {col.low:g}, got {x:g}", f, r, name))
-        if col.high is not None and x > col.high:
-            problems.append(Problem(f"must be <= {col.high:g}, got {x:g}", f, r, name))
+    x = values.to_numpy(dtype=float, na_value=np.nan)
+    known = ~np.isnan(x)
+    allowed_inf = name == "request_rate"
+    checks = [
+        (known & np.isinf(x) & ~(allowed_inf & (x == np.inf)), "must be finite, got {x}"),
+    ]
+    finite = known & np.isfinite(x)
+    if col.kind == "int":
+        checks.append((finite & (x != np.round(x)), "must be a whole number, got {x}"))
+        checks.append((finite & (np.abs(x) > 2.0**53), "is too large to be a count: {x:g}"))
+    if col.low is not None:
+        below = (x <= col.low) if col.low_open else (x < col.low)
+        op = ">" if col.low_open else ">="
+        checks.append((known & below, f"must be {op} {col.low:g}, got {{x:g}}"))
+    if col.high is not None:
+        checks.append((known & (x > col.high), f"must be <= {col.high:g}, got {{x:g}}"))
+    for mask, template in checks:
+        for i in np.flatnonzero(mask):
+            f, r = _where(table, int(i), file)
+            problems.append(Problem(template.format(x=x[i]), f, r, name))
 
 
 def validate_sweep(

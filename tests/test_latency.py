@@ -184,7 +184,9 @@ def test_moe_coverage_raises_latency_at_load():
     unsat, incr = moe_coefs()
     low = L.moe_closed_loop_latency(unsat, incr, 0, 1.0, 256, 1, 128, 8, 512)
     high = L.moe_closed_loop_latency(unsat, incr, 0, 1.0, 256, 64, 128, 8, 512)
-    c1_full, c2_full = L.demand(L.Coefficients(*(u + s for u, s in zip(unsat, incr))), 0, 1, 256)
+    c1_full, c2_full = L.demand(
+        L.Coefficients(*(u + s for u, s in zip(unsat, incr, strict=True))), 0, 1, 256
+    )
     # at one request most experts are idle; at 64 almost all are read
     assert low < c1_full + c2_full
     assert high == pytest.approx(c1_full + 64 * c2_full, rel=0.02)  # φ(64) = 0.984

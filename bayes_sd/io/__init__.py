@@ -229,10 +229,8 @@ def _read_tidy(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, li
     table["file"] = file
     table["record"] = [f"row {i + 1}" for i in range(len(table))]
     if "run_id" not in table.columns:
-        table["run_id"] = [
-            run_id(file, r, lat)
-            for r, lat in zip(table["record"], table.get("latency_mean_s"), strict=True)
-        ]
+        lat = table["latency_mean_s"] if "latency_mean_s" in table else [None] * len(table)
+        table["run_id"] = [run_id(file, r, v) for r, v in zip(table["record"], lat, strict=True)]
     if "saturated" not in table.columns:
         table["saturated"] = False
     checked = validate_sweep(table, file=file, allow_duplicates=True)
