@@ -493,16 +493,18 @@ def moe_open_loop_latency(
     experts_per_token: Any,
     prefill_len: Any,
     *,
-    growth: float = 1.25,
-    max_growth_steps: int = 200,
-    bisection_steps: int = 60,
+    growth: float = 1.5,
+    max_growth_steps: int = 120,
+    bisection_steps: int = 64,
 ) -> np.ndarray:
     """MoE mean latency under Poisson arrivals at ``rate`` (NumPy only; vectorised).
 
     Solves ``L = C1(B) + B C2(B)`` with ``B = λ L`` (model.md §4) and returns its least root —
     the operating point reached as load rises from zero — or ``+inf`` where there is none
     (saturated). The least root lies above ``L_lo = C1_u / (1 − λ C2_u)`` (coverage ≥ 0), so the
-    solver walks up from ``L_lo`` by factors of ``growth`` until ``f(L) < L``, then bisects.
+    solver walks up from ``L_lo`` by factors of ``growth`` until ``f(L) < L``, then bisects
+    (two roots within one factor of ``growth`` would be missed; coverage is concave, so that
+    needs a contrived increment).
     """
     arrays = np.broadcast_arrays(
         *(np.asarray(c, dtype=float) for c in (*unsaturated, *increment)),
@@ -514,42 +516,47 @@ def moe_open_loop_latency(
     unsat, incr = Coefficients(*arrays[:6]), Coefficients(*arrays[6:12])
     k, tokens, decode_len, rate, experts, experts_per_token, prefill_len = arrays[12:]
     _numeric("rate", rate, low=0.0)
+    for name, value in zip(Coefficients._fields, (*unsat, *incr), strict=False):
+        _numeric(name, value, low=0.0)
+    expert_coverage(prefill_len, experts, experts_per_token)  # checks the MoE shape
 
-    def excess(lat: np.ndarray) -> np.ndarray:  # f(L) − L
-        c1, c2 = moe_demand(
-            unsat,
-            incr,
-            k,
-            tokens,
-            decode_len,
-            rate * lat,
-            experts,
-            experts_per_token,
-            prefill_len,
-        )
+    # Everything but the coverage of verification and drafting is constant in B: precompute it.
+    cycles = decode_len / tokens
+    log_q = np.log1p(-experts_per_token / experts)  # φ(T) = 1 − exp(T log q)
+    phi_p = 1.0 - np.exp(prefill_len * log_q)
+    base1 = unsat.c1p + phi_p * incr.c1p + cycles * (unsat.c1v + k * unsat.c1d)
+    base2 = unsat.c2p + phi_p * incr.c2p + cycles * (unsat.c2v + k * unsat.c2d)
+
+    def excess(lat: np.ndarray) -> np.ndarray:  # f(L) − L with B = λL
+        batch = np.maximum(rate * lat, 1.0)
+        phi_v = 1.0 - np.exp(batch * (k + 1.0) * log_q)
+        phi_d = 1.0 - np.exp(batch * log_q)
+        c1 = base1 + cycles * (phi_v * incr.c1v + k * phi_d * incr.c1d)
+        c2 = base2 + cycles * (phi_v * incr.c2v + k * phi_d * incr.c2d)
         return c1 + rate * lat * c2 - lat
 
-    c1_u, c2_u = demand(unsat, k, tokens, decode_len)
-    lower = open_loop_latency(c1_u, c2_u, rate)
-    # f is increasing, so the least root L* >= L_lo also satisfies L* = f(L*) >= f(L_lo).
-    finite = np.isfinite(lower)
-    lower = np.where(finite, excess(np.where(finite, lower, 0.0)) + lower, np.inf)
-    hi = np.where(np.isfinite(lower), lower, np.nan)
-    lo = hi.copy()
-    found = ~np.isfinite(lower)  # saturated even without coverage: nothing to search
-    for _ in range(max_growth_steps):
-        todo = ~found
-        if not todo.any():
-            break
-        cand = np.where(todo, hi * growth, hi)
-        below = todo & (excess(cand) <= 0.0)
-        lo = np.where(todo & ~below, cand, lo)
-        hi = np.where(todo, cand, hi)
-        found |= below
-    for _ in range(bisection_steps):
-        mid = 0.5 * (lo + hi)
-        above = excess(mid) > 0.0
-        lo = np.where(above, mid, lo)
-        hi = np.where(above, hi, mid)
-    result = np.where(found & np.isfinite(lower), hi, np.inf)
-    return result
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lower = open_loop_latency(base1, base2, rate)  # no coverage in v and d: a lower bound
+        # f is increasing, so the least root L* >= L_lo also satisfies L* = f(L*) >= f(L_lo).
+        finite = np.isfinite(lower)
+        lower = np.where(finite, excess(np.where(finite, lower, 0.0)) + lower, np.inf)
+        hi = np.where(finite, lower, np.nan)
+        lo = hi.copy()
+        found = ~finite  # saturated even without coverage: nothing to search
+        for _ in range(max_growth_steps):
+            todo = ~found
+            if not todo.any():
+                break
+            cand = np.where(todo, hi * growth, hi)
+            below = todo & (excess(cand) <= 0.0)
+            lo = np.where(todo & ~below, cand, lo)
+            hi = np.where(todo, cand, hi)
+            found |= below
+        for _ in range(bisection_steps):
+            mid = 0.5 * (lo + hi)
+            above = excess(mid) > 0.0
+            lo = np.where(above, mid, lo)
+            hi = np.where(above, hi, mid)
+            if np.nanmax(hi - lo, initial=0.0) <= 1e-13 * np.nanmax(hi, initial=1.0):
+                break
+    return np.where(found & finite, hi, np.inf)

@@ -239,3 +239,22 @@ def tokens_fn():
 def test_pytensor_tokens_per_cycle_near_one(tokens_fn, alpha):
     f = tokens_fn
     assert float(f(alpha)) == pytest.approx(float(L.tokens_per_cycle(alpha, 4)), rel=1e-12)
+
+
+@settings(max_examples=30)
+@given(st.floats(0.05, 0.9), st.integers(0, 5), st.floats(0.0, 0.05))
+def test_moe_solver_finds_the_least_root(frac, k, s1v):
+    unsat = L.Coefficients(0.02, 0.001, 0.004, 0.0001, 0.0004, 0.00005)
+    incr = L.Coefficients(0.0, 0.0, s1v, 0.0002, 0.0, 0.0)
+    tokens = float(L.tokens_per_cycle(0.7, k))
+    rate = frac * L.moe_saturation_rate(unsat, incr, k, tokens, 256)
+    solved = L.moe_open_loop_latency(unsat, incr, k, tokens, 256, rate, 64, 8, 512)
+    # plain fixed-point iteration from zero rises monotonically to the least root
+    lat = 0.0
+    for _ in range(20_000):
+        c1, c2 = L.moe_demand(unsat, incr, k, tokens, 256, rate * lat, 64, 8, 512)
+        new = float(c1 + rate * lat * c2)
+        if abs(new - lat) < 1e-13:
+            break
+        lat = new
+    assert solved == pytest.approx(lat, rel=1e-7)

@@ -65,17 +65,33 @@ def read_sweep(source: Source, /, *, max_bytes: int = MAX_BYTES, **metadata: Any
     """
     user = canonical_metadata(metadata, "read_sweep(...) arguments", strict=True)
     paths = _expand(source)
-    frames = []
+    frames: list[pd.DataFrame] = []
+    rows: list[dict[str, Any]] = []  # result-file rows since the last tidy table
     assumed: Counter[str] = Counter()
     for path in paths:
-        frame, file_assumed = _read_one(path, user, max_bytes)
-        frames.append(frame)
+        if path.suffix.lower() in (".csv", ".parquet", ".pq"):
+            _flush(rows, frames)
+            frame, file_assumed = _read_tidy(path, user, max_bytes)
+            frames.append(frame)
+        else:
+            file_rows, file_assumed = _read_results(path, user, max_bytes)
+            rows.extend(file_rows)
         assumed.update(file_assumed)
+    _flush(rows, frames)
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     where = str(paths[0]) if len(paths) == 1 else None
     table = validate_sweep(table, file=where)
     warn_assumed(dict(assumed))
     return table
+
+
+def _flush(rows: list[dict[str, Any]], frames: list[pd.DataFrame]) -> None:
+    """Turn buffered result rows into one frame (per-file DataFrames dominate the cost)."""
+    if rows:
+        table = _ensure_columns(pd.DataFrame(rows))
+        table["saturated"] = table["saturated"].astype("boolean").fillna(False)
+        frames.append(flag_saturation(table))
+        rows.clear()
 
 
 def _expand(source: Source) -> list[Path]:
@@ -114,11 +130,10 @@ def _expand(source: Source) -> list[Path]:
     return paths
 
 
-def _read_one(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, list[str]]:
+def _read_results(path: Path, user: dict, max_bytes: int) -> tuple[list[dict], list[str]]:
+    """Rows of a vLLM result (JSON or JSON lines) or a GuideLLM report (JSON or YAML)."""
     file = str(path)
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".parquet", ".pq"):
-        return _read_tidy(path, user, max_bytes)
     text = read_text(path, max_bytes)
     if suffix in (".yaml", ".yml"):
         if not text.strip():
@@ -150,9 +165,8 @@ def _read_one(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, lis
             row.update(system)
             row.setdefault("source", meta.get("source") or path.parent.name or path.stem)
             rows.append(row)
-    table = pd.DataFrame(rows)
-    table["run_id"] = [
-        run_id(
+    for r in rows:
+        r["run_id"] = run_id(
             file,
             r["record"],
             r.get("latency_mean_s"),
@@ -161,13 +175,7 @@ def _read_one(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, lis
             r.get("request_rate"),
             r.get("concurrency"),
         )
-        for r in rows
-    ]
-    for col in ("saturated", "saturation_reason"):
-        if col not in table:
-            table[col] = None
-    table["saturated"] = table["saturated"].fillna(False)
-    return flag_saturation(_ensure_columns(table)), assumed
+    return rows, assumed
 
 
 def _fill_from_meta(row: dict[str, Any], meta: dict[str, Any]) -> None:
