@@ -22,6 +22,7 @@ import pandas as pd
 from bayes_sd.errors import DataError, Problem
 
 __all__ = [
+    "CONFIG_KEYS",
     "LOAD_MODES",
     "SWEEP_COLUMNS",
     "Column",
@@ -32,6 +33,19 @@ __all__ = [
 ]
 
 LOAD_MODES = ("rate", "concurrency", "burst")
+# Columns that identify one served system and workload: a series of runs over load.
+CONFIG_KEYS = (
+    "source",
+    "dataset",
+    "gpu",
+    "num_gpus",
+    "target",
+    "drafter",
+    "method",
+    "k",
+    "prefill_len",
+    "decode_len",
+)
 
 
 @dataclass(frozen=True)
@@ -302,21 +316,13 @@ def _check_consistency(
             add(i, "latency_p90_s", f"percentiles out of order: p50, p90, p99 = {pct}")
     if not allow_duplicates:
         key = [
-            "source",
-            "gpu",
-            "num_gpus",
-            "target",
-            "drafter",
-            "method",
-            "k",
+            *CONFIG_KEYS,
             "load_mode",
             "request_rate",
             "concurrency",
             "n_requests",
             "latency_mean_s",
             "duration_s",
-            "prefill_len",
-            "decode_len",
         ]
         dup = t.duplicated(subset=key, keep=False).to_numpy()
         if dup.any():

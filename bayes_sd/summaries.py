@@ -13,21 +13,11 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from bayes_sd import latency
+from bayes_sd.schema import CONFIG_KEYS
 
 __all__ = ["fit_open_loop_series", "fit_step_costs", "sweep_overview"]
 
-SERIES_KEYS = [
-    "source",
-    "dataset",
-    "gpu",
-    "num_gpus",
-    "target",
-    "drafter",
-    "method",
-    "k",
-    "prefill_len",
-    "decode_len",
-]
+SERIES_KEYS = list(CONFIG_KEYS)
 
 
 def _series_keys(sweep: pd.DataFrame) -> list[str]:
