@@ -128,6 +128,12 @@ SWEEP_COLUMNS: dict[str, Column] = {
         low=0,
         low_open=True,
     ),
+    "backlog_growth": Column(
+        "float",
+        False,
+        "Requests in system over the last third of the arrival window over the middle third.",
+        low=0,
+    ),
     "ttft_mean_s": Column("float", False, "Mean time to first token (s).", low=0),
     "tpot_mean_s": Column("float", False, "Mean time per output token after the first (s).", low=0),
     "saturated": Column("bool", True, "Run is past saturation; left out of model fits."),
@@ -135,6 +141,20 @@ SWEEP_COLUMNS: dict[str, Column] = {
 }
 
 _TOL = 1e-6
+
+
+def columns_markdown() -> str:
+    """The canonical columns as a Markdown table (docs/data-formats.md embeds it)."""
+    rows = ["| column | type | required | meaning |", "|---|---|---|---|"]
+    for name, c in SWEEP_COLUMNS.items():
+        bounds = []
+        if c.low is not None:
+            bounds.append(f"{'>' if c.low_open else '≥'} {c.low:g}")
+        if c.high is not None:
+            bounds.append(f"≤ {c.high:g}")
+        kind = f"{c.kind} ({', '.join(bounds)})" if bounds else c.kind
+        rows.append(f"| `{name}` | {kind} | {'yes' if c.required else ''} | {c.doc} |")
+    return "\n".join(rows) + "\n"
 
 
 def _blank(value) -> bool:
@@ -356,13 +376,16 @@ def expected_achieved_rate(rate, n_requests, latency_mean_s):
     return n / (n / rate + lat)
 
 
-def flag_saturation(table: pd.DataFrame, *, growth_limit: float = 1.5) -> pd.DataFrame:
+def flag_saturation(
+    table: pd.DataFrame, *, growth_limit: float = 1.5, backlog_limit: float = 1.4
+) -> pd.DataFrame:
     """Set ``saturated`` (and ``saturation_reason``) on runs past saturation.
 
     A run is flagged when any request failed, when an open-loop run completed clearly fewer
     requests per second than a stable run would (``achieved < expected·(1 − max(0.05, 3/√n))``,
     see :func:`expected_achieved_rate`), when latency grew over the run (last quarter over first
-    quarter above ``growth_limit``), or when it is a burst run (all requests at once).
+    quarter above ``growth_limit``), when the backlog of requests in system grew through the
+    arrival window (``backlog_growth`` above ``backlog_limit``), or when it is a burst run.
     Flags already set are kept.
     """
     t = table.copy()
@@ -382,6 +405,7 @@ def flag_saturation(table: pd.DataFrame, *, growth_limit: float = 1.5) -> pd.Dat
     achieved = pd.to_numeric(t["achieved_rate"], errors="coerce").to_numpy(dtype=float)
     lat = pd.to_numeric(t["latency_mean_s"], errors="coerce").to_numpy(dtype=float)
     growth = pd.to_numeric(t.get("latency_growth"), errors="coerce")
+    backlog = pd.to_numeric(t.get("backlog_growth"), errors="coerce")
     with np.errstate(invalid="ignore", divide="ignore"):
         expect = expected_achieved_rate(rate, n, lat)
         tol = np.maximum(0.05, 3.0 / np.sqrt(n))
@@ -402,6 +426,8 @@ def flag_saturation(table: pd.DataFrame, *, growth_limit: float = 1.5) -> pd.Dat
             )
         if growth is not None and not pd.isna(growth.iloc[i]) and growth.iloc[i] > growth_limit:
             reasons[i].append(f"latency grew {growth.iloc[i]:.2f}x over the run")
+        if backlog is not None and not pd.isna(backlog.iloc[i]) and backlog.iloc[i] > backlog_limit:
+            reasons[i].append(f"requests in system grew {backlog.iloc[i]:.2f}x over the run")
     t["saturated"] = [bool(r) for r in reasons]
     t["saturation_reason"] = ["; ".join(dict.fromkeys(r)) or None for r in reasons]
     return t

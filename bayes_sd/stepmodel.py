@@ -134,6 +134,7 @@ class StepCostModel:
                 "experts_per_token": int(row["experts_per_token"]),
                 "moe": bool(row["moe"]),
                 "role": str(row["role"]),
+                **{c: int(row[c]) for c in ("layers", "kv_heads", "head_dim") if c in row.index},
             }
         for (gpu, model), g in med.groupby(["gpu", "model"], sort=True):
             dec = g[g["phase"] == "decode"]
@@ -174,6 +175,14 @@ class StepCostModel:
         ms, above = curve(batch, q, ctx)
         beyond_ctx = ctx > self.max_ctx[(gpu, model)] * (1 + 1e-9)
         return ms, flagged | above | beyond_ctx
+
+    def decode_linear(self, model: str, gpu: str, batch, q) -> tuple[np.ndarray, np.ndarray, float]:
+        """Decode cost as ``t_ref(B, q) + slope(q) · (Σ ctx − B · ref_ctx)``, for simulators that
+        advance many steps with a fixed batch: returns ``(t_ref ms, slope ms/token, ref_ctx)``."""
+        grid = self.curves[(gpu, model, "decode")]
+        batch, q = np.broadcast_arrays(np.asarray(batch, dtype=float), np.asarray(q, dtype=float))
+        t_ref, _ = grid(batch, q, np.full(batch.shape, grid.ref_ctx))
+        return t_ref, grid.kv_ms + grid.attn_ms * q, grid.ref_ctx
 
     def fit_report(self, steps: pd.DataFrame) -> pd.DataFrame:
         """Relative error of the model on the measured median shapes, per GPU, model, phase."""

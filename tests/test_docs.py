@@ -23,6 +23,7 @@ def test_data_formats_doc_lists_every_column():
     doc = (ROOT / "docs" / "data-formats.md").read_text().split("## The canonical sweep table")[1]
     listed = re.findall(r"^\| `([a-z0-9_]+)` \|", doc, flags=re.M)
     assert listed == list(bayes_sd.SWEEP_COLUMNS)
+    assert bayes_sd.schema.columns_markdown() in doc
 
 
 def test_every_example_has_provenance():

@@ -27,7 +27,7 @@ from bayes_sd.io.vllm import looks_like_vllm, parse_vllm
 from bayes_sd.registry import lookup_model
 from bayes_sd.schema import SWEEP_COLUMNS, flag_saturation, validate_sweep, warn_assumed
 
-__all__ = ["read_step_costs", "read_sweep"]
+__all__ = ["read_step_costs", "read_sweep", "sweep_from_results"]
 
 RESULT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".csv", ".parquet", ".pq")
 Source = str | os.PathLike | Iterable[str | os.PathLike]
@@ -133,15 +133,20 @@ def _expand(source: Source) -> list[Path]:
 def _read_results(path: Path, user: dict, max_bytes: int) -> tuple[list[dict], list[str]]:
     """Rows of a vLLM result (JSON or JSON lines) or a GuideLLM report (JSON or YAML)."""
     file = str(path)
-    suffix = path.suffix.lower()
     text = read_text(path, max_bytes)
-    if suffix in (".yaml", ".yml"):
+    if path.suffix.lower() in (".yaml", ".yml"):
         if not text.strip():
             raise DataError("the file is empty", file=file)
         docs = [("0", load_yaml(text, file))]
     else:
         docs = parse_json_documents(text, file)
     layers = [("read_sweep(...) arguments", user), *sidecars_for(path)]
+    return _rows_from_documents(docs, file, layers, path.parent.name or path.stem)
+
+
+def _rows_from_documents(
+    docs: list[tuple[str, Any]], file: str, layers: list[tuple[str, dict]], default_source: str
+) -> tuple[list[dict], list[str]]:
     rows: list[dict[str, Any]] = []
     assumed: list[str] = []
     for record, obj in docs:
@@ -163,19 +168,27 @@ def _read_results(path: Path, user: dict, max_bytes: int) -> tuple[list[dict], l
             assumed.extend(why)
             _fill_from_meta(row, meta)
             row.update(system)
-            row.setdefault("source", meta.get("source") or path.parent.name or path.stem)
+            row.setdefault("source", meta.get("source") or default_source)
+            keys = ("latency_mean_s", "n_requests", "duration_s", "request_rate", "concurrency")
+            row["run_id"] = run_id(file, row["record"], *(row.get(k) for k in keys))
             rows.append(row)
-    for r in rows:
-        r["run_id"] = run_id(
-            file,
-            r["record"],
-            r.get("latency_mean_s"),
-            r.get("n_requests"),
-            r.get("duration_s"),
-            r.get("request_rate"),
-            r.get("concurrency"),
-        )
     return rows, assumed
+
+
+def sweep_from_results(results: list[tuple[str, dict]], **metadata: Any) -> pd.DataFrame:
+    """The validated sweep table from result objects in memory (``[(name, object)]``).
+
+    The same path as :func:`read_sweep` without files: each object is a ``vllm bench serve``
+    result or a GuideLLM report, and ``name`` plays the file name in ids and messages.
+    """
+    user = canonical_metadata(metadata, "sweep_from_results(...) arguments", strict=True)
+    rows: list[dict[str, Any]] = []
+    frames: list[pd.DataFrame] = []
+    for name, obj in results:
+        file_rows, _ = _rows_from_documents([("0", obj)], name, [("arguments", user)], "memory")
+        rows.extend(file_rows)
+    _flush(rows, frames)
+    return validate_sweep(frames[0])
 
 
 def _fill_from_meta(row: dict[str, Any], meta: dict[str, Any]) -> None:

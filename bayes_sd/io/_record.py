@@ -100,3 +100,25 @@ def growth(latencies: np.ndarray, order: np.ndarray | None = None, min_n: int = 
     q = lat.size // 4
     first = lat[:q].mean()
     return float(lat[-q:].mean() / first) if first > 0 else math.nan
+
+
+def backlog_growth(starts: np.ndarray, latencies: np.ndarray, min_n: int = 40) -> float:
+    """Requests in system over the last third of the arrival window over the middle third.
+
+    About 1 for a stable run (after warm-up the backlog is stationary); well above 1 when
+    arrivals outpace completions and the backlog grows through the run. NaN below ``min_n``.
+    """
+    starts = np.asarray(starts, dtype=float)
+    ends = np.sort(starts + np.asarray(latencies, dtype=float))
+    starts = np.sort(starts)
+    if starts.size < min_n or starts[-1] <= starts[0]:
+        return math.nan
+    span = starts[-1] - starts[0]
+
+    def mean_in_system(a: float, b: float) -> float:
+        grid = starts[0] + span * np.linspace(a, b, 64)
+        n = np.searchsorted(starts, grid, side="right") - np.searchsorted(ends, grid, "right")
+        return float(n.mean())
+
+    mid = mean_in_system(1 / 3, 2 / 3)
+    return mean_in_system(2 / 3, 1.0) / mid if mid > 0 else math.nan

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bayes_sd.errors import DataError
-from bayes_sd.io._record import Record, growth
+from bayes_sd.io._record import Record, backlog_growth, growth
 from bayes_sd.io.metadata import canonical_metadata
 
 SUPPORTED_VERSIONS = (1, 2)
@@ -166,15 +166,17 @@ def _parse_benchmark(rec: Record, version: int | None) -> dict[str, Any]:
     if tokens_per_iter is not None and tokens_per_iter >= 1:
         row["acceptance_length"] = tokens_per_iter
         row["acceptance_source"] = "client_stream"
-    row["latency_growth"] = _request_growth(rec)
+    row["latency_growth"], backlog = _request_growth(rec)
+    if row["load_mode"] == "rate":
+        row["backlog_growth"] = backlog
     return row
 
 
-def _request_growth(rec: Record) -> float:
-    """Latency growth over the run from the (possibly sub-sampled) successful requests."""
+def _request_growth(rec: Record) -> tuple[float, float]:
+    """Latency and backlog growth over the run from the (maybe sub-sampled) successful requests."""
     reqs = rec.get("requests.successful", None)
     if not isinstance(reqs, list):
-        return math.nan
+        return math.nan, math.nan
     starts, lats = [], []
     for r in reqs:
         if not isinstance(r, dict):
@@ -194,5 +196,6 @@ def _request_growth(rec: Record) -> float:
             starts.append(float(t0))
             lats.append(float(lat))
     if not lats:
-        return math.nan
-    return growth(np.asarray(lats), np.asarray(starts))
+        return math.nan, math.nan
+    lats_a, starts_a = np.asarray(lats), np.asarray(starts)
+    return growth(lats_a, starts_a), backlog_growth(starts_a, lats_a)

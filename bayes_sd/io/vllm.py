@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bayes_sd.io._record import Record, growth
+from bayes_sd.io._record import Record, backlog_growth, growth
 from bayes_sd.io.metadata import canonical_metadata
 
 
@@ -113,6 +113,10 @@ def parse_vllm(obj: dict, file: str, record: str) -> tuple[dict[str, Any], dict[
             row[col] = float(np.percentile(lat, q))
     if lat is not None and lat.size:
         row["latency_growth"] = growth(lat, order)
+        if order is None and row["load_mode"] == "rate":  # request order at the offered rate
+            order = np.arange(lat.size) / row["request_rate"]
+        if order is not None and row["load_mode"] == "rate":
+            row["backlog_growth"] = backlog_growth(order, lat)
     ttft = rec.num("mean_ttft_ms", low=0)
     tpot = rec.num("mean_tpot_ms", low=0)
     row["ttft_mean_s"] = None if ttft is None else ttft * ms
