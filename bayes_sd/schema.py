@@ -131,8 +131,7 @@ SWEEP_COLUMNS: dict[str, Column] = {
     "backlog_growth": Column(
         "float",
         False,
-        "Requests in system over the last third of the arrival window over the middle third.",
-        low=0,
+        "Share of arrivals that piled up in the system over the run (≈ 1 − achieved/offered).",
     ),
     "ttft_mean_s": Column("float", False, "Mean time to first token (s).", low=0),
     "tpot_mean_s": Column("float", False, "Mean time per output token after the first (s).", low=0),
@@ -377,7 +376,7 @@ def expected_achieved_rate(rate, n_requests, latency_mean_s):
 
 
 def flag_saturation(
-    table: pd.DataFrame, *, growth_limit: float = 1.5, backlog_limit: float = 1.4
+    table: pd.DataFrame, *, growth_limit: float = 1.5, backlog_limit: float = 0.1
 ) -> pd.DataFrame:
     """Set ``saturated`` (and ``saturation_reason``) on runs past saturation.
 
@@ -427,7 +426,7 @@ def flag_saturation(
         if growth is not None and not pd.isna(growth.iloc[i]) and growth.iloc[i] > growth_limit:
             reasons[i].append(f"latency grew {growth.iloc[i]:.2f}x over the run")
         if backlog is not None and not pd.isna(backlog.iloc[i]) and backlog.iloc[i] > backlog_limit:
-            reasons[i].append(f"requests in system grew {backlog.iloc[i]:.2f}x over the run")
+            reasons[i].append(f"{backlog.iloc[i]:.0%} of arrivals piled up in the system")
     t["saturated"] = [bool(r) for r in reasons]
     t["saturation_reason"] = ["; ".join(dict.fromkeys(r)) or None for r in reasons]
     return t

@@ -103,10 +103,11 @@ def growth(latencies: np.ndarray, order: np.ndarray | None = None, min_n: int = 
 
 
 def backlog_growth(starts: np.ndarray, latencies: np.ndarray, min_n: int = 40) -> float:
-    """Requests in system over the last third of the arrival window over the middle third.
+    """Share of arrivals that piled up: growth of the requests in system from the middle third
+    to the last third of the arrival window, over the requests that arrived in between.
 
-    About 1 for a stable run (after warm-up the backlog is stationary); well above 1 when
-    arrivals outpace completions and the backlog grows through the run. NaN below ``min_n``.
+    About 0 for a stable run (the backlog is stationary after warm-up) and ``1 − X/λ`` when the
+    server completes ``X`` requests per second against ``λ`` arriving. NaN below ``min_n``.
     """
     starts = np.asarray(starts, dtype=float)
     ends = np.sort(starts + np.asarray(latencies, dtype=float))
@@ -120,5 +121,5 @@ def backlog_growth(starts: np.ndarray, latencies: np.ndarray, min_n: int = 40) -
         n = np.searchsorted(starts, grid, side="right") - np.searchsorted(ends, grid, "right")
         return float(n.mean())
 
-    mid = mean_in_system(1 / 3, 2 / 3)
-    return mean_in_system(2 / 3, 1.0) / mid if mid > 0 else math.nan
+    arrived = starts.size / 3  # arrivals between the centres of the two windows
+    return (mean_in_system(2 / 3, 1.0) - mean_in_system(1 / 3, 2 / 3)) / arrived
