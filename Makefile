@@ -36,12 +36,12 @@ test-slow: venv
 	$(PY) -m pytest -m slow
 
 lint: venv
-	$(VENV)/bin/ruff check bayes_sd tests benchmarks data
-	$(VENV)/bin/ruff format --check bayes_sd tests benchmarks data
+	$(VENV)/bin/ruff check bayes_sd tests benchmarks data validation
+	$(VENV)/bin/ruff format --check bayes_sd tests benchmarks data validation
 
 format: venv
-	$(VENV)/bin/ruff format bayes_sd tests benchmarks data
-	$(VENV)/bin/ruff check --fix bayes_sd tests benchmarks data
+	$(VENV)/bin/ruff format bayes_sd tests benchmarks data validation
+	$(VENV)/bin/ruff check --fix bayes_sd tests benchmarks data validation
 
 clean:
 	rm -rf $(VENV) .cache reports .pytest_cache .hypothesis

@@ -126,6 +126,61 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate a grid of configurations × rates; write vLLM JSON per run and a canonical CSV."""
+    import json
+
+    from bayes_sd import datasets, sweeps
+    from bayes_sd.io import read_step_costs, sweep_from_results
+    from bayes_sd.schema import atomic_write, write_sweep
+    from bayes_sd.stepmodel import StepCostModel
+
+    if args.step_costs is None:
+        steps_table = datasets.load_example("stepcost")
+    else:
+        steps_table = read_step_costs(args.step_costs)
+    steps = StepCostModel.from_table(steps_table)
+    configs = sweeps.demo_grid()
+    if args.grid == "small":  # one GPU, three targets, two SD settings: a quick look
+        configs = [c for c in configs if c.gpu == "H100-SXM-80GB"
+                   and c.target in ("llama-3.2-1b", "llama-3.1-8b", "olmoe-1b-7b")
+                   and (c.prompt_len, c.output_len) == (1024, 256)
+                   and (c.k == 0 or (c.k, c.alpha) in ((1, 0.6), (3, 0.8)))]  # fmt: skip
+    for key in ("gpu", "target"):
+        wanted = getattr(args, key)
+        if wanted:
+            configs = [c for c in configs if getattr(c, key) in wanted]
+    if not configs:
+        raise DataError("no configuration left after the --gpu/--target filters")
+    runs = sweeps.plan_runs(configs, steps, seed=args.seed)
+    out = Path(args.out)
+    print(f"bayes-sd simulate: {len(configs)} configurations, {len(runs)} runs "
+          f"(seed {args.seed}, {args.jobs or 'all'} processes) -> {out}",
+          file=sys.stderr)  # fmt: skip
+    bar = sweeps.Progress(len(runs), "simulating")
+    results = sweeps.run_grid(
+        runs,
+        steps,
+        jobs=args.jobs,
+        progress=bar.update,
+        min_requests=args.min_requests,
+        max_requests=args.max_requests,
+    )
+    if args.json:
+        for name, obj, _ in results:
+            text = json.dumps(obj)
+            atomic_write(out / "runs" / name, lambda p, text=text: p.write_text(text))
+    table = sweep_from_results([(name, obj) for name, obj, _ in results], num_gpus=1,
+                               source="simulated")  # fmt: skip
+    path = write_sweep(table, out / "sweep.csv")
+    n_ext = sum(info["extrapolated"] for _, _, info in results)
+    print(
+        f"wrote {path}: {len(table)} runs ({int(table['saturated'].sum())} flagged saturated,"
+        f" {n_ext} used extrapolated step costs)"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayes-sd",
@@ -155,6 +210,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="metadata for every run, e.g. --meta gpu=H100 --meta k=0",
     )
     ingest.set_defaults(func=cmd_ingest)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate a sweep of a continuous-batching server with SD (simulated data)",
+        description="Simulate configurations x rates with the discrete-event simulator driven by "
+        "measured step costs. Writes sweep.csv (canonical) and, with --json, one vllm bench "
+        "serve result JSON per run under runs/. The demo grid regenerates the embedded demo "
+        "sweep bit for bit at --seed 0.",
+    )
+    sim.add_argument(
+        "--grid",
+        choices=["demo", "small"],
+        default="small",
+        help="configuration grid (default: %(default)s)",
+    )
+    sim.add_argument("--gpu", action="append", help="keep only this GPU (repeatable)")
+    sim.add_argument("--target", action="append", help="keep only this target (repeatable)")
+    sim.add_argument("--out", required=True, help="output folder")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--jobs", type=int, default=None, help="processes (default: all CPUs)")
+    sim.add_argument(
+        "--json",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write one vLLM result JSON per run (default: on)",
+    )
+    sim.add_argument(
+        "--step-costs",
+        default=None,
+        help="step-time table to drive the simulator (default: embedded stepcost)",
+    )
+    sim.add_argument(
+        "--min-requests",
+        type=int,
+        default=1000,
+        help="requests per run at least (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--max-requests",
+        type=int,
+        default=3000,
+        help="requests per run at most; runs get 20 per request in flight (default: %(default)s)",
+    )
+    sim.set_defaults(func=cmd_simulate)
     return parser
 
 

@@ -13,6 +13,12 @@ EXAMPLES = {
         "stepcost/step_times.csv",
         "Measured forward-pass times of 8 architectures (dense and MoE) on H100 and H200.",
     ),
+    "demo": (
+        "demo/sweep.csv",
+        "SIMULATED demo sweep: 2,586 open-loop runs of 320 configurations (6 targets, dense and "
+        "MoE; 3 drafters; H100 and H200; k 0-7; acceptance 0.6-0.9), from the discrete-event "
+        "simulator driven by the measured step costs.",
+    ),
     "vllm-blog-2024": (
         "vllm-blog-2024/sweep.csv",
         "Real open-loop vLLM sweep, Llama-3-70B on 4xH100, with and without SD (vLLM blog, "
@@ -38,7 +44,7 @@ def list_examples() -> dict[str, str]:
 
 
 def load_example(name: str) -> pd.DataFrame:
-    """Load an embedded example: ``"stepcost"`` or ``"vllm-blog-2024"``.
+    """Load an embedded example: ``"demo"``, ``"stepcost"`` or ``"vllm-blog-2024"``.
 
     ``"stepcost"`` returns the validated step-time table (see :func:`bayes_sd.read_step_costs`);
     sweeps return the validated canonical sweep table. Each dataset's provenance is in the

@@ -522,7 +522,8 @@ def moe_open_loop_latency(
 
     # Everything but the coverage of verification and drafting is constant in B: precompute it.
     cycles = decode_len / tokens
-    log_q = np.log1p(-experts_per_token / experts)  # φ(T) = 1 − exp(T log q)
+    with np.errstate(divide="ignore"):  # dense (m = M): log q = −inf, φ = 1 for T > 0
+        log_q = np.log1p(-experts_per_token / experts)  # φ(T) = 1 − exp(T log q)
     phi_p = 1.0 - np.exp(prefill_len * log_q)
     base1 = unsat.c1p + phi_p * incr.c1p + cycles * (unsat.c1v + k * unsat.c1d)
     base2 = unsat.c2p + phi_p * incr.c2p + cycles * (unsat.c2v + k * unsat.c2d)

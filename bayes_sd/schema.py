@@ -43,6 +43,7 @@ CONFIG_KEYS = (
     "drafter",
     "method",
     "k",
+    "alpha",
     "prefill_len",
     "decode_len",
 )

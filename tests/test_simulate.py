@@ -76,6 +76,9 @@ def test_littles_law_and_light_load_latency(steps, eagle):
     achieved = len(r.requests) / r.duration_s
     # time-average requests in system (integrated over the run) = throughput × mean latency
     assert r.mean_in_system == pytest.approx(achieved * r.latency_mean_s, rel=0.02)
+    summary = r.summary()
+    assert summary["latency_p99_s"] > summary["latency_p50_s"] > summary["ttft_mean_s"] > 0
+    assert summary["throughput_rps"] == pytest.approx(achieved)
     light = simulate(eagle, steps, rate=0.02 * saturation_estimate(eagle, steps), n_requests=50)
     assert light.latency_mean_s < r.latency_mean_s
     assert (light.requests["ttft_s"] > 0).all() and (light.requests["tpot_s"] > 0).all()
