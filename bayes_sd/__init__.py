@@ -4,13 +4,14 @@ from bayes_sd import latency
 from bayes_sd._version import __version__
 from bayes_sd.datasets import list_examples, load_example
 from bayes_sd.errors import DataError
-from bayes_sd.io import read_step_costs, read_sweep
+from bayes_sd.io import read_step_costs, read_sweep, sweep_from_results
 from bayes_sd.registry import lookup_model, register_model
 from bayes_sd.schema import SWEEP_COLUMNS, flag_saturation, validate_sweep, write_sweep
 
 __all__ = [
     "SWEEP_COLUMNS",
     "DataError",
+    "LatencyModel",
     "__version__",
     "flag_saturation",
     "latency",
@@ -20,6 +21,16 @@ __all__ = [
     "read_step_costs",
     "read_sweep",
     "register_model",
+    "sweep_from_results",
     "validate_sweep",
     "write_sweep",
 ]
+
+
+def __getattr__(name: str):
+    # The model pulls in PyMC (seconds to import): load it on first use, not with the readers.
+    if name == "LatencyModel":
+        from bayes_sd.model import LatencyModel
+
+        return LatencyModel
+    raise AttributeError(f"module 'bayes_sd' has no attribute {name!r}")

@@ -41,6 +41,7 @@ __all__ = [
     "moe_open_loop_latency",
     "moe_saturation_rate",
     "open_loop_latency",
+    "open_loop_latency_smooth",
     "saturation_rate",
     "speedup",
     "speedup_from_ratios",
@@ -132,11 +133,11 @@ def _check(ok: Any, message: str) -> None:
 def _numeric(name: str, x: Any, *, low: float | None = None, high: float | None = None):
     """Float array with a range check (NumPy mode only); NaN passes through unchecked."""
     arr = np.asarray(x, dtype=float)
-    finite = ~np.isnan(arr)
-    if low is not None:
-        _check(arr[finite] >= low, f"{name} must be >= {low}; got {arr[finite].min()}")
-    if high is not None:
-        _check(arr[finite] <= high, f"{name} must be <= {high}; got {arr[finite].max()}")
+    known = arr[~np.isnan(arr)]
+    if low is not None and np.any(known < low):
+        raise ValueError(f"{name} must be >= {low}; got {known.min()}")
+    if high is not None and np.any(known > high):
+        raise ValueError(f"{name} must be <= {high}; got {known.max()}")
     return arr
 
 
@@ -263,6 +264,22 @@ def open_loop_latency(c1: Any, c2: Any, rate: Any) -> Any:
     slack = 1.0 - rate * c2
     stable = slack > 0
     return ops.where(stable, c1 / ops.where(stable, slack, 1.0), np.inf)
+
+
+def open_loop_latency_smooth(c1: Any, c2: Any, rate: Any, width: float = 0.02) -> Any:
+    """``C1 / softplus_w(1 − λ C2)``: the open-loop latency with a smooth floor on the slack.
+
+    Equal to :func:`open_loop_latency` (to within ``e^{-slack/width}``) where the system is
+    stable, finite and differentiable beyond — for likelihoods, where a sampler may wander past
+    ``1/C2`` and must be pushed back by a gradient rather than meet ``+inf``.
+    """
+    ops = _ops(c1, c2, rate)
+    slack = 1.0 - rate * c2
+    if ops.tensor:
+        soft = width * ops.pt.softplus(slack / width)
+    else:
+        soft = width * np.logaddexp(0.0, np.asarray(slack, dtype=float) / width)
+    return c1 / soft
 
 
 def closed_loop_latency(c1: Any, c2: Any, concurrency: Any) -> Any:

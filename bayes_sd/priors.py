@@ -1,0 +1,81 @@
+"""Default priors of the latency model, as configuration (``pymc_extras.prior.Prior``).
+
+How they were chosen (docs/model.md): coefficients are on the log scale, at 1 B parameters of
+the model doing the work and a 1,024-token length.
+
+* ``intercept``: centred on what the embedded H100 step costs imply — e.g. the load-independent
+  verification cost ``c1v`` is one decode pass that reads the weights, 6.3 ms for an 8 B model,
+  so about 1 ms per B parameters — with a standard deviation of 1.5 (a factor of 4.5 either way):
+  weakly informative, physically anchored.
+* ``size_slope``: weight reads and compute grow about linearly with parameters; Normal(0.8, 0.3)
+  allows the sub-linear scaling of small, launch-bound models.
+* ``length_slope``: prefill grows with the prompt, per-token verification with the context;
+  Normal(0.8, 0.5).
+* ``gpu_effect``: per GPU and coefficient, partially pooled, HalfNormal(0.3) scale — GPUs of one
+  generation differ by tens of percent, not by factors; an unseen GPU gets this spread.
+* ``config_sd``: configuration residuals, HalfNormal(0.3).
+* ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
+  what a dense model of the total size would", Normal(0, 0.5).
+* ``acceptance``: per drafter configuration where the data carry no acceptance, Beta(2, 2) on
+  the acceptance rate (E − 1)/k.
+* ``sigma``: measurement noise on log mean latency per source, HalfNormal(0.1) (a few percent is
+  typical of benchmark means); ``nu``: Student-t degrees of freedom, Gamma(2, 0.1).
+
+Override any of them by name: ``LatencyModel(model_config={"priors": {"sigma":
+Prior("HalfNormal", sigma=0.05, dims="source")}})``. Unknown names are an error listing them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pymc_extras.prior import Prior, deserialize
+
+from bayes_sd.population import DEFAULT_POPULATION
+
+__all__ = ["COEFS", "DEFAULT_PRIORS", "LENGTH_COEFS", "resolve_priors"]
+
+COEFS = ("c1p", "c2p", "c1v", "c2v", "c1d", "c2d")
+LENGTH_COEFS = ("c1p", "c2p", "c2v")
+
+
+def _defaults() -> dict[str, Prior]:
+    centre = [round(float(DEFAULT_POPULATION.intercept[c]), 3) for c in COEFS]
+    return {
+        "intercept": Prior("Normal", mu=np.array(centre), sigma=1.5, dims="coef"),
+        "size_slope": Prior("Normal", mu=0.8, sigma=0.3, dims="coef"),
+        "length_slope": Prior("Normal", mu=0.8, sigma=0.5, dims="length_coef"),
+        "gpu_effect": Prior(
+            "Normal",
+            mu=0.0,
+            sigma=Prior("HalfNormal", sigma=0.3, dims="coef"),
+            dims=("gpu", "coef"),
+            centered=False,
+        ),
+        "config_sd": Prior("HalfNormal", sigma=0.3, dims="coef"),
+        "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="coef_pv"),
+        "acceptance": Prior("Beta", alpha=2.0, beta=2.0, dims="draft_system"),
+        "sigma": Prior("HalfNormal", sigma=0.1, dims="source"),
+        "nu": Prior("Gamma", alpha=2.0, beta=0.1),
+    }
+
+
+DEFAULT_PRIORS: dict[str, Prior] = _defaults()
+
+
+def resolve_priors(overrides: dict[str, Any] | None) -> dict[str, Prior]:
+    """Defaults updated by ``overrides`` (Prior objects or their ``to_dict()`` form)."""
+    priors = dict(_defaults())
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(priors))
+    if unknown:
+        raise ValueError(
+            f"unknown prior name(s): {', '.join(unknown)}; known: {', '.join(sorted(priors))}"
+        )
+    bad = [k for k, v in overrides.items() if not isinstance(v, Prior | dict)]
+    if bad:
+        raise ValueError(f"prior(s) {', '.join(bad)} must be pymc_extras.prior.Prior objects")
+    for name, value in overrides.items():
+        priors[name] = deserialize(value) if isinstance(value, dict) else value
+    return priors

@@ -1,0 +1,242 @@
+"""LatencyModel structure, prediction and persistence (mocked sampling), and the curve-fit baseline.
+
+Mocked sampling (prior draws in place of MCMC) tests the plumbing only: it proves nothing about
+whether the model recovers anything. Parameter recovery needs the real sampler.
+"""
+
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytest
+from pymc.testing import mock_sample
+from pymc_extras.prior import Prior
+
+from bayes_sd import DataError
+from bayes_sd.baseline import fit_baseline
+from bayes_sd.model import ConvergenceWarning, LatencyModel
+from bayes_sd.population import simulate_from_model
+
+CONFIGS = [
+    {
+        "gpu": "H100-SXM-80GB",
+        "target": "llama-3.1-8b",
+        "drafter": "eagle3-head-8b",
+        "prefill_len": 1024,
+        "decode_len": 256,
+        "sd": [(1, 0.6), (3, 0.8), (5, 0.9)],
+    },
+    {
+        "gpu": "H200-SXM-141GB",
+        "target": "llama-3.2-1b",
+        "drafter": "llama-68m",
+        "prefill_len": 256,
+        "decode_len": 1024,
+        "sd": [(2, 0.7), (4, 0.8)],
+    },
+    {
+        "gpu": "H100-SXM-80GB",
+        "target": "olmoe-1b-7b",
+        "drafter": "llama-68m",
+        "prefill_len": 256,
+        "decode_len": 256,
+        "sd": [(3, 0.8)],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    data, _ = simulate_from_model(CONFIGS, seed=11)
+    return data
+
+
+@pytest.fixture
+def mocked(monkeypatch):
+    stats = {"diverging": lambda size: np.zeros(size, dtype=bool)}
+    monkeypatch.setattr(pm, "sample", partial(mock_sample, sample_stats=stats))
+
+
+@pytest.fixture
+def fitted(sweep, mocked):
+    model = LatencyModel(sampler_config={"draws": 20, "chains": 2})
+    with pytest.warns(ConvergenceWarning):  # prior draws are not a converged posterior
+        model.fit(sweep, random_seed=3)
+    return model
+
+
+def test_structure_names_dims_and_finite_gradient(sweep):
+    model = LatencyModel().build_model(sweep)
+    free = {v.name for v in model.free_RVs}
+    assert {
+        "intercept",
+        "size_slope",
+        "length_slope",
+        "gpu_effect_offset",
+        "config_sd",
+        "z_system",
+        "z_draft",
+        "moe_excess",
+        "sigma",
+        "nu",
+    } <= free
+    assert list(model.coords["coef"]) == ["c1p", "c2p", "c1v", "c2v", "c1d", "c2d"]
+    assert len(model.coords["system"]) == 3 and len(model.coords["draft_system"]) == 3
+    assert set(model.coords["gpu"]) == {"H100-SXM-80GB", "H200-SXM-141GB"}
+    assert model.named_vars_to_dims["z_system"] == ("system", "coef_pv")
+    assert model.named_vars_to_dims["log_latency"] == ("run",)
+    point = model.initial_point()
+    assert np.isfinite(model.compile_logp()(point))
+    assert np.all(np.isfinite(model.compile_dlogp()(point)))
+
+
+def test_saturated_runs_are_left_out_and_counted(sweep):
+    flagged = sweep.copy()
+    flagged.loc[:4, "saturated"] = True
+    model = LatencyModel()
+    model.build_model(flagged)
+    assert model.design.n_saturated == 5 and len(model.design.rows) == len(sweep) - 5
+
+
+def test_latent_acceptance_when_data_carry_none(sweep):
+    blind = sweep.copy()
+    blind.loc[blind["k"] > 0, "acceptance_length"] = np.nan
+    blind["alpha"] = np.nan
+    model = LatencyModel().build_model(blind)
+    assert "acceptance" in {v.name for v in model.free_RVs}
+
+
+def test_config_validation():
+    model = LatencyModel(
+        model_config={"priors": {"sigma": Prior("HalfNormal", sigma=0.05, dims="source")}}
+    )
+    assert model.priors["sigma"].parameters["sigma"] == 0.05
+    with pytest.raises(ValueError, match=r"unknown prior name.*bogus"):
+        LatencyModel(model_config={"priors": {"bogus": Prior("Normal")}})
+    with pytest.raises(ValueError, match="unknown model_config"):
+        LatencyModel(model_config={"prior": {}})
+    with pytest.raises(ValueError, match="nuts_sampler"):
+        LatencyModel(sampler_config={"nuts_sampler": "emcee"})
+    with pytest.raises(ValueError, match="unknown sampler_config"):
+        LatencyModel(sampler_config={"drawz": 10})
+
+
+def test_fit_returns_datatree_and_diagnostics(fitted):
+    assert "posterior" in fitted.idata.children
+    diag = fitted.diagnostics
+    assert {"max_rhat", "min_ess_bulk", "min_ess_tail", "divergences"} <= set(diag)
+    assert diag["runs_fitted"] == len(fitted.design.rows)
+
+
+def test_predict_agrees_with_the_model_graph(fitted, sweep):
+    rows = fitted.design.rows
+    dense = rows[rows["target_experts"] == 1].reset_index(drop=True)
+    pred = fitted.predict(dense, max_draws=1000)
+    assert pred.draws["latency"].dims == ("chain", "draw", "row")
+    graph = fitted.idata["posterior"].dataset["latency"]
+    graph = graph.sel(run=dense["run_id"].astype(str).to_numpy()).values
+    mine = pred.draws["latency"].values
+    utilisation = dense["request_rate"].to_numpy() / pred.draws["saturation_rate"].values
+    stable = utilisation < 0.8
+    assert stable.mean() > 0.5
+    # the graph uses a smooth floor on 1 − λC2; away from saturation the two agree
+    np.testing.assert_allclose(mine[stable], graph[stable], rtol=1e-3)
+    summary = pred.summary
+    assert {
+        "latency_median",
+        "latency_lo",
+        "latency_hi",
+        "speedup_median",
+        "p_speedup_gt_1",
+        "saturation_rate_median",
+    } <= set(summary.columns)
+    base = summary[summary["k"] == 0]
+    assert np.allclose(base["speedup_median"], 1.0)
+
+
+def test_unseen_gpu_and_size_draw_new_effects(fitted):
+    seen = {
+        "gpu": "H100-SXM-80GB",
+        "target": "llama-3.1-8b",
+        "drafter": "eagle3-head-8b",
+        "k": 3,
+        "alpha": 0.8,
+        "prefill_len": 1024,
+        "decode_len": 256,
+        "request_rate": 1.0,
+    }
+    rows = pd.DataFrame(
+        [seen, {**seen, "gpu": "B200"}, {**seen, "target": "qwen2.5-14b", "drafter": "llama-68m"}]
+    )
+    pred = fitted.predict(rows, random_seed=1)
+    width = np.log(pred.summary["latency_hi"] / pred.summary["latency_lo"])
+    assert np.all(np.isfinite(width))
+    lat = pred.draws["latency"].values.reshape(-1, 3)
+    # an unseen GPU gets fresh GPU effects: the draws differ from the seen GPU's, at random
+    ratio = np.log(lat[:, 1] / lat[:, 0])
+    assert ratio.std() > 0.05 and abs(np.median(ratio)) < 0.5
+    # (that intervals are *wider* for unseen GPUs and sizes needs a real posterior; mocked
+    # prior draws leave even seen systems unconstrained)
+
+
+def test_predict_input_errors(fitted):
+    with pytest.raises(DataError, match="need column"):
+        fitted.predict(pd.DataFrame([{"gpu": "H100-SXM-80GB"}]))
+    row = {
+        "gpu": "H100-SXM-80GB",
+        "target": "llama-3.1-8b",
+        "k": 0,
+        "prefill_len": 256,
+        "decode_len": 256,
+    }
+    with pytest.raises(DataError, match="exactly one of request_rate or concurrency"):
+        fitted.predict(pd.DataFrame([row]))
+    with pytest.raises(DataError, match="acceptance_length or alpha"):
+        fitted.predict(pd.DataFrame([{**row, "k": 3, "drafter": "llama-68m", "request_rate": 1}]))
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    path = fitted.save(tmp_path / "model.nc")
+    loaded = LatencyModel.load(path)
+    rows = fitted.design.rows.head(10)
+    a = fitted.predict(rows, random_seed=5).draws
+    b = loaded.predict(rows, random_seed=5).draws
+    np.testing.assert_array_equal(a["latency"].values, b["latency"].values)
+    assert loaded.config_hash == fitted.config_hash
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temporary file
+
+
+def test_load_rejects_other_files(fitted, tmp_path):
+    import xarray as xr
+
+    xr.Dataset({"x": ("a", [1.0])}).to_netcdf(tmp_path / "other.nc", engine="h5netcdf")
+    with pytest.raises(DataError, match="not a bayes_sd model file"):
+        LatencyModel.load(tmp_path / "other.nc")
+    path = fitted.save(tmp_path / "model.nc")
+    tree = xr.load_datatree(path, engine="h5netcdf")
+    tree.attrs["bayes_sd_structure"] = "0" * 16
+    tree.to_netcdf(tmp_path / "tampered.nc", engine="h5netcdf")
+    with pytest.raises(DataError, match="different structure"):
+        LatencyModel.load(tmp_path / "tampered.nc")
+    with pytest.raises(DataError, match="cannot read"):
+        (tmp_path / "junk.nc").write_text("junk")
+        LatencyModel.load(tmp_path / "junk.nc")
+
+
+def test_fit_with_steps_is_not_available_yet(sweep):
+    with pytest.raises(NotImplementedError, match="step-level"):
+        LatencyModel().fit(sweep, steps=pd.DataFrame())
+
+
+def test_baseline_fits_closed_form_data(sweep):
+    fit = fit_baseline(sweep)
+    assert len(fit.coefficients) == 3
+    pred = fit.predict(sweep)
+    err = np.abs(pred / sweep["latency_mean_s"].to_numpy() - 1)
+    dense = (sweep["target_experts"] == 1).to_numpy()
+    assert np.median(err[dense]) < 0.05  # the dense closed form is its own model
+    unseen = sweep.head(2).assign(
+        target="qwen2.5-14b", target_params=14.8e9, target_active_params=14.8e9
+    )
+    assert np.isnan(fit.predict(unseen)).all()
