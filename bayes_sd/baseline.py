@@ -22,6 +22,7 @@ from bayes_sd.schema import validate_sweep
 __all__ = ["BaselineFit", "fit_baseline"]
 
 KEYS = ("source", "dataset", "gpu", "num_gpus", "target", "prefill_len", "decode_len")
+SIX = latency.Coefficients._fields[:6]  # the published model's coefficients (no premium)
 
 
 def _key(row) -> tuple:
@@ -84,7 +85,7 @@ class BaselineFit:
         fitted = self.coefficients
         lookup: dict[tuple, np.ndarray] = {}
         for _, r in fitted.iterrows():
-            theta = np.log(r[list(latency.Coefficients._fields)].to_numpy(float))
+            theta = np.log(r[list(SIX)].to_numpy(float))
             lookup[(*_key(r), r["drafter_group"])] = theta
             lookup.setdefault((*_key(r), ""), theta)  # baseline runs: any group of the system
         target = pd.Series([(*k, g) for k, g in zip(keys, groups, strict=True)])
@@ -141,7 +142,7 @@ def fit_baseline(sweep: pd.DataFrame, *, min_runs: int = 6) -> BaselineFit:
                 {
                     **dict(zip(KEYS, key, strict=True)),
                     "drafter_group": group,
-                    **dict(zip(latency.Coefficients._fields, np.exp(theta), strict=True)),
+                    **dict(zip(SIX, np.exp(theta), strict=True)),
                     "rms_log_error": rms,
                     "n_runs": len(rows),
                 }

@@ -10,8 +10,8 @@ Notation (per request): ``k`` draft length, ``E`` expected tokens committed per 
 cycle (vLLM's acceptance length, bonus token included), ``D`` output tokens (decode length),
 ``P`` prompt tokens, ``λ`` request rate (req/s), ``N`` concurrency, ``B`` requests in flight.
 
-    C1 = c1p + (D / E) (c1v + k c1d)        load-independent latency (s)
-    C2 = c2p + (D / E) (c2v + k c2d)        latency added per request in flight (s)
+    C1 = c1p + (D / E) (c1v + [k>0] c1s + k c1d)     load-independent latency (s)
+    C2 = c2p + (D / E) (c2v + [k>0] c2s + k c2d)     latency added per request in flight (s)
     open loop:   L(λ) = C1 / (1 − λ C2)     for λ < 1 / C2, +inf beyond (saturated)
     closed loop: L(N) = C1 + N C2,  throughput N / L(N)
 
@@ -53,11 +53,15 @@ __all__ = [
 
 
 class Coefficients(NamedTuple):
-    """The six demand coefficients of one system (seconds).
+    """The demand coefficients of one system (seconds).
 
     ``1`` = load-independent, ``2`` = load-dependent (per request in flight);
     ``p`` prefill, ``v`` one verification pass (a plain decode step when k = 0), ``d`` one
-    drafting step. Fields may be floats, arrays (e.g. posterior draws) or PyTensor tensors.
+    drafting step. These six are the published model's. ``s`` (default 0) is bayes_sd's
+    extension: the premium of verifying several tokens over a plain one-token decode pass, paid
+    per cycle only when k > 0 — measured step costs jump from q = 1 to q = 2 and are nearly flat
+    beyond (docs/science.md). Fields may be floats, arrays (e.g. posterior draws) or PyTensor
+    tensors.
     """
 
     c1p: Any
@@ -66,6 +70,8 @@ class Coefficients(NamedTuple):
     c2v: Any
     c1d: Any
     c2d: Any
+    c1s: Any = 0.0
+    c2s: Any = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,8 +253,9 @@ def demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any) -> tuple[A
         tokens = _numeric("tokens per cycle", tokens, low=1.0)
         decode_len = _numeric("decode_len", decode_len, low=0.0)
     cycles = decode_len / tokens
-    c1 = coefs.c1p + cycles * (coefs.c1v + k * coefs.c1d)
-    c2 = coefs.c2p + cycles * (coefs.c2v + k * coefs.c2d)
+    sd = ops.where(k > 0, 1.0, 0.0)  # the verification premium is paid only with drafts
+    c1 = coefs.c1p + cycles * (coefs.c1v + sd * coefs.c1s + k * coefs.c1d)
+    c2 = coefs.c2p + cycles * (coefs.c2v + sd * coefs.c2s + k * coefs.c2d)
     return c1, c2
 
 
@@ -443,7 +450,8 @@ def moe_demand(
     """``(C1, C2)`` of an MoE target with ``batch`` requests in flight.
 
     Each coefficient is ``c_u + φ(T) c_s`` (model.md §4) with the routed tokens per forward pass
-    ``T = max(B, 1)(k + 1)`` for verification (a request in flight is always in its own batch),
+    ``T = max(B, 1)(k + 1)`` for verification and its premium (a request in flight is always in
+    its own batch),
     ``T = P`` for the prefill of one prompt and ``T = max(B, 1)`` for a drafting step (if the
     drafter is dense, give it a zero increment).
     """
@@ -454,7 +462,7 @@ def moe_demand(
     phi_v = expert_coverage(in_batch * (k + 1.0), experts, experts_per_token)
     phi_p = expert_coverage(prefill_len, experts, experts_per_token)
     phi_d = expert_coverage(in_batch, experts, experts_per_token)
-    phis = {"p": phi_p, "v": phi_v, "d": phi_d}
+    phis = {"p": phi_p, "v": phi_v, "s": phi_v, "d": phi_d}
     coefs = Coefficients(
         *(
             u + phis[name[-1]] * s
@@ -530,10 +538,11 @@ def moe_open_loop_latency(
             for v in (k, tokens, decode_len, rate, experts, experts_per_token, prefill_len)
         ),
     )
-    unsat, incr = Coefficients(*arrays[:6]), Coefficients(*arrays[6:12])
-    k, tokens, decode_len, rate, experts, experts_per_token, prefill_len = arrays[12:]
+    nc = len(Coefficients._fields)
+    unsat, incr = Coefficients(*arrays[:nc]), Coefficients(*arrays[nc : 2 * nc])
+    k, tokens, decode_len, rate, experts, experts_per_token, prefill_len = arrays[2 * nc :]
     _numeric("rate", rate, low=0.0)
-    for name, value in zip(Coefficients._fields, (*unsat, *incr), strict=False):
+    for name, value in zip(Coefficients._fields * 2, (*unsat, *incr), strict=True):
         _numeric(name, value, low=0.0)
     expert_coverage(prefill_len, experts, experts_per_token)  # checks the MoE shape
 
@@ -542,15 +551,16 @@ def moe_open_loop_latency(
     with np.errstate(divide="ignore"):  # dense (m = M): log q = −inf, φ = 1 for T > 0
         log_q = np.log1p(-experts_per_token / experts)  # φ(T) = 1 − exp(T log q)
     phi_p = 1.0 - np.exp(prefill_len * log_q)
-    base1 = unsat.c1p + phi_p * incr.c1p + cycles * (unsat.c1v + k * unsat.c1d)
-    base2 = unsat.c2p + phi_p * incr.c2p + cycles * (unsat.c2v + k * unsat.c2d)
+    sd = np.where(k > 0, 1.0, 0.0)
+    base1 = unsat.c1p + phi_p * incr.c1p + cycles * (unsat.c1v + sd * unsat.c1s + k * unsat.c1d)
+    base2 = unsat.c2p + phi_p * incr.c2p + cycles * (unsat.c2v + sd * unsat.c2s + k * unsat.c2d)
 
     def excess(lat: np.ndarray) -> np.ndarray:  # f(L) − L with B = λL
         batch = np.maximum(rate * lat, 1.0)
         phi_v = 1.0 - np.exp(batch * (k + 1.0) * log_q)
         phi_d = 1.0 - np.exp(batch * log_q)
-        c1 = base1 + cycles * (phi_v * incr.c1v + k * phi_d * incr.c1d)
-        c2 = base2 + cycles * (phi_v * incr.c2v + k * phi_d * incr.c2d)
+        c1 = base1 + cycles * (phi_v * (incr.c1v + sd * incr.c1s) + k * phi_d * incr.c1d)
+        c2 = base2 + cycles * (phi_v * (incr.c2v + sd * incr.c2s) + k * phi_d * incr.c2d)
         return c1 + rate * lat * c2 - lat
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

@@ -33,7 +33,7 @@ from bayes_sd.schema import validate_sweep
 
 __all__ = ["COEFS", "DEFAULT_POPULATION", "Population", "simulate_from_model"]
 
-COEFS = latency.Coefficients._fields  # ("c1p", "c2p", "c1v", "c2v", "c1d", "c2d")
+COEFS = latency.Coefficients._fields  # c1p c2p c1v c2v c1d c2d c1s c2s
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class Population:
             "c2v": np.log(1.4e-5),
             "c1d": np.log(2.0e-3),
             "c2d": np.log(5.0e-6),
+            "c1s": np.log(1.6e-4),
+            "c2s": np.log(1.2e-5),
         }
     )
     slope: dict[str, float] = field(
@@ -58,6 +60,8 @@ class Population:
             "c2v": 0.9,
             "c1d": 0.45,
             "c2d": 0.5,
+            "c1s": 0.85,
+            "c2s": 0.9,
         }
     )
     length_slope: dict[str, float] = field(
@@ -73,6 +77,8 @@ class Population:
                 "c2v": -0.1,
                 "c1d": -0.2,
                 "c2d": -0.05,
+                "c1s": -0.1,
+                "c2s": -0.05,
             },
         }
     )
@@ -169,12 +175,12 @@ def simulate_from_model(
             full = coefficients(population, gpu_effects, target_params=t_info.params, **kw)
             incr = latency.Coefficients(
                 *(
-                    max(f - u, 0.0) if c[-1] in "pv" else 0.0
+                    max(f - u, 0.0) if c[-1] in "pvs" else 0.0
                     for c, f, u in zip(COEFS, full, unsat, strict=True)
                 )
             )
         else:
-            incr = latency.Coefficients(*([0.0] * 6))
+            incr = latency.Coefficients(*([0.0] * len(COEFS)))
         truth_configs.append(
             {
                 "config": ci,

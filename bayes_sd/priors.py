@@ -5,14 +5,17 @@ the model doing the work and a 1,024-token length.
 
 * ``intercept``: centred on what the embedded H100 step costs imply — e.g. the load-independent
   verification cost ``c1v`` is one decode pass that reads the weights, 6.3 ms for an 8 B model,
-  so about 1 ms per B parameters — with a standard deviation of 1.5 (a factor of 4.5 either way):
-  weakly informative, physically anchored.
+  so about 1 ms per B parameters; the multi-token verification premium ``c1s`` is the jump from
+  a one-token to a two-token pass, 1.3 ms for that model — with a standard deviation of 1.5 (a
+  factor of 4.5 either way): weakly informative, physically anchored.
 * ``size_slope``: weight reads and compute grow about linearly with parameters; Normal(0.8, 0.3)
   allows the sub-linear scaling of small, launch-bound models.
 * ``length_slope``: prefill grows with the prompt, per-token verification with the context;
   Normal(0.8, 0.5).
-* ``gpu_effect``: per GPU and coefficient, partially pooled, HalfNormal(0.3) scale — GPUs of one
-  generation differ by tens of percent, not by factors; an unseen GPU gets this spread.
+* ``gpu_sd``: spread of the per-GPU effects on each coefficient, HalfNormal(0.3) — GPUs of one
+  generation differ by tens of percent, not by factors; an unseen GPU gets this spread. The
+  effects themselves sum to zero over the fitted GPUs (a ZeroSumNormal, non-centred), so they
+  do not trade off against the intercept.
 * ``config_sd``: configuration residuals, HalfNormal(0.3).
 * ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
   what a dense model of the total size would", Normal(0, 0.5).
@@ -36,7 +39,7 @@ from bayes_sd.population import DEFAULT_POPULATION
 
 __all__ = ["COEFS", "DEFAULT_PRIORS", "LENGTH_COEFS", "resolve_priors"]
 
-COEFS = ("c1p", "c2p", "c1v", "c2v", "c1d", "c2d")
+COEFS = ("c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d")
 LENGTH_COEFS = ("c1p", "c2p", "c2v")
 
 
@@ -46,13 +49,7 @@ def _defaults() -> dict[str, Prior]:
         "intercept": Prior("Normal", mu=np.array(centre), sigma=1.5, dims="coef"),
         "size_slope": Prior("Normal", mu=0.8, sigma=0.3, dims="coef"),
         "length_slope": Prior("Normal", mu=0.8, sigma=0.5, dims="length_coef"),
-        "gpu_effect": Prior(
-            "Normal",
-            mu=0.0,
-            sigma=Prior("HalfNormal", sigma=0.3, dims="coef"),
-            dims=("gpu", "coef"),
-            centered=False,
-        ),
+        "gpu_sd": Prior("HalfNormal", sigma=0.3, dims="coef"),
         "config_sd": Prior("HalfNormal", sigma=0.3, dims="coef"),
         "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="coef_pv"),
         "acceptance": Prior("Beta", alpha=2.0, beta=2.0, dims="draft_system"),

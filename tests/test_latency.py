@@ -16,7 +16,7 @@ ks = st.integers(0, 10)
 
 
 def coefs_strategy():
-    return st.builds(L.Coefficients, small, small, small, small, small, small)
+    return st.builds(L.Coefficients, small, small, small, small, small, small, c1s=small, c2s=small)
 
 
 # ---------------------------------------------------------------- acceptance
@@ -88,6 +88,7 @@ def test_speedup_formula_equals_ratio_of_latencies(coefs, k, alpha, decode, frac
 
 @given(coefs_strategy(), st.floats(0.0, 1.0), st.floats(16, 2048), st.floats(0.0, 0.99))
 def test_k0_reduces_to_baseline(coefs, alpha, decode, frac):
+    # k = 0 pays neither drafting nor the multi-token verification premium
     c1, c2 = L.demand(coefs, 0, L.tokens_per_cycle(alpha, 0), decode)
     assert c1 == pytest.approx(coefs.c1p + decode * coefs.c1v)
     assert c2 == pytest.approx(coefs.c2p + decode * coefs.c2v)
@@ -258,3 +259,13 @@ def test_moe_solver_finds_the_least_root(frac, k, s1v):
             break
         lat = new
     assert solved == pytest.approx(lat, rel=1e-7)
+
+
+def test_verification_premium_is_paid_only_with_drafts():
+    coefs = L.Coefficients(0.02, 0.001, 0.007, 0.0002, 0.0004, 0.0001, c1s=0.001, c2s=0.00005)
+    plain = coefs._replace(c1s=0.0, c2s=0.0)
+    assert L.demand(coefs, 0, 1.0, 256) == L.demand(plain, 0, 1.0, 256)
+    c1, c2 = L.demand(coefs, 3, 2.5, 256)
+    p1, p2 = L.demand(plain, 3, 2.5, 256)
+    assert c1 - p1 == pytest.approx(256 / 2.5 * 0.001)
+    assert c2 - p2 == pytest.approx(256 / 2.5 * 0.00005)

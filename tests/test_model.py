@@ -16,7 +16,7 @@ from pymc_extras.prior import Prior
 from bayes_sd import DataError
 from bayes_sd.baseline import fit_baseline
 from bayes_sd.model import ConvergenceWarning, LatencyModel
-from bayes_sd.population import simulate_from_model
+from bayes_sd.population import DEFAULT_POPULATION, simulate_from_model, with_overrides
 
 CONFIGS = [
     {
@@ -73,7 +73,7 @@ def test_structure_names_dims_and_finite_gradient(sweep):
         "intercept",
         "size_slope",
         "length_slope",
-        "gpu_effect_offset",
+        "gpu_z",
         "config_sd",
         "z_system",
         "z_draft",
@@ -81,7 +81,7 @@ def test_structure_names_dims_and_finite_gradient(sweep):
         "sigma",
         "nu",
     } <= free
-    assert list(model.coords["coef"]) == ["c1p", "c2p", "c1v", "c2v", "c1d", "c2d"]
+    assert list(model.coords["coef"]) == ["c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d"]
     assert len(model.coords["system"]) == 3 and len(model.coords["draft_system"]) == 3
     assert set(model.coords["gpu"]) == {"H100-SXM-80GB", "H200-SXM-141GB"}
     assert model.named_vars_to_dims["z_system"] == ("system", "coef_pv")
@@ -120,6 +120,10 @@ def test_config_validation():
         LatencyModel(sampler_config={"nuts_sampler": "emcee"})
     with pytest.raises(ValueError, match="unknown sampler_config"):
         LatencyModel(sampler_config={"drawz": 10})
+    with pytest.raises(ValueError, match="unknown coefficient"):
+        LatencyModel(model_config={"residuals": ["c9x"]})
+    fewer = LatencyModel(model_config={"residuals": ["c1v", "c2v"]})
+    assert fewer.config_hash != LatencyModel().config_hash
 
 
 def test_fit_returns_datatree_and_diagnostics(fitted):
@@ -230,12 +234,19 @@ def test_fit_with_steps_is_not_available_yet(sweep):
 
 
 def test_baseline_fits_closed_form_data(sweep):
-    fit = fit_baseline(sweep)
+    # without the verification premium the dense closed form is the baseline's own model
+    pop = with_overrides(
+        DEFAULT_POPULATION, intercept={**DEFAULT_POPULATION.intercept, "c1s": -50.0, "c2s": -50.0}
+    )
+    plain, _ = simulate_from_model(CONFIGS, population=pop, seed=11)
+    dense = (plain["target_experts"] == 1).to_numpy()
+    fit = fit_baseline(plain)
     assert len(fit.coefficients) == 3
-    pred = fit.predict(sweep)
-    err = np.abs(pred / sweep["latency_mean_s"].to_numpy() - 1)
-    dense = (sweep["target_experts"] == 1).to_numpy()
-    assert np.median(err[dense]) < 0.05  # the dense closed form is its own model
+    err = np.abs(fit.predict(plain) / plain["latency_mean_s"].to_numpy() - 1)
+    assert np.median(err[dense]) < 0.05
+    # with the premium (the default population) its six coefficients misfit SD and k = 0 runs
+    premium_err = np.abs(fit_baseline(sweep).predict(sweep) / sweep["latency_mean_s"] - 1)
+    assert np.median(premium_err[dense]) > np.median(err[dense])
     unseen = sweep.head(2).assign(
         target="qwen2.5-14b", target_params=14.8e9, target_active_params=14.8e9
     )
