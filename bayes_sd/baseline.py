@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from bayes_sd import latency
-from bayes_sd.schema import validate_sweep
+from bayes_sd.schema import acceptance_of, validate_sweep
 
 __all__ = ["BaselineFit", "fit_baseline"]
 
@@ -29,20 +29,10 @@ def _key(row) -> tuple:
     return tuple("" if pd.isna(row[k]) else row[k] for k in KEYS)
 
 
-def _acceptance(rows: pd.DataFrame) -> np.ndarray:
-    k = rows["k"].to_numpy(dtype=float)
-    e = rows["acceptance_length"].astype(float).to_numpy().copy()
-    alpha = rows["alpha"].astype(float).to_numpy()
-    use = np.isnan(e) & ~np.isnan(alpha) & (k > 0)
-    e[use] = latency.tokens_per_cycle(alpha[use], k[use])
-    e[k == 0] = 1.0
-    return e
-
-
 def _predict(theta: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
     coefs = latency.Coefficients(*np.exp(theta))
     k = rows["k"].to_numpy(dtype=float)
-    c1, c2 = latency.demand(coefs, k, _acceptance(rows), rows["decode_len"].to_numpy(dtype=float))
+    c1, c2 = latency.demand(coefs, k, acceptance_of(rows), rows["decode_len"].to_numpy(dtype=float))
     rate = rows["request_rate"].astype(float).to_numpy()
     conc = rows["concurrency"].astype(float).to_numpy()
     is_open = (rows["load_mode"] == "rate").to_numpy()

@@ -38,7 +38,7 @@ from bayes_sd._version import __version__
 from bayes_sd.errors import DataError
 from bayes_sd.priors import COEFS, LENGTH_COEFS, resolve_priors
 from bayes_sd.registry import lookup_model
-from bayes_sd.schema import validate_sweep
+from bayes_sd.schema import acceptance_of, validate_sweep
 
 __all__ = ["ConvergenceWarning", "LatencyModel"]
 
@@ -249,11 +249,7 @@ class LatencyModel:
         cov = _system_covariates(st)
         sys_gpu = pd.Index(design.gpus).get_indexer(st["gpu_key"])
         k = rows["k"].to_numpy(dtype=float)
-        known_e = rows["acceptance_length"].astype(float).to_numpy().copy()
-        alpha = rows["alpha"].astype(float).to_numpy()
-        from_alpha = np.isnan(known_e) & ~np.isnan(alpha) & (k > 0)
-        known_e[from_alpha] = latency.tokens_per_cycle(alpha[from_alpha], k[from_alpha])
-        known_e[k == 0] = 1.0
+        known_e = acceptance_of(rows)
         latent_e = np.isnan(known_e)
         is_open = (rows["load_mode"] == "rate").to_numpy()
         rate = np.where(is_open, rows["request_rate"].astype(float).fillna(0.0), 0.0)
@@ -630,12 +626,7 @@ class LatencyModel:
             + flat["config_sd"][:, None, NPV:] * zd * self._mask(DC)
         )
         k = rows["k"].to_numpy(dtype=float)
-        e = rows["acceptance_length"].astype(float).to_numpy().copy()
-        alpha = rows["alpha"].astype(float).to_numpy()
-        use_alpha = np.isnan(e) & ~np.isnan(alpha) & (k > 0)
-        e[use_alpha] = latency.tokens_per_cycle(alpha[use_alpha], k[use_alpha])
-        e[k == 0] = 1.0
-        e = np.broadcast_to(e, (draws, n)).copy()
+        e = np.broadcast_to(acceptance_of(rows), (draws, n)).copy()
         latent = np.isnan(e[0])
         if latent.any():
             ok = latent & dseen

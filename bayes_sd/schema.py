@@ -143,6 +143,20 @@ SWEEP_COLUMNS: dict[str, Column] = {
 _TOL = 1e-6
 
 
+def acceptance_of(rows: pd.DataFrame) -> np.ndarray:
+    """Expected tokens per cycle of each run: measured ``acceptance_length``, else from
+    ``alpha`` (i.i.d.), 1 without SD, NaN where the rows carry neither."""
+    from bayes_sd.latency import tokens_per_cycle
+
+    k = rows["k"].to_numpy(dtype=float)
+    e = rows["acceptance_length"].astype(float).to_numpy().copy()
+    alpha = rows["alpha"].astype(float).to_numpy()
+    use = np.isnan(e) & ~np.isnan(alpha) & (k > 0)
+    e[use] = tokens_per_cycle(alpha[use], k[use])
+    e[k == 0] = 1.0
+    return e
+
+
 def columns_markdown() -> str:
     """The canonical columns as a Markdown table (docs/data-formats.md embeds it)."""
     rows = ["| column | type | required | meaning |", "|---|---|---|---|"]
