@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -463,7 +463,3 @@ def simulate(
                      arrivals if rate is not None else "closed", seed, requests, duration,
                      counters, engine_steps, extrapolated, area / max(t - arrival[0], 1e-12),
                      meta_all)  # fmt: skip
-
-
-def config_dict(cfg: SimConfig) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
