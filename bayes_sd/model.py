@@ -37,7 +37,7 @@ from bayes_sd import latency
 from bayes_sd._version import __version__
 from bayes_sd.errors import DataError
 from bayes_sd.priors import COEFS, LENGTH_COEFS, resolve_priors
-from bayes_sd.registry import lookup_model
+from bayes_sd.registry import fill_sizes
 from bayes_sd.schema import acceptance_of, validate_sweep
 
 __all__ = ["ConvergenceWarning", "LatencyModel"]
@@ -75,10 +75,23 @@ def _label(values: tuple) -> str:
     )
 
 
+def _label_systems(rows: pd.DataFrame) -> None:
+    """Add ``gpu_key``, ``system`` and ``draft_system`` (drafter, or method for n-gram) labels."""
+    rows["gpu_key"] = [_gpu_key(g, n) for g, n in zip(rows["gpu"], rows["num_gpus"], strict=True)]
+    rows["system"] = [_label(t) for t in rows[list(SYSTEM_KEYS)].itertuples(index=False)]
+    rows["draft_system"] = [
+        s + "|" + (str(d) if isinstance(d, str) else str(m)) if k > 0 else ""
+        for s, d, m, k in zip(
+            rows["system"], rows["drafter"], rows["method"], rows["k"], strict=True
+        )
+    ]
+
+
 @dataclass
 class Design:
     """Numeric arrays for the model, derived from a sweep (rows = unsaturated runs)."""
 
+    sweep: pd.DataFrame  # the validated input, saturated runs included
     rows: pd.DataFrame
     systems: list[str]
     draft_systems: list[str]
@@ -95,17 +108,8 @@ class Design:
         rows = sweep[~sat & (sweep["load_mode"] != "burst")].reset_index(drop=True).copy()
         if rows.empty:
             raise DataError("no unsaturated open- or closed-loop runs to fit")
-        rows["gpu_key"] = [
-            _gpu_key(g, n) for g, n in zip(rows["gpu"], rows["num_gpus"], strict=True)
-        ]
         rows["dataset"] = rows["dataset"].fillna("")
-        rows["system"] = [_label(t) for t in rows[list(SYSTEM_KEYS)].itertuples(index=False)]
-        rows["draft_system"] = [
-            s + "|" + (str(d) if not pd.isna(d) else str(m)) if k > 0 else ""
-            for s, d, m, k in zip(
-                rows["system"], rows["drafter"], rows["method"], rows["k"], strict=True
-            )
-        ]
+        _label_systems(rows)
         systems = sorted(rows["system"].unique())
         draft_systems = sorted(d for d in rows["draft_system"].unique() if d)
         sys_table = rows.groupby("system").first().loc[systems]
@@ -113,6 +117,7 @@ class Design:
             rows[rows["draft_system"] != ""].groupby("draft_system").first().reindex(draft_systems)
         )
         return cls(
+            sweep,
             rows,
             systems,
             draft_systems,
@@ -379,7 +384,6 @@ class LatencyModel:
                 "fit on the sweep alone"
             )
         model = self.build_model(sweep)
-        self._training = validate_sweep(sweep)
         cfg = {**self.sampler_config, **sampler_kwargs}
         cores = cfg.pop("cores", None) or os.cpu_count() or 1
         with model:
@@ -532,27 +536,20 @@ class LatencyModel:
             raise DataError(
                 "the model was fitted on several sources: give 'source' per row", field="source"
             )
-        for col, attr in (
-            ("target_params", "params"),
-            ("target_active_params", "active_params"),
-            ("target_experts", "experts"),
-            ("target_experts_per_token", "experts_per_token"),
-        ):
-            if col not in rows.columns:
-                rows[col] = np.nan
-            for i in np.flatnonzero(rows[col].isna().to_numpy()):
-                info = lookup_model(rows.at[i, "target"])
-                if info is None:
-                    raise DataError(
-                        f"unknown target {rows.at[i, 'target']!r}: give {col} or register_model it",
-                        record=f"row {i}",
-                        field=col,
-                    )
-                rows.at[i, col] = getattr(info, attr)
-        for i in np.flatnonzero(rows["drafter_params"].isna().to_numpy()):
-            d = rows.at[i, "drafter"]
-            info = lookup_model(d) if isinstance(d, str) else None
-            rows.at[i, "drafter_params"] = info.params if info else np.nan
+        fill_sizes(rows)
+        unknown = rows["target_params"].isna().to_numpy()
+        if unknown.any():
+            i = int(np.flatnonzero(unknown)[0])
+            raise DataError(
+                f"unknown target {rows.at[i, 'target']!r}: give target_params (and the MoE "
+                "fields) or register_model it",
+                record=f"row {i}",
+                field="target_params",
+            )
+        rows["target_active_params"] = rows["target_active_params"].fillna(rows["target_params"])
+        rows["target_experts"] = rows["target_experts"].fillna(1)
+        rows["target_experts_per_token"] = rows["target_experts_per_token"].fillna(1)
+        rows["drafter_params"] = rows["drafter_params"].astype(float)
         rows["dataset"] = rows["dataset"].fillna("")
         rows["k"] = rows["k"].astype(float)
         if ((rows["k"] > 0) & rows["drafter"].isna() & rows["method"].isna()).any():
@@ -562,16 +559,7 @@ class LatencyModel:
             raise DataError(
                 "each row needs exactly one of request_rate or concurrency", field="request_rate"
             )
-        rows["gpu_key"] = [
-            _gpu_key(g, n) for g, n in zip(rows["gpu"], rows["num_gpus"], strict=True)
-        ]
-        rows["system"] = [_label(t) for t in rows[list(SYSTEM_KEYS)].itertuples(index=False)]
-        rows["draft_system"] = [
-            s + "|" + (str(d) if isinstance(d, str) else str(m)) if k > 0 else ""
-            for s, d, m, k in zip(
-                rows["system"], rows["drafter"], rows["method"], rows["k"], strict=True
-            )
-        ]
+        _label_systems(rows)
         return rows
 
     def _predict_chunk(self, rows, flat, draws, rng):
@@ -699,7 +687,7 @@ class LatencyModel:
         if self.idata is None or self.design is None:
             raise RuntimeError("fit the model before saving it")
         tree = self.idata.copy()
-        csv = self._training.to_csv(index=False).encode("utf-8")
+        csv = self.design.sweep.to_csv(index=False).encode("utf-8")
         tree["bayes_sd_training"] = xr.DataTree(
             xr.Dataset({"training_csv": ("byte", np.frombuffer(csv, dtype=np.uint8))})
         )
@@ -738,8 +726,7 @@ class LatencyModel:
             )
         raw = tree["bayes_sd_training"].dataset["training_csv"].values.tobytes()
         training = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_values=[""])
-        model.build_model(validate_sweep(training))
-        model._training = validate_sweep(training)
+        model.build_model(training)
         if model._structure_hash() != attrs["bayes_sd_structure"]:
             raise DataError(
                 "the file was written by a model of a different structure (another "

@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["ModelInfo", "known_models", "lookup_model", "normalize_model_name", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "fill_sizes",
+    "known_models",
+    "lookup_model",
+    "normalize_model_name",
+    "register_model",
+]
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,38 @@ def lookup_model(name: str) -> ModelInfo | None:
 
 def known_models() -> list[ModelInfo]:
     return sorted(_MODELS.values(), key=lambda m: m.name)
+
+
+def fill_sizes(table) -> None:
+    """Fill missing model-size columns of a table (in place) from the registry by name.
+
+    ``target_params``, ``target_active_params``, ``target_experts``,
+    ``target_experts_per_token`` from ``target`` and ``drafter_params`` from ``drafter``; cells
+    already given are kept, unknown models stay missing (NaN).
+    """
+    import math
+
+    def blank(v) -> bool:
+        return v is None or (isinstance(v, float) and math.isnan(v))
+
+    def fill(col: str, key: str, attr: str) -> None:
+        if key not in table.columns:
+            return
+        current = table[col].tolist() if col in table.columns else [None] * len(table)
+        values = []
+        for name, value in zip(table[key], current, strict=True):
+            info = lookup_model(name) if blank(value) and isinstance(name, str) else None
+            values.append(getattr(info, attr) if info else (math.nan if blank(value) else value))
+        table[col] = values
+
+    for col, attr in (
+        ("target_params", "params"),
+        ("target_active_params", "active_params"),
+        ("target_experts", "experts"),
+        ("target_experts_per_token", "experts_per_token"),
+    ):
+        fill(col, "target", attr)
+    fill("drafter_params", "drafter", "params")
 
 
 # From the embedded step-cost table (exact counts of the timed shapes).

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bayes_sd.errors import DataError
@@ -24,7 +23,7 @@ from bayes_sd.io.metadata import (
 )
 from bayes_sd.io.stepcost import read_step_costs
 from bayes_sd.io.vllm import looks_like_vllm, parse_vllm
-from bayes_sd.registry import lookup_model
+from bayes_sd.registry import fill_sizes
 from bayes_sd.schema import SWEEP_COLUMNS, flag_saturation, validate_sweep, warn_assumed
 
 __all__ = ["read_step_costs", "read_sweep", "sweep_from_results"]
@@ -243,7 +242,7 @@ def _read_tidy(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, li
     if "num_gpus" not in table.columns:
         table["num_gpus"] = 1
         assumed.extend(["num_gpus=1"] * len(table))
-    _fill_sizes_from_registry(table)
+    fill_sizes(table)
     if "source" not in table.columns:
         table["source"] = path.stem
     original_where = {c: table[c].copy() for c in ("file", "record") if c in table.columns}
@@ -259,32 +258,3 @@ def _read_tidy(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, li
     for col, values in original_where.items():  # keep the provenance the table carried
         checked[col] = values.astype("string").to_numpy()
     return checked, assumed
-
-
-def _fill_sizes_from_registry(table: pd.DataFrame) -> None:
-    if "target" not in table.columns:
-        return
-    fills = {
-        "target_params": "params",
-        "target_active_params": "active_params",
-        "target_experts": "experts",
-        "target_experts_per_token": "experts_per_token",
-    }
-    for col, attr in fills.items():
-        current = table[col] if col in table.columns else pd.Series([None] * len(table))
-        values = []
-        for target, value in zip(table["target"], current, strict=True):
-            if value is not None and not (isinstance(value, float) and np.isnan(value)):
-                values.append(value)
-                continue
-            info = lookup_model(target) if isinstance(target, str) else None
-            values.append(getattr(info, attr) if info else None)
-        table[col] = values
-    if "drafter" in table.columns:
-        current = table.get("drafter_params", pd.Series([None] * len(table)))
-        table["drafter_params"] = [
-            v
-            if v is not None and not (isinstance(v, float) and np.isnan(v))
-            else (getattr(lookup_model(d), "params", None) if isinstance(d, str) else None)
-            for d, v in zip(table["drafter"], current, strict=True)
-        ]
