@@ -36,7 +36,14 @@ import xarray as xr
 from bayes_sd import latency
 from bayes_sd._version import __version__
 from bayes_sd.errors import DataError
-from bayes_sd.priors import COEFS, LENGTH_COEFS, resolve_priors
+from bayes_sd.priors import (
+    COEFS,
+    LENGTH_COEFS,
+    REF_DRAFTER_PARAMS,
+    REF_TARGET_PARAMS,
+    SLOPE_COEFS,
+    resolve_priors,
+)
 from bayes_sd.registry import fill_sizes
 from bayes_sd.schema import acceptance_of, validate_sweep
 
@@ -46,6 +53,11 @@ NPV = 6  # c1p c2p c1v c2v c1s c2s: the target's; then c1d c2d: the drafter's
 PV, DC = COEFS[:NPV], COEFS[NPV:]
 SYSTEM_KEYS = ("source", "dataset", "gpu", "num_gpus", "target", "prefill_len", "decode_len")
 NGRAM_PARAMS = 1e6  # drafting by lookup: a "model" of negligible size
+# Sizes are measured from references near the middle of typical targets and drafters, so that
+# intercepts and size slopes are nearly uncorrelated in the posterior.
+# The multi-token verification premium (c1s, c2s) is a pass of the target: it scales with the
+# target's size as verification does (own slopes left the premium and drafting trading modes).
+COEF_SLOPE = np.array([0, 1, 2, 3, 2, 3, 4, 5])  # size slope of each of COEFS
 DEFAULT_SAMPLER = {
     "draws": 1000,
     "tune": 1000,
@@ -55,9 +67,54 @@ DEFAULT_SAMPLER = {
     "progressbar": True,
 }
 SAMPLERS = ("nutpie", "pymc", "numpyro")
-# Within one system the data pin C1 and C2 per series, not prefill apart from verification:
-# residuals on c1p/c2p only add ridges (measured: R-hat 1.12 → 1.03, ESS 17 → 59 on the demo).
-DEFAULT_RESIDUALS = ("c1v", "c2v", "c1s", "c2s", "c1d", "c2d")
+# Within one configuration the data pin C1 and C2 of each (k, acceptance) series, not the six to
+# eight coefficients apart: residuals per coefficient left ridges (every draw at tree depth 10 on
+# the demo). So residuals are one log-scale shift per level: on the target's coefficients per
+# system, on the drafter's per draft system (docs/model.md).
+RESIDUALS = ("system", "draft", "series")
+DEFAULT_RESIDUALS = ("system", "draft", "series")
+PV_LEVEL = np.array([0, 1, 0, 1, 0, 1])  # level of c1p c2p c1v c2v c1s c2s (0 = "1", 1 = "2")
+
+
+def _step_design(steps: pd.DataFrame, design: Design) -> pd.DataFrame:
+    """Median step time per (model, GPU, phase, batch, ctx, tokens) of the sweep's dense
+    targets on its (single-GPU) GPU types: decode passes of one token per sequence and
+    one-sequence prefills."""
+    from bayes_sd.registry import normalize_model_name
+
+    need = {"gpu", "model", "phase", "batch", "q", "ctx", "time_ms", "params_active", "experts"}
+    missing = sorted(need - set(steps.columns))
+    if missing:
+        raise DataError(
+            f"the step table lacks column(s) {', '.join(missing)} (read it with "
+            "bayes_sd.io.read_step_costs)",
+            field=missing[0],
+        )
+    st = steps.copy()
+    if "tokens" not in st:
+        st["tokens"] = st["batch"] * st["q"]
+    targets = {normalize_model_name(t) for t in design.rows["target"]}
+    st["norm"] = [normalize_model_name(str(m)) for m in st["model"]]
+    keep = (
+        st["norm"].isin(targets)
+        & st["gpu"].isin(design.gpus)
+        & (st["experts"].astype(float) <= 1)
+        & (
+            ((st["phase"] == "decode") & (st["q"] == 1))
+            | ((st["phase"] == "prefill") & (st["batch"] == 1))
+        )
+    )
+    st = st[keep]
+    if st.empty:
+        raise DataError(
+            "the step table has no timings of the sweep's dense targets on its GPUs "
+            f"(targets: {', '.join(sorted(targets))}; GPUs: {', '.join(design.gpus)})",
+            field="model",
+        )
+    keys = ["model", "gpu", "phase", "batch", "ctx", "tokens", "params_active"]
+    out = st.groupby(keys, as_index=False)["time_ms"].median()
+    out["time_s"] = out["time_ms"].astype(float) / 1e3
+    return out
 
 
 class ConvergenceWarning(UserWarning):
@@ -85,6 +142,14 @@ def _label_systems(rows: pd.DataFrame) -> None:
             rows["system"], rows["drafter"], rows["method"], rows["k"], strict=True
         )
     ]
+    # a series: one draft system at one draft length (and α when the sweep gives it)
+    rows["base_series"] = rows["system"] + "|k0"
+    rows["series"] = [
+        f"{d}|k{k:g}" + ("" if pd.isna(a) else f"|a{a:g}") if k > 0 else b
+        for d, k, a, b in zip(
+            rows["draft_system"], rows["k"], rows["alpha"], rows["base_series"], strict=True
+        )
+    ]
 
 
 @dataclass
@@ -97,6 +162,7 @@ class Design:
     draft_systems: list[str]
     gpus: list[str]
     sources: list[str]
+    series: list[str]
     sys_table: pd.DataFrame
     draft_table: pd.DataFrame
     n_saturated: int
@@ -123,6 +189,7 @@ class Design:
             draft_systems,
             sorted(rows["gpu_key"].unique()),
             sorted(rows["source"].unique()),
+            sorted(rows["series"].unique()),
             sys_table,
             draft_table,
             int(sat.sum()),
@@ -136,7 +203,7 @@ def _system_covariates(table: pd.DataFrame) -> dict[str, np.ndarray]:
     d = table["decode_len"].to_numpy(dtype=float)
     lengths = np.column_stack([np.log(p / 1024), np.log(p / 1024), np.log((p + d / 2) / 1024)])
     return {
-        "log_size": np.log(active / 1e9),
+        "log_size": np.log(active / REF_TARGET_PARAMS),
         "log_total_over_active": np.log(total / active),
         "lengths": lengths,
         "experts": table["target_experts"].to_numpy(dtype=float),
@@ -146,7 +213,7 @@ def _system_covariates(table: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def _drafter_log_size(table: pd.DataFrame) -> np.ndarray:
     params = table["drafter_params"].astype(float).to_numpy()
-    return np.log(np.where(np.isnan(params), NGRAM_PARAMS, params) / 1e9)
+    return np.log(np.where(np.isnan(params), NGRAM_PARAMS, params) / REF_DRAFTER_PARAMS)
 
 
 def _config_hash(config: dict[str, Any]) -> str:
@@ -195,9 +262,11 @@ class LatencyModel:
         self.coverage = bool(model_config.get("coverage", True))
         # coefficients that get per-configuration residuals (the others follow the population)
         self.residuals = tuple(model_config.get("residuals", DEFAULT_RESIDUALS))
-        bad = sorted(set(self.residuals) - set(COEFS))
+        bad = sorted(set(self.residuals) - set(RESIDUALS))
         if bad:
-            raise ValueError(f"unknown coefficient(s) in residuals: {', '.join(bad)}")
+            raise ValueError(
+                f"unknown residual(s): {', '.join(bad)}; known: {', '.join(RESIDUALS)}"
+            )
         sampler_config = dict(sampler_config or {})
         unknown = set(sampler_config) - set(DEFAULT_SAMPLER) - {"cores"}
         if unknown:
@@ -211,6 +280,7 @@ class LatencyModel:
         self.model: pm.Model | None = None
         self.design: Design | None = None
         self.idata = None
+        self.steps: pd.DataFrame | None = None
         self.diagnostics: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ configuration
@@ -227,24 +297,46 @@ class LatencyModel:
     def config_hash(self) -> str:
         return _config_hash(self.model_config)
 
-    def _mask(self, names: tuple[str, ...]) -> np.ndarray:
-        return np.array([1.0 if c in self.residuals else 0.0 for c in names])
+    def _shifts(self, group: str, size: int):
+        """Centred log-scale shifts (size, level) of a residual group, or zeros when off.
+
+        Centred, because a configuration is measured at several rates to a few percent: its
+        shift is pinned by data, and the non-centred form would tie z to the scale (measured on
+        the demo: deeper trees and worse R-hat). Series shifts act on C2 only: C1 of a series is
+        explained by its system and draft shifts (a level-1 series spread fitted to 0.00 on the
+        demo and made a funnel)."""
+        if group not in self.residuals:
+            return pt.zeros((size, 2))
+        sd = self.priors[f"{group}_sd"].create_variable(f"{group}_sd")
+        if group == "series":
+            shift = pm.Normal("shift_series", 0.0, sd, dims="series")
+            return pt.stack([pt.zeros(size), shift], axis=1)
+        dims = {"system": "system", "draft": "draft_system"}[group]
+        return pm.Normal(f"shift_{group}", 0.0, sd, dims=(dims, "level"))
 
     # ------------------------------------------------------------------ model
 
-    def build_model(self, sweep: pd.DataFrame) -> pm.Model:
-        """Build (not sample) the PyMC model for ``sweep``; saturated runs are left out."""
+    def build_model(self, sweep: pd.DataFrame, steps: pd.DataFrame | None = None) -> pm.Model:
+        """Build (not sample) the PyMC model for ``sweep``; saturated runs are left out.
+
+        ``steps``: an optional forward-pass timing table (:func:`bayes_sd.io.read_step_costs`)
+        for a joint step-level likelihood (see :meth:`fit`)."""
         design = Design.from_sweep(sweep)
         self.design = design
+        step_rows = None if steps is None else _step_design(steps, design)
+        self.steps = steps
         rows, st, dt = design.rows, design.sys_table, design.draft_table
         coords = {
             "coef": list(COEFS),
             "coef_pv": list(PV),
             "coef_d": list(DC),
             "length_coef": list(LENGTH_COEFS),
+            "slope_coef": list(SLOPE_COEFS),
+            "level": ["1", "2"],
             "gpu": design.gpus,
             "system": design.systems,
             "draft_system": design.draft_systems or ["none"],
+            "series": design.series,
             "source": design.sources,
             "run": rows["run_id"].astype(str).tolist(),
         }
@@ -275,11 +367,11 @@ class LatencyModel:
             open_d = pm.Data("open_loop", is_open.astype(float), dims="run")
             # population
             intercept = self.priors["intercept"].create_variable("intercept")
-            size_slope = self.priors["size_slope"].create_variable("size_slope")
+            size_slope = self.priors["size_slope"].create_variable("size_slope")[COEF_SLOPE]
             length_slope = self.priors["length_slope"].create_variable("length_slope")
             # GPU effects sum to zero over the fitted GPUs (no ridge against the intercept)
             gpu_sd = self.priors["gpu_sd"].create_variable("gpu_sd")
-            if len(design.gpus) > 1:
+            if len(design.gpus) > 1:  # non-centred: a spread from a few GPUs is weakly known
                 gpu_z = pm.ZeroSumNormal("gpu_z", sigma=1.0, dims=("coef", "gpu"))
                 gpu_effect = pm.Deterministic(
                     "gpu_effect", (gpu_sd[:, None] * gpu_z).T, dims=("gpu", "coef")
@@ -288,9 +380,14 @@ class LatencyModel:
                 gpu_effect = pm.Deterministic(
                     "gpu_effect", pt.zeros((1, len(COEFS))), dims=("gpu", "coef")
                 )
-            config_sd = self.priors["config_sd"].create_variable("config_sd")
-            z_sys = pm.Normal("z_system", 0.0, 1.0, dims=("system", "coef_pv"))
-            z_draft = pm.Normal("z_draft", 0.0, 1.0, dims=("draft_system", "coef_d"))
+            # configuration residuals: one log-scale shift per level (load-independent "1",
+            # per request in flight "2") on the target's coefficients of each system and on the
+            # drafter's of each draft system — what the data of one configuration identify.
+            # Centred: a configuration is measured at several rates to a few percent, so its
+            # shift is pinned by data and the non-centred form would correlate z with the scale
+            # (measured: tree depth and R-hat both worse on the demo).
+            sys_shift = self._shifts("system", len(st))  # (system, level)
+            draft_shift = self._shifts("draft", max(len(dt), 1))
             # system coefficients (p, v)
             length_term = pt.concatenate(
                 [
@@ -306,7 +403,7 @@ class LatencyModel:
                 + size_slope[None, :NPV] * cov["log_size"][:, None]
                 + gpu_effect[sys_gpu, :NPV]
                 + length_term
-                + config_sd[None, :NPV] * z_sys * self._mask(PV)
+                + sys_shift[:, PV_LEVEL]
             )
             c_pv = pm.Deterministic("c_system", pt.exp(log_pv), dims=("system", "coef_pv"))
             # draft-system coefficients (d)
@@ -319,7 +416,7 @@ class LatencyModel:
                 intercept[None, NPV:]
                 + size_slope[None, NPV:] * d_size[:, None]
                 + gpu_effect[d_gpu, NPV:]
-                + config_sd[None, NPV:] * z_draft * self._mask(DC)
+                + draft_shift
             )
             c_d = pm.Deterministic("c_draft", pt.exp(log_d), dims=("draft_system", "coef_d"))
             # per-run coefficients, with MoE coverage
@@ -337,6 +434,11 @@ class LatencyModel:
                 phi = pt.stack([phi_p, phi_p, phi_v, phi_v, phi_v, phi_v], axis=1)
                 c_run = c_run + phi * inc[sys_idx]
             cd_run = c_d[dsys]
+            # series residuals: a log-scale shift of C1 and of C2 per series
+            ser = pd.Index(design.series).get_indexer(rows["series"])
+            scale = pt.exp(self._shifts("series", len(design.series))[ser])  # (run, level)
+            c_run = c_run * scale[:, PV_LEVEL]
+            cd_run = cd_run * scale
             # acceptance: measured, from alpha, or latent per draft system
             if latent_e.any():
                 accept = self.priors["acceptance"].create_variable("acceptance")
@@ -358,11 +460,56 @@ class LatencyModel:
             closed_lat = latency.closed_loop_latency(c1, c2, conc_d)
             mu = pt.log(pt.switch(open_d > 0.5, open_lat, closed_lat))
             pm.Deterministic("latency", pt.exp(mu), dims="run")
+            # noise: the mean latency of a finite run near saturation is much noisier than at
+            # light load (queueing waits are long and correlated), so the scale grows with the
+            # queueing share of latency, (λ C2)/(1 − λ C2) open loop and N C2 / C1 closed loop
+            queue_share = pt.switch(open_d > 0.5, open_lat / c1 - 1.0, conc_d * c2 / c1)
             sigma = self.priors["sigma"].create_variable("sigma")
+            load_noise = self.priors["load_noise"].create_variable("load_noise")
             nu = self.priors["nu"].create_variable("nu")
-            pm.StudentT("log_latency", nu=nu, mu=mu, sigma=sigma[src], observed=log_lat, dims="run")
+            pm.StudentT(
+                "log_latency",
+                nu=nu,
+                mu=mu,
+                sigma=sigma[src] * (1.0 + load_noise * queue_share),
+                observed=log_lat,
+                dims="run",
+            )
+            if step_rows is not None:
+                self._step_likelihood(step_rows, intercept, size_slope, length_slope, gpu_effect)
         self.model = model
         return model
+
+    def _step_likelihood(self, sr, intercept, size_slope, length_slope, gpu_effect) -> None:
+        """Forward-pass timings of the sweep's dense targets on its GPUs (docs/model.md, "Step
+        level"): a decode pass over B sequences at context ctx costs ``c1v + B · c2v(ctx)`` and
+        a one-sequence prefill of P tokens ``c1p(P)``, with the coefficients of the population
+        laws (no configuration shifts) less a serving overhead per level (scheduling, sampling
+        and the like are in the served latency, not in an isolated forward pass)."""
+        model = pm.modelcontext(None)
+        model.add_coord("step", np.arange(len(sr)))
+        g = pd.Index(self.design.gpus).get_indexer(sr["gpu"])
+        size = np.log(sr["params_active"].to_numpy(dtype=float) / REF_TARGET_PARAMS)
+        ctx_len = np.log(np.maximum(sr["ctx"].to_numpy(dtype=float), 1.0) / 1024)
+        p_len = np.log(sr["tokens"].to_numpy(dtype=float) / 1024)
+        i1v, i2v, i1p = COEFS.index("c1v"), COEFS.index("c2v"), COEFS.index("c1p")
+        law = lambda i: intercept[i] + size_slope[i] * size + gpu_effect[g, i]  # noqa: E731
+        overhead = pm.Normal("step_overhead", 0.1, 0.3, dims="level")  # log serving / step
+        c1v = pt.exp(law(i1v) - overhead[0])
+        c2v = pt.exp(law(i2v) + length_slope[LENGTH_COEFS.index("c2v")] * ctx_len - overhead[1])
+        c1p = pt.exp(law(i1p) + length_slope[LENGTH_COEFS.index("c1p")] * p_len - overhead[0])
+        is_decode = (sr["phase"] == "decode").to_numpy()
+        batch = sr["batch"].to_numpy(dtype=float)
+        mu = pt.log(pt.switch(is_decode, c1v + batch * c2v, c1p))
+        step_sigma = pm.HalfNormal("step_sigma", 0.1)
+        pm.StudentT(
+            "log_step_time",
+            nu=4.0,
+            mu=mu,
+            sigma=step_sigma,
+            observed=np.log(sr["time_s"].to_numpy(dtype=float)),
+            dims="step",
+        )
 
     # ------------------------------------------------------------------ fitting
 
@@ -375,15 +522,16 @@ class LatencyModel:
     ):
         """Sample the posterior; returns an ``xarray.DataTree`` (also kept as ``.idata``).
 
+        ``steps``, a forward-pass timing table (``bayes_sd.io.read_step_costs``, or
+        ``load_example("stepcost")``), adds a joint step-level likelihood: the decode and
+        prefill timings of the sweep's dense targets on its GPUs inform the verification and
+        prefill coefficients' population laws, less a fitted serving overhead
+        (``step_overhead``).
+
         Reports R-hat, bulk/tail ESS and divergences in ``.diagnostics`` and warns
         (:class:`ConvergenceWarning`) with advice when they are bad.
         """
-        if steps is not None:
-            raise NotImplementedError(
-                "the joint step-level likelihood (fit(..., steps=...)) is not available yet; "
-                "fit on the sweep alone"
-            )
-        model = self.build_model(sweep)
+        model = self.build_model(sweep, steps)
         cfg = {**self.sampler_config, **sampler_kwargs}
         cores = cfg.pop("cores", None) or os.cpu_count() or 1
         with model:
@@ -405,7 +553,19 @@ class LatencyModel:
     def _diagnose(self, idata) -> dict[str, Any]:
         import arviz as az
 
-        names = ["intercept", "size_slope", "length_slope", "config_sd", "sigma", "nu"]
+        names = [
+            "intercept",
+            "size_slope",
+            "length_slope",
+            "gpu_sd",
+            "system_sd",
+            "draft_sd",
+            "series_sd",
+            "moe_excess",
+            "sigma",
+            "load_noise",
+            "nu",
+        ]
         post = idata["posterior"].dataset
         names = [n for n in names if n in post]
         rhat = az.rhat(post[names])
@@ -448,6 +608,7 @@ class LatencyModel:
         interval: float = 0.9,
         random_seed: int | None = None,
         chunk_rows: int = 20_000,
+        noise: bool = False,
     ) -> Prediction:
         """Posterior predictive mean latency, speedup against k = 0, and saturation rate.
 
@@ -459,6 +620,11 @@ class LatencyModel:
         residuals; unseen systems, drafters and GPUs draw new ones from the population, so their
         intervals are honestly wider. Computed with the NumPy algebra on ``max_draws``
         posterior draws (thinned evenly).
+
+        With ``noise=True`` the latency draws also carry the fitted measurement noise (Student-t
+        on log latency, growing with load): the posterior predictive of what one *measured run*
+        would report — use it to check intervals against held-out runs. The default is the
+        model's mean latency, the quantity to plan with.
         """
         if self.idata is None or self.design is None:
             raise RuntimeError("fit (or load) the model before predicting")
@@ -479,17 +645,23 @@ class LatencyModel:
                 "length_slope",
                 "gpu_effect",
                 "gpu_sd",
-                "config_sd",
-                "z_system",
-                "z_draft",
+                "system_sd",
+                "draft_sd",
+                "series_sd",
+                "shift_system",
+                "shift_draft",
+                "shift_series",
                 "moe_excess",
                 "acceptance",
+                "sigma",
+                "load_noise",
+                "nu",
             )
         }
         outs = {"latency": [], "speedup": [], "saturation_rate": []}
         for start in range(0, len(rows), chunk_rows):
             part = rows.iloc[start : start + chunk_rows]
-            lat, spd, sat = self._predict_chunk(part, flat, draws, rng)
+            lat, spd, sat = self._predict_chunk(part, flat, draws, rng, noise)
             outs["latency"].append(lat)
             outs["speedup"].append(spd)
             outs["saturation_rate"].append(sat)
@@ -562,9 +734,10 @@ class LatencyModel:
         _label_systems(rows)
         return rows
 
-    def _predict_chunk(self, rows, flat, draws, rng):
+    def _predict_chunk(self, rows, flat, draws, rng, noise=False):
         n = len(rows)
         cov = _system_covariates(rows)
+        slope = flat["size_slope"][:, COEF_SLOPE]
         gpus = pd.Index(self.design.gpus).get_indexer(rows["gpu_key"])
         gpu_eff = np.empty((draws, n, len(COEFS)))
         seen_gpu = gpus >= 0
@@ -574,10 +747,7 @@ class LatencyModel:
             gpu_eff[:, ~seen_gpu] = (
                 rng.normal(size=(draws, int((~seen_gpu).sum()), len(COEFS))) * sd
             )
-        sys_idx = pd.Index(self.design.systems).get_indexer(rows["system"])
-        z = rng.normal(size=(draws, n, NPV))
-        seen = sys_idx >= 0
-        z[:, seen] = flat["z_system"][:, sys_idx[seen]]
+        shift = self._draw_shifts("system", rows["system"], flat, draws, rng)
         length = np.column_stack(
             [cov["lengths"][:, 0], cov["lengths"][:, 1], np.zeros(n), cov["lengths"][:, 2]]
         )
@@ -595,23 +765,21 @@ class LatencyModel:
         )
         log_pv = (
             flat["intercept"][:, None, :NPV]
-            + flat["size_slope"][:, None, :NPV] * cov["log_size"][None, :, None]
+            + slope[:, None, :NPV] * cov["log_size"][None, :, None]
             + gpu_eff[:, :, :NPV]
             + length_term
-            + flat["config_sd"][:, None, :NPV] * z * self._mask(PV)
+            + shift[:, :, PV_LEVEL]
         )
         c_pv = np.exp(log_pv)
         d_idx = pd.Index(self.design.draft_systems).get_indexer(rows["draft_system"])
-        zd = rng.normal(size=(draws, n, 2))
         dseen = d_idx >= 0
-        if dseen.any():
-            zd[:, dseen] = flat["z_draft"][:, d_idx[dseen]]
+        dshift = self._draw_shifts("draft", rows["draft_system"], flat, draws, rng)
         d_size = _drafter_log_size(rows)
         c_d = np.exp(
             flat["intercept"][:, None, NPV:]
-            + flat["size_slope"][:, None, NPV:] * d_size[None, :, None]
+            + slope[:, None, NPV:] * d_size[None, :, None]
             + gpu_eff[:, :, NPV:]
-            + flat["config_sd"][:, None, NPV:] * zd * self._mask(DC)
+            + dshift
         )
         k = rows["k"].to_numpy(dtype=float)
         e = np.broadcast_to(acceptance_of(rows), (draws, n)).copy()
@@ -631,10 +799,7 @@ class LatencyModel:
         zero = np.zeros((draws, n))
         if self.coverage and moe.any() and "moe_excess" in flat:
             ratio = np.exp(flat["moe_excess"][:, None, :]) * (
-                np.exp(
-                    flat["size_slope"][:, None, :NPV] * cov["log_total_over_active"][None, :, None]
-                )
-                - 1.0
+                np.exp(slope[:, None, :NPV] * cov["log_total_over_active"][None, :, None]) - 1.0
             )
             inc = c_pv * ratio
         else:
@@ -667,15 +832,68 @@ class LatencyModel:
             experts_per_token=cov["experts_per_token"],
             prefill_len=rows["prefill_len"].to_numpy(dtype=float),
         )
-        lat = _latency(unsat, incr, k, e, rate, conc, moe, **args)
-        base = _latency(unsat, incr, np.zeros(n), np.ones((draws, n)), rate, conc, moe, **args)
+        level = np.array([0, 1, 0, 1, 0, 1, 0, 1])  # of each field of Coefficients
+        sd_u = np.exp(self._draw_shifts("series", rows["series"], flat, draws, rng))
+        bs_u = np.exp(self._draw_shifts("series", rows["base_series"], flat, draws, rng))
+
+        def scaled(coefs, factor):
+            return latency.Coefficients(
+                *(c * factor[..., j] for c, j in zip(coefs, level, strict=True))
+            )
+
+        lat = _latency(scaled(unsat, sd_u), scaled(incr, sd_u), k, e, rate, conc, moe, **args)
+        base = _latency(
+            scaled(unsat, bs_u),
+            scaled(incr, bs_u),
+            np.zeros(n),
+            np.ones((draws, n)),
+            rate,
+            conc,
+            moe,
+            **args,
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             speedup = base / lat
-        full = latency.Coefficients(*(u + s for u, s in zip(unsat, incr, strict=True)))
-        _, c2 = latency.demand(full, k, e, args["decode_len"])
+        full = latency.Coefficients(
+            *(u + s for u, s in zip(scaled(unsat, sd_u), scaled(incr, sd_u), strict=True))
+        )
+        c1, c2 = latency.demand(full, k, e, args["decode_len"])
         with np.errstate(divide="ignore"):
             sat = 1.0 / c2
+        if noise:  # saturated draws stay +inf
+            with np.errstate(invalid="ignore", over="ignore"):
+                noisy = lat * np.exp(self._noise(rows, flat, lat, c1, c2, rng))
+            lat = np.where(np.isfinite(lat), noisy, lat)
         return lat, speedup, sat
+
+    def _noise(self, rows, flat, lat, c1, c2, rng) -> np.ndarray:
+        """Draws of the measurement noise on log latency, as in the likelihood."""
+        src = pd.Index(self.design.sources).get_indexer(rows["source"])
+        sigma = flat["sigma"][:, np.where(src < 0, 0, src)]
+        if (src < 0).any():  # an unseen source: the largest fitted noise scale
+            sigma[:, src < 0] = flat["sigma"].max(axis=1, keepdims=True)
+        conc = rows["concurrency"].astype(float).to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(np.isnan(conc), lat / c1 - 1.0, np.nan_to_num(conc) * c2 / c1)
+        scale = sigma * (1.0 + flat["load_noise"][:, None] * share)
+        return rng.standard_t(flat["nu"][:, None], size=lat.shape) * scale
+
+    def _draw_shifts(self, group, labels, flat, draws, rng) -> np.ndarray:
+        """Shifts (draws, row, level) of a residual group: the fitted ones for configurations
+        the model has seen, new draws from the population law for the others."""
+        shift = np.zeros((draws, len(labels), 2))
+        if group not in self.residuals:
+            return shift
+        known = {"system": self.design.systems, "draft": self.design.draft_systems}
+        idx = pd.Index(known.get(group, self.design.series)).get_indexer(labels)
+        seen = idx >= 0
+        levels = slice(1, 2) if group == "series" else slice(0, 2)  # series: C2 only
+        sd = flat[f"{group}_sd"].reshape(draws, 1, -1)
+        n_new = int((~seen).sum())
+        shift[:, ~seen, levels] = rng.normal(size=(draws, n_new, sd.shape[2])) * sd
+        fitted = flat[f"shift_{group}"][:, idx[seen]]
+        shift[:, seen, levels] = fitted if fitted.ndim == 3 else fitted[..., None]
+        return shift
 
     # ------------------------------------------------------------------ persistence
 
@@ -691,6 +909,11 @@ class LatencyModel:
         tree["bayes_sd_training"] = xr.DataTree(
             xr.Dataset({"training_csv": ("byte", np.frombuffer(csv, dtype=np.uint8))})
         )
+        if self.steps is not None:
+            steps_csv = self.steps.to_csv(index=False).encode("utf-8")
+            tree["bayes_sd_steps"] = xr.DataTree(
+                xr.Dataset({"steps_csv": ("byte", np.frombuffer(steps_csv, dtype=np.uint8))})
+            )
         tree.attrs.update(
             bayes_sd_version=__version__,
             bayes_sd_model_config=json.dumps(self.model_config, default=_json_default),
@@ -726,7 +949,12 @@ class LatencyModel:
             )
         raw = tree["bayes_sd_training"].dataset["training_csv"].values.tobytes()
         training = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, na_values=[""])
-        model.build_model(training)
+        steps = None
+        if "bayes_sd_steps" in tree.children:
+            raw = tree["bayes_sd_steps"].dataset["steps_csv"].values.tobytes()
+            steps = pd.read_csv(io.BytesIO(raw))
+            del tree["bayes_sd_steps"]
+        model.build_model(training, steps)
         if model._structure_hash() != attrs["bayes_sd_structure"]:
             raise DataError(
                 "the file was written by a model of a different structure (another "

@@ -16,7 +16,13 @@ the model doing the work and a 1,024-token length.
   generation differ by tens of percent, not by factors; an unseen GPU gets this spread. The
   effects themselves sum to zero over the fitted GPUs (a ZeroSumNormal, non-centred), so they
   do not trade off against the intercept.
-* ``config_sd``: configuration residuals, HalfNormal(0.3).
+* ``config_sd``: spread of the configuration residuals — one log-scale shift per level on the
+  target's coefficients of a system (``system_1``, ``system_2``) and on the drafter's of a draft
+  system (``draft_1``, ``draft_2``) — HalfNormal(0.3).
+* ``series_sd``: spread of the per-series shifts of ``C1`` and ``C2`` (a series is one draft
+  system at one draft length, or a system's baseline) — what the coefficient laws do not
+  explain of one (k, acceptance) curve; HalfNormal(0.1): the closed form describes a series to
+  a few percent.
 * ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
   what a dense model of the total size would", Normal(0, 0.5).
 * ``acceptance``: per drafter configuration where the data carry no acceptance, Beta(2, 2) on
@@ -37,23 +43,33 @@ from pymc_extras.prior import Prior, deserialize
 
 from bayes_sd.population import DEFAULT_POPULATION
 
-__all__ = ["COEFS", "DEFAULT_PRIORS", "LENGTH_COEFS", "resolve_priors"]
+__all__ = ["COEFS", "DEFAULT_PRIORS", "LENGTH_COEFS", "SLOPE_COEFS", "resolve_priors"]
 
 COEFS = ("c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d")
 LENGTH_COEFS = ("c1p", "c2p", "c2v")
+SLOPE_COEFS = ("c1p", "c2p", "c1v", "c2v", "c1d", "c2d")  # c1s, c2s take c1v's and c2v's
+REF_TARGET_PARAMS = 4e9  # intercepts are at these sizes (docs/model.md)
+REF_DRAFTER_PARAMS = 0.25e9
 
 
 def _defaults() -> dict[str, Prior]:
-    centre = [round(float(DEFAULT_POPULATION.intercept[c]), 3) for c in COEFS]
+    pop = DEFAULT_POPULATION
+    ref = {c: REF_DRAFTER_PARAMS if c.endswith("d") else REF_TARGET_PARAMS for c in COEFS}
+    centre = [
+        round(float(pop.intercept[c] + pop.slope[c] * np.log(ref[c] / 1e9)), 3) for c in COEFS
+    ]
     return {
         "intercept": Prior("Normal", mu=np.array(centre), sigma=1.5, dims="coef"),
-        "size_slope": Prior("Normal", mu=0.8, sigma=0.3, dims="coef"),
+        "size_slope": Prior("Normal", mu=0.8, sigma=0.3, dims="slope_coef"),
         "length_slope": Prior("Normal", mu=0.8, sigma=0.5, dims="length_coef"),
         "gpu_sd": Prior("HalfNormal", sigma=0.3, dims="coef"),
-        "config_sd": Prior("HalfNormal", sigma=0.3, dims="coef"),
+        "system_sd": Prior("HalfNormal", sigma=0.3, dims="level"),
+        "draft_sd": Prior("HalfNormal", sigma=0.3, dims="level"),
+        "series_sd": Prior("HalfNormal", sigma=0.1),
         "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="coef_pv"),
         "acceptance": Prior("Beta", alpha=2.0, beta=2.0, dims="draft_system"),
         "sigma": Prior("HalfNormal", sigma=0.1, dims="source"),
+        "load_noise": Prior("HalfNormal", sigma=1.0),
         "nu": Prior("Gamma", alpha=2.0, beta=0.1),
     }
 

@@ -74,9 +74,13 @@ def test_structure_names_dims_and_finite_gradient(sweep):
         "size_slope",
         "length_slope",
         "gpu_z",
-        "config_sd",
-        "z_system",
-        "z_draft",
+        "system_sd",
+        "draft_sd",
+        "series_sd",
+        "shift_system",
+        "shift_draft",
+        "shift_series",
+        "load_noise",
         "moe_excess",
         "sigma",
         "nu",
@@ -84,7 +88,10 @@ def test_structure_names_dims_and_finite_gradient(sweep):
     assert list(model.coords["coef"]) == ["c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d"]
     assert len(model.coords["system"]) == 3 and len(model.coords["draft_system"]) == 3
     assert set(model.coords["gpu"]) == {"H100-SXM-80GB", "H200-SXM-141GB"}
-    assert model.named_vars_to_dims["z_system"] == ("system", "coef_pv")
+    assert model.named_vars_to_dims["shift_system"] == ("system", "level")
+    assert model.named_vars_to_dims["shift_series"] == ("series",)
+    # one series per (draft system, k, α) and one baseline series per system
+    assert len(model.coords["series"]) == 3 + 6
     assert model.named_vars_to_dims["log_latency"] == ("run",)
     point = model.initial_point()
     assert np.isfinite(model.compile_logp()(point))
@@ -120,10 +127,16 @@ def test_config_validation():
         LatencyModel(sampler_config={"nuts_sampler": "emcee"})
     with pytest.raises(ValueError, match="unknown sampler_config"):
         LatencyModel(sampler_config={"drawz": 10})
-    with pytest.raises(ValueError, match="unknown coefficient"):
+    with pytest.raises(ValueError, match="unknown residual"):
         LatencyModel(model_config={"residuals": ["c9x"]})
-    fewer = LatencyModel(model_config={"residuals": ["c1v", "c2v"]})
+    fewer = LatencyModel(model_config={"residuals": ["system"]})
     assert fewer.config_hash != LatencyModel().config_hash
+
+
+def test_residual_groups_can_be_switched_off(sweep):
+    model = LatencyModel(model_config={"residuals": ["system"]}).build_model(sweep)
+    free = {v.name for v in model.free_RVs}
+    assert "shift_system" in free and not {"shift_draft", "shift_series", "draft_sd"} & free
 
 
 def test_fit_returns_datatree_and_diagnostics(fitted):
@@ -157,6 +170,16 @@ def test_predict_agrees_with_the_model_graph(fitted, sweep):
     } <= set(summary.columns)
     base = summary[summary["k"] == 0]
     assert np.allclose(base["speedup_median"], 1.0)
+
+
+def test_noise_adds_measurement_scatter_to_the_mean(fitted):
+    rows = fitted.design.rows.head(20)
+    mean = fitted.predict(rows, random_seed=3).draws["latency"].values
+    run = fitted.predict(rows, random_seed=3, noise=True).draws["latency"].values
+    ok = np.isfinite(mean)  # prior draws saturate many rows; those stay +inf
+    assert ok.sum() > 100 and np.all(np.isinf(run[~ok]))
+    log_ratio = np.log(run[ok] / mean[ok])  # same seed: the ratio is the noise alone
+    assert log_ratio.std() > 0.01 and abs(np.median(log_ratio)) < 0.5 * log_ratio.std()
 
 
 def test_unseen_gpu_and_size_draw_new_effects(fitted):
@@ -228,9 +251,40 @@ def test_load_rejects_other_files(fitted, tmp_path):
         LatencyModel.load(tmp_path / "junk.nc")
 
 
-def test_fit_with_steps_is_not_available_yet(sweep):
-    with pytest.raises(NotImplementedError, match="step-level"):
-        LatencyModel().fit(sweep, steps=pd.DataFrame())
+@pytest.fixture(scope="module")
+def steps():
+    from bayes_sd import load_example
+
+    return load_example("stepcost")
+
+
+def test_joint_step_likelihood_structure(sweep, steps):
+    model = LatencyModel().build_model(sweep, steps)
+    assert "log_step_time" in {v.name for v in model.observed_RVs}
+    assert "step_overhead" in {v.name for v in model.free_RVs}
+    n = len(model.coords["step"])
+    # dense targets of the sweep (llama-3.1-8b, llama-3.2-3b) on its two GPUs, q = 1 decode
+    # passes and one-sequence prefills only (MoE and drafter timings are not used)
+    assert 50 < n < len(steps)
+    point = model.initial_point()
+    assert np.isfinite(model.compile_logp()(point))
+    assert np.all(np.isfinite(model.compile_dlogp()(point)))
+
+
+def test_step_table_errors_name_the_problem(sweep, steps):
+    with pytest.raises(DataError, match="lacks column"):
+        LatencyModel().build_model(sweep, steps.drop(columns=["time_ms"]))
+    other = steps.assign(gpu="A100-SXM-80GB")
+    with pytest.raises(DataError, match="no timings of the sweep's dense targets"):
+        LatencyModel().build_model(sweep, other)
+
+
+def test_save_load_with_steps(sweep, steps, mocked, tmp_path):
+    model = LatencyModel(sampler_config={"draws": 10, "chains": 1})
+    with pytest.warns(ConvergenceWarning):
+        model.fit(sweep, steps=steps.head(3000), random_seed=1)
+    loaded = LatencyModel.load(model.save(tmp_path / "m.nc"))
+    assert len(loaded.model.coords["step"]) == len(model.model.coords["step"])
 
 
 def test_baseline_fits_closed_form_data(sweep):

@@ -1,0 +1,232 @@
+"""The hierarchical latency model: sampler backends, sparse-data accuracy, prediction speed.
+
+Run (on 2 cores the defaults take about 15–25 minutes)::
+
+    .venv/bin/python benchmarks/bench_model.py [--data demo] [--draws 1000 --tune 1000 --chains 4]
+        [--backends nutpie,pymc,numpyro] [--skip-backends] [--skip-accuracy]
+        [--out benchmarks/results/model.json]
+
+Three parts, each printed as a table and written to the JSON file:
+
+1. **Backends** — the full sweep fitted with each NUTS backend in the same run: wall time
+   (compile and sampling together, as a user waits for them), sampling time, min bulk ESS per
+   second of wall time, max R-hat, divergences, tree depth. A backend that is not installed is
+   reported as such. ``--steps`` adds nutpie with the joint step-level likelihood.
+2. **Sparse data** — each (k, acceptance) series keeps 3 of its rates for training (lowest,
+   middle, highest); the other rates are held out. Model (default backend) against the
+   curve-fit baseline (``bayes_sd.baseline``, the published procedure) on the same training
+   runs: median and 90th-percentile relative error on held-out runs, and the share of held-out
+   runs inside the model's 90% posterior predictive interval (``predict(noise=True)``). Whole
+   held-out series (every 10th) test prediction of unseen configurations; the baseline cannot
+   predict those when their system and drafter were never fitted.
+3. **Prediction** — ``predict`` on 10^5 rows (1,000 posterior draws).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import bayes_sd
+from bayes_sd.baseline import fit_baseline
+from bayes_sd.model import ConvergenceWarning, LatencyModel, _label_systems
+
+PRED_COLUMNS = [
+    "source",
+    "dataset",
+    "gpu",
+    "num_gpus",
+    "target",
+    "drafter",
+    "method",
+    "k",
+    "alpha",
+    "acceptance_length",
+    "prefill_len",
+    "decode_len",
+    "request_rate",
+    "concurrency",
+    "target_params",
+    "target_active_params",
+    "target_experts",
+    "target_experts_per_token",
+    "drafter_params",
+]
+
+
+def fit(sweep, backend, args, seed=1, steps=None):
+    model = LatencyModel(
+        sampler_config={
+            "draws": args.draws,
+            "tune": args.tune,
+            "chains": args.chains,
+            "nuts_sampler": backend,
+            "progressbar": False,
+        }
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(sweep, steps=steps, random_seed=seed)
+    return model, time.perf_counter() - t0
+
+
+def backends(sweep, args) -> list[dict]:
+    out = []
+    runs = [(b, None) for b in args.backends.split(",")]
+    if args.steps:
+        runs.append(("nutpie", bayes_sd.load_example("stepcost")))
+    for backend, steps in runs:
+        try:
+            model, wall = fit(sweep, backend, args, steps=steps)
+        except (ImportError, ModuleNotFoundError) as err:
+            out.append({"backend": backend, "error": f"not installed: {err}"})
+            continue
+        d = model.diagnostics
+        ss = model.idata["sample_stats"].dataset
+        depth = ss["depth"] if "depth" in ss else ss.get("tree_depth")
+        out.append(
+            {
+                "backend": backend + (" + step costs" if steps is not None else ""),
+                "wall_s": round(wall, 1),
+                "sampling_s": _sampling_time(model),
+                "min_ess_bulk": round(d["min_ess_bulk"], 1),
+                "ess_bulk_per_s": round(d["min_ess_bulk"] / wall, 2),
+                "min_ess_tail": round(d["min_ess_tail"], 1),
+                "max_rhat": round(d["max_rhat"], 4),
+                "divergences": d["divergences"],
+                "mean_tree_depth": None if depth is None else round(float(depth.mean()), 2),
+            }
+        )
+        print_rows(out[-1:])
+    return out
+
+
+def _sampling_time(model) -> float | None:
+    t = model.idata["posterior"].attrs.get("sampling_time")
+    return None if t is None else round(float(t), 1)
+
+
+def split_sparse(sweep: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, held-out rates of training series, held-out whole series)."""
+    rows = sweep[~sweep["saturated"].astype(bool)].copy()
+    rows["dataset"] = rows["dataset"].fillna("")
+    _label_systems(rows)
+    series = sorted(rows["series"].unique())
+    whole = set(series[::10])
+    held_series = rows[rows["series"].isin(whole)]
+    rest = rows[~rows["series"].isin(whole)]
+    keep = []
+    for _, g in rest.groupby("series"):
+        g = g.sort_values("request_rate")
+        idx = sorted({0, len(g) // 2, len(g) - 1})
+        keep.extend(g.index[idx])
+    train = rest.loc[keep]
+    held_rates = rest.drop(index=keep)
+    drop = ["gpu_key", "system", "draft_system", "series", "base_series"]
+    return (train.drop(columns=drop), held_rates.drop(columns=drop), held_series.drop(columns=drop))
+
+
+def accuracy(sweep, args) -> dict:
+    train, held_rates, held_series = split_sparse(sweep)
+    model, wall = fit(train, "nutpie", args)
+    base = fit_baseline(train)
+    out = {
+        "train_runs": len(train),
+        "fit_wall_s": round(wall, 1),
+        "max_rhat": round(model.diagnostics["max_rhat"], 4),
+        "min_ess_bulk": round(model.diagnostics["min_ess_bulk"], 1),
+    }
+    for name, held in (("held_out_rates", held_rates), ("held_out_series", held_series)):
+        obs = held["latency_mean_s"].to_numpy(dtype=float)
+        pred = model.predict(held[PRED_COLUMNS], random_seed=2, noise=True).summary
+        mean = model.predict(held[PRED_COLUMNS], random_seed=2).summary
+        err = np.abs(mean["latency_median"].to_numpy() / obs - 1)
+        inside = (obs >= pred["latency_lo"].to_numpy()) & (obs <= pred["latency_hi"].to_numpy())
+        b = base.predict(held)
+        b_ok = np.isfinite(b)
+        b_err = np.abs(b[b_ok] / obs[b_ok] - 1)
+        out[name] = {
+            "runs": len(held),
+            "model_median_rel_error": round(float(np.median(err)), 4),
+            "model_p90_rel_error": round(float(np.quantile(err, 0.9)), 4),
+            "model_90pct_coverage": round(float(inside.mean()), 3),
+            "baseline_runs_predicted": int(b_ok.sum()),
+            "baseline_median_rel_error": (
+                round(float(np.median(b_err)), 4) if b_ok.any() else None
+            ),
+            "baseline_p90_rel_error": (
+                round(float(np.quantile(b_err, 0.9)), 4) if b_ok.any() else None
+            ),
+            "model_median_rel_error_same_runs": (
+                round(float(np.median(err[b_ok])), 4) if b_ok.any() else None
+            ),
+        }
+    return out, model
+
+
+def prediction_speed(model, n=100_000) -> dict:
+    rows = model.design.rows.sample(n, replace=True, random_state=0)[PRED_COLUMNS]
+    rows = rows.reset_index(drop=True)
+    model.predict(rows.head(100), random_seed=0)  # warm
+    t0 = time.perf_counter()
+    model.predict(rows, random_seed=0)
+    wall = time.perf_counter() - t0
+    return {"rows": n, "draws": 1000, "wall_s": round(wall, 2)}
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        print("  " + "  ".join(f"{k}={v}" for k, v in r.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="demo")
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--tune", type=int, default=1000)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--backends", default="nutpie,pymc,numpyro")
+    parser.add_argument("--skip-backends", action="store_true")
+    parser.add_argument(
+        "--steps", action="store_true", help="also fit nutpie with the joint step-level likelihood"
+    )
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/model.json")
+    args = parser.parse_args()
+    sweep = bayes_sd.load_example(args.data)
+    result = {
+        "data": args.data,
+        "runs": len(sweep),
+        "draws": args.draws,
+        "tune": args.tune,
+        "chains": args.chains,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "bayes_sd": bayes_sd.__version__,
+    }
+    if not args.skip_backends:
+        print(f"backends ({args.chains} chains x {args.draws} draws + {args.tune} tune):")
+        result["backends"] = backends(sweep, args)
+    if not args.skip_accuracy:
+        print("sparse data (3 training rates per series):")
+        result["accuracy"], model = accuracy(sweep, args)
+        print(json.dumps(result["accuracy"], indent=2))
+        result["predict"] = prediction_speed(model)
+        print(f"predict: {result['predict']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
