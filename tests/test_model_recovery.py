@@ -74,7 +74,7 @@ def test_population_parameters_inside_their_94_percent_intervals(recovered):
 
 def test_verification_cost_is_pinned_by_the_data(recovered):
     # not just "inside a wide interval": the best-identified coefficients are tight
-    truth, _, post = recovered
+    _, _, post = recovered
     for c in ("c1v", "c2v"):
         width = np.diff(_interval(post["intercept"].sel(coef=c).values.ravel()))[0]
         assert width < 0.5, (c, width)  # a factor of 1.65 end to end, against 9.8 a priori
