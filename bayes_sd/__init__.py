@@ -10,6 +10,7 @@ from bayes_sd.schema import SWEEP_COLUMNS, flag_saturation, validate_sweep, writ
 
 __all__ = [
     "SWEEP_COLUMNS",
+    "ConvergenceWarning",
     "DataError",
     "LatencyModel",
     "__version__",
@@ -29,8 +30,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # The model pulls in PyMC (seconds to import): load it on first use, not with the readers.
-    if name == "LatencyModel":
-        from bayes_sd.model import LatencyModel
+    if name in ("LatencyModel", "ConvergenceWarning"):
+        from bayes_sd import model
 
-        return LatencyModel
+        return getattr(model, name)
     raise AttributeError(f"module 'bayes_sd' has no attribute {name!r}")

@@ -1,4 +1,5 @@
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,43 @@ def expected() -> dict:
 # Timing varies on shared 2-core machines (and compiles happen on first use): no deadlines.
 settings.register_profile("bayes_sd", deadline=None, max_examples=100)
 settings.load_profile("bayes_sd")
+
+
+RECOVERY_CONFIGS = [
+    {
+        "gpu": "H100-SXM-80GB",
+        "target": target,
+        "drafter": drafter,
+        "prefill_len": p,
+        "decode_len": d,
+        "sd": sd,
+    }
+    for target, drafter, p, d, sd in [
+        ("llama-3.2-1b", "llama-68m", 256, 1024, [(2, 0.7), (4, 0.8)]),
+        ("llama-3.2-3b", "llama-68m", 1024, 256, [(1, 0.6), (3, 0.8)]),
+        ("llama-3.1-8b", "eagle3-head-8b", 1024, 1024, [(2, 0.7), (5, 0.9)]),
+        ("qwen2.5-14b", "llama-3.2-1b", 256, 256, [(3, 0.8), (4, 0.7)]),
+    ]
+]
+
+
+@pytest.fixture(scope="session")
+def small_fit():
+    """One real nutpie fit shared by the tests that need a posterior (about a minute).
+
+    A closed-form sweep drawn from the known default population (4 dense targets with drafters
+    on H100, 6 rates per series; noise 2%). Returns (truth population, model, posterior)."""
+    from bayes_sd.model import ConvergenceWarning, LatencyModel
+    from bayes_sd.population import DEFAULT_POPULATION, simulate_from_model, with_overrides
+
+    truth = with_overrides(DEFAULT_POPULATION, noise_sd=0.02)
+    sweep, _ = simulate_from_model(
+        RECOVERY_CONFIGS, population=truth, fractions=(0.05, 0.2, 0.35, 0.5, 0.65, 0.8), seed=4
+    )
+    model = LatencyModel(
+        sampler_config={"draws": 300, "tune": 400, "chains": 2, "progressbar": False}
+    )
+    with warnings.catch_warnings():  # 600 draws: ESS under 400 is expected; R-hat is checked
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        idata = model.fit(sweep, random_seed=7)
+    return truth, model, idata["posterior"].dataset

@@ -9,7 +9,7 @@ from bayes_sd.cli import EXIT_DATA, EXIT_OK, main
 
 
 def test_demo_writes_a_report_with_the_real_break_even(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == EXIT_OK
+    assert main(["demo", "--no-fit", "--out", str(tmp_path)]) == EXIT_OK
     report = (tmp_path / "summary.md").read_text()
     fits = pd.read_csv(tmp_path / "series_fits.csv")
     assert len(fits) == 4 and (fits["C1_s"] > 0).all() and (fits["C2_s"] > 0).all()
@@ -57,3 +57,75 @@ def test_help_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def demo_fit(tmp_path_factory):
+    """The README's main job with a small sampling budget: a real fit of the vLLM sweep."""
+    out = tmp_path_factory.mktemp("demo")
+    from bayes_sd.model import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning):  # 2 x 150 draws: ESS < 400 by design
+        assert main(["demo", "--out", str(out), "--draws", "150"]) == EXIT_OK
+    return out
+
+
+def test_demo_bayesian_section_matches_the_saved_posterior(demo_fit):
+    from bayes_sd import planning
+
+    report = (demo_fit / "summary.md").read_text()
+    assert "## Bayesian model of the real sweep" in report
+    model = bayes_sd.LatencyModel.load(demo_fit / "vllm-blog-model.nc")
+    cfg = {
+        "gpu": "H100-SXM-80GB",
+        "num_gpus": 4,
+        "target": "meta-llama/Meta-Llama-3-70B-Instruct",
+        "dataset": "ShareGPT",
+        "prefill_len": 215,
+        "decode_len": 198,
+        "drafter": "turboderp/Qwama-0.5B-Instruct",
+        "method": "draft_model",
+    }
+    be = planning.break_even(model, cfg, k=4).summary()
+    # the number in the report is the loaded posterior's (same draws, same seed)
+    assert f"| ShareGPT | 4 | {be['break_even_median']:.4g} |" in report
+    # and the real crossing near 8 QPS lies inside its 90% interval
+    assert be["break_even_lo"] < 8.0 < be["break_even_hi"] + 0.5
+
+
+def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
+    model = str(demo_fit / "vllm-blog-model.nc")
+    cfg = [
+        "gpu=H100-SXM-80GB",
+        "num_gpus=4",
+        "target=meta-llama/Meta-Llama-3-70B-Instruct",
+        "dataset=ShareGPT",
+        "prefill_len=215",
+        "decode_len=198",
+        "drafter=turboderp/Qwama-0.5B-Instruct",
+        "method=draft_model",
+    ]
+    args = ["plan", "--model", model, "--ks", "0,4", "--slo", "3s", "--out", str(tmp_path)]
+    for c in cfg:
+        args += ["--config", c]
+    assert main(args) == EXIT_OK
+    sustain = pd.read_csv(tmp_path / "sustainable_rate.csv")
+    assert list(sustain["k"]) == [0, 4] and (sustain["rate"] > 0).all()
+    assert (sustain["p_at_rate"] > 0.9).all()
+    assert "Break-even" in (tmp_path / "plan.md").read_text()
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame(
+        [dict(c.split("=", 1) for c in cfg) | {"k": 4, "request_rate": r} for r in (1, 8)]
+    ).to_csv(rows, index=False)
+    assert main(["predict", "--model", model, "--rows", str(rows), "--out",
+                 str(tmp_path / "p.csv")]) == EXIT_OK  # fmt: skip
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert pred["latency_median"].iloc[0] < pred["latency_median"].iloc[1]
+    # bad input: one line, exit 2
+    assert main(["plan", "--model", model, "--config", "gpu=H100-SXM-80GB"]) == EXIT_DATA
+    assert "needs target" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path / "none.nc"), "--rows", str(rows),
+                 "--out", str(tmp_path / "x.csv")]) == EXIT_DATA  # fmt: skip
+    assert main(["fit", "--out", str(tmp_path / "m.nc")]) == EXIT_DATA
+    flags = [x for c in cfg for x in ("--config", c)]
+    assert main(["plan", "--model", model, "--slo", "fast", *flags]) == EXIT_DATA

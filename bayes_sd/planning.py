@@ -1,0 +1,385 @@
+"""Capacity-planning decisions computed over posterior draws, never over point estimates.
+
+Every function takes a fitted (or loaded) :class:`bayes_sd.LatencyModel` and one serving
+*configuration* — a dict (or one-row DataFrame) with the prediction columns of
+:meth:`LatencyModel.predict` except the load: ``gpu``, ``target``, ``prefill_len``,
+``decode_len``, and for SD a ``drafter`` (or ``method``) with ``alpha`` or
+``acceptance_length``, optionally ``num_gpus``, ``source``, ``dataset``. Loads are open-loop
+request rates (req/s). Draft lengths are given as ``ks`` (``0`` = no SD); with ``alpha`` the
+acceptance length follows each k (``1 + α + … + α^k``); with ``acceptance_length`` it is held
+fixed.
+
+* :func:`sustainable_rate` — highest rate with P(mean latency ≤ SLO) ≥ credibility, per k;
+* :func:`break_even` — the break-even rate between SD and no SD as a distribution, and
+  P(speedup > 1) along the load axis;
+* :func:`best_k` — per rate, the probability that each k is best, each k's expected latency,
+  and the choice under a risk-aware objective (mean, quantile or expected shortfall); with a
+  vLLM-ready schedule of draft length by batch size (Little's Law: B = λ L);
+* :func:`next_measurement` — the (rate, k) run whose measurement would most reduce the
+  posterior variance of the decision quantity at hand (a linear-Gaussian value-of-information
+  score computed from the draws).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "BestK",
+    "BreakEven",
+    "best_k",
+    "break_even",
+    "next_measurement",
+    "rate_grid",
+    "sustainable_rate",
+]
+
+OBJECTIVES = ("mean", "quantile", "shortfall")
+
+
+def _config(config: dict | pd.DataFrame | pd.Series) -> dict[str, Any]:
+    if isinstance(config, pd.DataFrame):
+        if len(config) != 1:
+            raise ValueError("give one configuration (a dict or a one-row DataFrame)")
+        config = config.iloc[0]
+    cfg = dict(config)
+    for col in ("request_rate", "concurrency", "k"):
+        cfg.pop(col, None)
+    return cfg
+
+
+def _rows(config: dict, ks, rates) -> pd.DataFrame:
+    cfg = _config(config)
+    rows = []
+    for k in ks:
+        for rate in rates:
+            row = {**cfg, "k": float(k), "request_rate": float(rate)}
+            if k == 0:
+                row.update(drafter=None, method=None, alpha=np.nan, acceptance_length=np.nan)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _draws(model, config, ks, rates, *, max_draws, random_seed, noise=False):
+    """Latency and speedup draws shaped (draw, k, rate)."""
+    rows = _rows(config, ks, rates)
+    pred = model.predict(rows, max_draws=max_draws, random_seed=random_seed, noise=noise)
+    shape = (-1, len(ks), len(rates))
+    lat = pred.draws["latency"].values.reshape(shape)
+    spd = pred.draws["speedup"].values.reshape(shape)
+    sat = pred.draws["saturation_rate"].values.reshape(shape)[..., 0]
+    return lat, spd, sat
+
+
+def rate_grid(
+    model, config, ks=(0,), *, points: int = 200, max_draws: int = 400, random_seed: int = 0
+) -> np.ndarray:
+    """Rates from near zero to 1.05× the largest median saturation rate over ``ks``."""
+    _, _, sat = _draws(model, config, ks, [1e-3], max_draws=max_draws, random_seed=random_seed)
+    top = float(np.nanmax(np.nanmedian(sat, axis=0)))
+    if not np.isfinite(top) or top <= 0:
+        raise ValueError("the model predicts no finite saturation rate for this configuration")
+    return np.linspace(top / points, 1.05 * top, points)
+
+
+def sustainable_rate(
+    model,
+    config,
+    *,
+    slo_s: float,
+    credibility: float = 0.95,
+    ks=(0,),
+    rates=None,
+    max_draws: int = 1000,
+    random_seed: int = 0,
+) -> pd.DataFrame:
+    """Highest request rate at which P(mean latency ≤ ``slo_s``) ≥ ``credibility``, per k.
+
+    Latency grows with load in every draw, so the answer is the (1 − credibility) quantile of
+    each draw's own highest rate under the SLO, found on the rate grid (interpolated). Columns:
+    ``k``, ``rate`` (the credible sustainable rate, 0 when even the lightest load misses the
+    SLO), ``rate_median`` (what a point estimate would promise), ``p_at_rate`` (P(latency ≤
+    SLO) at ``rate``), ``slo_s``, ``credibility``.
+    """
+    if not 0 < credibility < 1:
+        raise ValueError("credibility must be in (0, 1)")
+    if slo_s <= 0:
+        raise ValueError("slo_s must be positive")
+    ks = list(ks)
+    rates = rate_grid(model, config, ks) if rates is None else np.asarray(rates, dtype=float)
+    lat, _, _ = _draws(model, config, ks, rates, max_draws=max_draws, random_seed=random_seed)
+    per_draw = _highest_rate_under(lat, rates, slo_s)  # (draw, k)
+    out = []
+    for j, k in enumerate(ks):
+        r = float(np.quantile(per_draw[:, j], 1 - credibility))
+        p_ok = np.mean(lat[:, j, :] <= slo_s, axis=0)
+        p_at = float(np.interp(r, rates, p_ok)) if r > 0 else float(p_ok[0])
+        out.append(
+            {
+                "k": k,
+                "rate": r,
+                "rate_median": float(np.median(per_draw[:, j])),
+                "p_at_rate": p_at,
+                "slo_s": slo_s,
+                "credibility": credibility,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def _highest_rate_under(lat: np.ndarray, rates: np.ndarray, slo: float) -> np.ndarray:
+    """Per draw and k: the highest rate with latency ≤ slo (linear interpolation on log
+    latency between grid points; 0 when the first grid point already misses)."""
+    ok = lat <= slo
+    # index of the first grid point that misses (latency is increasing in rate)
+    first_bad = np.where(ok.all(axis=-1), len(rates), np.argmin(ok, axis=-1))
+    out = np.zeros(first_bad.shape)
+    for idx in np.ndindex(first_bad.shape):
+        i = first_bad[idx]
+        if i == 0:
+            continue
+        if i == len(rates):
+            out[idx] = rates[-1]
+            continue
+        lo, hi = lat[idx][i - 1], lat[idx][i]
+        if not np.isfinite(hi):
+            out[idx] = rates[i - 1]
+            continue
+        t = (np.log(slo) - np.log(lo)) / (np.log(hi) - np.log(lo))
+        out[idx] = rates[i - 1] + t * (rates[i] - rates[i - 1])
+    return out
+
+
+@dataclass
+class BreakEven:
+    """Break-even rate draws and P(speedup > 1) along the rate grid."""
+
+    k: int
+    draws: np.ndarray  # break-even rate per draw (inf: SD never stops paying on the grid,
+    # 0: SD never pays)
+    along: pd.DataFrame  # rate, p_speedup_gt_1, speedup_median, speedup_lo, speedup_hi
+
+    def summary(self, interval: float = 0.9) -> dict[str, float]:
+        lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
+        return {
+            "k": self.k,
+            "break_even_median": float(np.median(self.draws)),
+            "break_even_lo": float(np.quantile(self.draws, lo)),
+            "break_even_hi": float(np.quantile(self.draws, hi)),
+            "p_sd_never_pays": float(np.mean(self.draws == 0)),
+            "p_sd_pays_on_whole_grid": float(np.mean(np.isinf(self.draws))),
+        }
+
+
+def break_even(
+    model,
+    config,
+    *,
+    k: int,
+    rates=None,
+    interval: float = 0.9,
+    max_draws: int = 1000,
+    random_seed: int = 0,
+) -> BreakEven:
+    """The rate where SD with draft length ``k`` stops paying, as a distribution.
+
+    Per draw, the first grid rate where the speedup falls below 1 (interpolated); ``inf`` when
+    SD pays on the whole grid, ``0`` when it never pays. Rates past a draw's saturation of the
+    SD system count as "not paying".
+    """
+    if k <= 0:
+        raise ValueError("k must be a positive draft length")
+    rates = rate_grid(model, config, (0, k)) if rates is None else np.asarray(rates, float)
+    _, spd, _ = _draws(model, config, [k], rates, max_draws=max_draws, random_seed=random_seed)
+    s = np.nan_to_num(spd[:, 0, :], nan=0.0, posinf=np.inf)  # (draw, rate)
+    pays = s > 1
+    first_bad = np.where(pays.all(axis=1), len(rates), np.argmin(pays, axis=1))
+    be = np.empty(len(s))
+    for d, i in enumerate(first_bad):
+        if i == len(rates):
+            be[d] = np.inf
+        elif i == 0:
+            be[d] = 0.0
+        else:
+            lo, hi = s[d, i - 1], s[d, i]
+            if not np.isfinite(lo):  # only the baseline was saturated below: SD paid there
+                t = 1.0
+            else:
+                t = (lo - 1) / (lo - hi) if np.isfinite(hi) and lo != hi else 0.0
+            be[d] = rates[i - 1] + t * (rates[i] - rates[i - 1])
+    lo_q, hi_q = (1 - interval) / 2, 1 - (1 - interval) / 2
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-saturated rates: NaN speedups
+        along = pd.DataFrame(
+            {
+                "rate": rates,
+                "p_speedup_gt_1": pays.mean(axis=0),
+                "speedup_median": np.nanmedian(spd[:, 0, :], axis=0),
+                "speedup_lo": np.nanquantile(spd[:, 0, :], lo_q, axis=0),
+                "speedup_hi": np.nanquantile(spd[:, 0, :], hi_q, axis=0),
+            }
+        )
+    return BreakEven(k, be, along)
+
+
+@dataclass
+class BestK:
+    """Best draft length by load, with its credibility, and a schedule by batch size."""
+
+    table: pd.DataFrame  # one row per (rate, k): p_best, expected_latency, objective, chosen
+    choice: pd.DataFrame  # one row per rate: k chosen, its objective, p_best, batch size
+    objective: str
+
+    def schedule(self) -> pd.DataFrame:
+        """Draft length by batch size (runs of equal choice merged): ``batch_from``,
+        ``batch_to``, ``k``, ``min_p_best`` — a table to turn into a vLLM per-batch-size
+        speculative setting."""
+        c = self.choice.dropna(subset=["batch_size"])
+        out, start = [], 0
+        for i in range(1, len(c) + 1):
+            if i == len(c) or c["k"].iloc[i] != c["k"].iloc[start]:
+                part = c.iloc[start:i]
+                out.append(
+                    {
+                        "batch_from": float(part["batch_size"].iloc[0]),
+                        "batch_to": float(part["batch_size"].iloc[-1]),
+                        "k": int(part["k"].iloc[0]),
+                        "min_p_best": float(part["p_best"].min()),
+                    }
+                )
+                start = i
+        return pd.DataFrame(out)
+
+
+def best_k(
+    model,
+    config,
+    *,
+    ks=(0, 1, 2, 3, 4, 5),
+    rates=None,
+    objective: str = "mean",
+    quantile: float = 0.9,
+    max_draws: int = 1000,
+    random_seed: int = 0,
+) -> BestK:
+    """For each rate: P(each k is best), each k's expected latency, and the k minimising the
+    ``objective`` of its latency distribution — ``"mean"`` (expected latency), ``"quantile"``
+    (the ``quantile`` of latency: a tail guarantee) or ``"shortfall"`` (expected latency in the
+    worst ``1 − quantile`` of draws). Saturated draws count as infinite latency; a k that
+    saturates in more than ``1 − quantile`` of draws is never chosen by the tail objectives.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
+    ks = list(ks)
+    rates = rate_grid(model, config, [0]) if rates is None else np.asarray(rates, float)
+    lat, _, _ = _draws(model, config, ks, rates, max_draws=max_draws, random_seed=random_seed)
+    lat = np.nan_to_num(lat, nan=np.inf)
+    best = np.argmin(lat, axis=1)  # (draw, rate)
+    rows = []
+    obj = np.empty((len(ks), len(rates)))
+    for j, k in enumerate(ks):
+        x = lat[:, j, :]
+        with np.errstate(all="ignore"):
+            mean = np.where(np.isinf(x).any(axis=0), np.inf, x.mean(axis=0))
+            q = np.quantile(x, quantile, axis=0)
+            tail = np.sort(x, axis=0)[int(np.floor(quantile * len(x))) :]
+            es = np.where(np.isinf(tail).any(axis=0), np.inf, tail.mean(axis=0))
+        obj[j] = {"mean": mean, "quantile": q, "shortfall": es}[objective]
+        for r, rate in enumerate(rates):
+            rows.append(
+                {
+                    "rate": rate,
+                    "k": k,
+                    "p_best": float(np.mean(best[:, r] == j)),
+                    "expected_latency": float(mean[r]),
+                    "objective": float(obj[j, r]),
+                }
+            )
+    table = pd.DataFrame(rows)
+    chosen = np.argmin(obj, axis=0)
+    choice = []
+    for r, rate in enumerate(rates):
+        j = int(chosen[r])
+        feasible = np.isfinite(obj[j, r])
+        med = float(np.median(lat[:, j, r])) if feasible else np.nan
+        choice.append(
+            {
+                "rate": rate,
+                "k": ks[j] if feasible else np.nan,
+                "objective": float(obj[j, r]),
+                "p_best": float(np.mean(best[:, r] == j)),
+                "median_latency": med,
+                "batch_size": rate * med if feasible else np.nan,  # Little's Law
+            }
+        )
+    return BestK(table, pd.DataFrame(choice), objective)
+
+
+def next_measurement(
+    model,
+    config,
+    *,
+    question: str = "break_even",
+    k: int = 3,
+    slo_s: float | None = None,
+    ks=(0, 1, 2, 3, 4, 5),
+    rates=None,
+    max_draws: int = 1000,
+    random_seed: int = 0,
+) -> pd.DataFrame:
+    """Rank candidate runs (rate, k) by how much measuring them would shrink the posterior
+    variance of the decision quantity.
+
+    ``question``: ``"break_even"`` (the break-even rate of draft length ``k``) or
+    ``"sustainable_rate"`` (each draw's highest rate under ``slo_s`` with draft length ``k``).
+    For a candidate with predicted log latency ``y`` (mean and measurement noise), the
+    linear-Gaussian expected variance reduction of the quantity ``Q`` is
+    ``Cov(Q, y)² / Var(y + noise)``, computed over posterior draws. Returned sorted, best
+    first, with ``score`` (variance reduction) and ``share`` (as a fraction of Var(Q)).
+    """
+    ks = list(ks)
+    rates = rate_grid(model, config, ks, points=20) if rates is None else np.asarray(rates)
+    grid = rate_grid(model, config, (0, k))
+    if question == "break_even":
+        q = break_even(
+            model, config, k=k, rates=grid, max_draws=max_draws, random_seed=random_seed
+        ).draws
+        q = np.where(np.isinf(q), grid[-1], q)
+    elif question == "sustainable_rate":
+        if slo_s is None:
+            raise ValueError("question='sustainable_rate' needs slo_s")
+        lat, _, _ = _draws(model, config, [k], grid, max_draws=max_draws, random_seed=random_seed)
+        q = _highest_rate_under(lat, grid, slo_s)[:, 0]
+    else:
+        raise ValueError("question must be 'break_even' or 'sustainable_rate'")
+    mean, _, _ = _draws(model, config, ks, rates, max_draws=max_draws, random_seed=random_seed)
+    noisy, _, _ = _draws(
+        model, config, ks, rates, max_draws=max_draws, random_seed=random_seed, noise=True
+    )
+    var_q = float(np.var(q))
+    out = []
+    for j, kk in enumerate(ks):
+        for r, rate in enumerate(rates):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                y, yn = np.log(mean[:, j, r]), np.log(noisy[:, j, r])
+            ok = np.isfinite(y) & np.isfinite(yn)
+            if ok.mean() < 0.9:  # a run that saturates in many draws teaches little
+                score = 0.0
+            else:
+                cov = np.cov(q[ok], y[ok])[0, 1]
+                score = float(cov**2 / max(np.var(yn[ok]), 1e-12))
+            out.append(
+                {
+                    "rate": float(rate),
+                    "k": kk,
+                    "score": score,
+                    "share": score / var_q if var_q > 0 else 0.0,
+                    "p_saturated": float(1 - ok.mean()),
+                }
+            )
+    return pd.DataFrame(out).sort_values("score", ascending=False).reset_index(drop=True)
