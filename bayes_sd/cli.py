@@ -133,6 +133,7 @@ def _demo_bayes(sweep: pd.DataFrame, out: Path, args: argparse.Namespace) -> lis
     d = model.diagnostics
     fit_s = time.perf_counter() - t0
     model.save(out / "vllm-blog-model.nc")
+    _write_report(model, out / "report", "Posterior report: real vLLM sweep (vLLM blog 2024)")
     diag = pd.DataFrame([{k: d[k] for k in ("max_rhat", "min_ess_bulk", "min_ess_tail",
                                              "divergences", "draws", "runs_fitted")}])  # fmt: skip
     text = [
@@ -181,6 +182,8 @@ def _demo_bayes(sweep: pd.DataFrame, out: Path, args: argparse.Namespace) -> lis
         _markdown_table(pd.DataFrame(breaks)),
         f"\n### Highest rate with P(mean latency <= {args.slo:g} s) >= 0.9\n\n",
         _markdown_table(pd.DataFrame(slo_rows)),
+        "\nFigures, coefficient tables with intervals and fit quality: `report/report.md`, "
+        "`report/report.html` (one file) and `report/latex/` (booktabs tables, PDF figures).\n",
         "\nThe fitted model is saved as `vllm-blog-model.nc`: try "
         f"`bayes-sd plan --model {out / 'vllm-blog-model.nc'} --config gpu=H100-SXM-80GB "
         "--config num_gpus=4 --config target=meta-llama/Meta-Llama-3-70B-Instruct "
@@ -189,6 +192,25 @@ def _demo_bayes(sweep: pd.DataFrame, out: Path, args: argparse.Namespace) -> lis
         "--ks 0,2,4 --slo 3s`.\n",
     ]
     return text
+
+
+def _write_report(model, folder: Path, title: str) -> None:
+    from bayes_sd.report import build_report
+
+    print(f"  writing the posterior report to {folder} ...", file=sys.stderr)
+    rep = build_report(model, title=title)
+    rep.to_markdown(folder)
+    rep.to_html(folder / "report.html")
+    rep.to_latex(folder / "latex")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Posterior report of a saved model: Markdown + PNG, one HTML file, LaTeX tables."""
+    model = _load_model(args.model)
+    out = Path(args.out)
+    _write_report(model, out, args.title)
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'latex'}/")
+    return EXIT_OK
 
 
 def _parse_meta(items: list[str]) -> dict[str, str]:
@@ -575,6 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--objective", choices=["mean", "quantile", "shortfall"], default="mean")
     plan.add_argument("--out", default=None, help="folder for plan.md and CSV tables")
     plan.set_defaults(func=cmd_plan)
+
+    report = sub.add_parser(
+        "report",
+        help="posterior report of a saved model (Markdown + PNG, HTML, LaTeX)",
+        description="Coefficients with credible intervals, sampler diagnostics, fit quality "
+        "(R², predictive-interval coverage) and figures (latency and speedup against rate with "
+        "posterior bands, the normalised collapse, a posterior predictive check).",
+    )
+    report.add_argument("--model", required=True, help="model file from bayes-sd fit")
+    report.add_argument("--out", required=True, help="output folder")
+    report.add_argument("--title", default="bayes_sd posterior report")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -463,7 +463,10 @@ class LatencyModel:
             # noise: the mean latency of a finite run near saturation is much noisier than at
             # light load (queueing waits are long and correlated), so the scale grows with the
             # queueing share of latency, (λ C2)/(1 − λ C2) open loop and N C2 / C1 closed loop
-            queue_share = pt.switch(open_d > 0.5, open_lat / c1 - 1.0, conc_d * c2 / c1)
+            # (capped at 100, utilisation 0.99: far-off starting points stay finite)
+            queue_share = pt.minimum(
+                pt.switch(open_d > 0.5, open_lat / c1 - 1.0, conc_d * c2 / c1), 100.0
+            )
             sigma = self.priors["sigma"].create_variable("sigma")
             load_noise = self.priors["load_noise"].create_variable("load_noise")
             nu = self.priors["nu"].create_variable("nu")
@@ -875,6 +878,7 @@ class LatencyModel:
         conc = rows["concurrency"].astype(float).to_numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(np.isnan(conc), lat / c1 - 1.0, np.nan_to_num(conc) * c2 / c1)
+        share = np.minimum(share, 100.0)  # as in the likelihood
         scale = sigma * (1.0 + flat["load_noise"][:, None] * share)
         return rng.standard_t(flat["nu"][:, None], size=lat.shape) * scale
 

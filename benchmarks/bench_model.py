@@ -89,6 +89,11 @@ def backends(sweep, args) -> list[dict]:
             model, wall = fit(sweep, backend, args, steps=steps)
         except (ImportError, ModuleNotFoundError) as err:
             out.append({"backend": backend, "error": f"not installed: {err}"})
+            print_rows(out[-1:])
+            continue
+        except Exception as err:  # a backend failing is a result to report, not a crash
+            out.append({"backend": backend, "error": f"{type(err).__name__}: {err}"[:300]})
+            print_rows(out[-1:])
             continue
         d = model.diagnostics
         ss = model.idata["sample_stats"].dataset

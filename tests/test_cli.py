@@ -129,3 +129,43 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
     assert main(["fit", "--out", str(tmp_path / "m.nc")]) == EXIT_DATA
     flags = [x for c in cfg for x in ("--config", c)]
     assert main(["plan", "--model", model, "--slo", "fast", *flags]) == EXIT_DATA
+
+
+def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path):
+    import numpy as np
+
+    folder = demo_fit / "report"
+    for rel in ("report.md", "report.html", "latex/tables/coefficients.tex"):
+        assert (folder / rel).stat().st_size > 200, rel
+    for name in ("latency_vs_rate", "speedup_vs_rate", "normalised_collapse",
+                 "posterior_predictive"):  # fmt: skip
+        assert (folder / "figures" / f"{name}.png").stat().st_size > 5000
+        assert (folder / "latex" / "figures" / f"{name}.pdf").stat().st_size > 1000
+    html = (folder / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    tex = (folder / "latex" / "tables" / "coefficients.tex").read_text()
+    assert r"\toprule" in tex and r"intercept[c1v]" in tex.replace(r"\_", "_")
+    # key numbers in the tables are the posterior's
+    model = bayes_sd.LatencyModel.load(demo_fit / "vllm-blog-model.nc")
+    post = model.idata["posterior"].dataset
+    coefs = pd.read_csv(folder / "tables" / "coefficients.csv", index_col="parameter")
+    for c in ("c1v", "c2v", "c1d"):
+        want = float(np.median(post["intercept"].sel(coef=c).values))
+        assert coefs.loc[f"intercept[{c}]", "median"] == pytest.approx(want, rel=1e-9)
+    fitq = pd.read_csv(folder / "tables" / "fit_quality.csv", index_col="scope")
+    assert fitq.loc["all runs", "runs"] == 18
+    assert fitq.loc["all runs", "r2_log_latency"] > 0.9  # the real sweep is well described
+    assert 0.7 <= fitq.loc["all runs", "coverage"] <= 1.0
+    # the report command renders a saved model the same way
+    out = tmp_path / "rep"
+    assert main(["report", "--model", str(demo_fit / "vllm-blog-model.nc"), "--out",
+                 str(out)]) == EXIT_OK  # fmt: skip
+    again = pd.read_csv(out / "tables" / "coefficients.csv", index_col="parameter")
+    pd.testing.assert_frame_equal(again, coefs)
+
+
+def test_latex_tables_escape_special_characters():
+    from bayes_sd.report import _booktabs
+
+    tex = _booktabs(pd.DataFrame({"a_b": ["x&y", "50%"]}), caption="c_1", label="tab:t")
+    assert r"a\_b" in tex and r"x\&y" in tex and r"50\%" in tex and r"\caption{c\_1}" in tex

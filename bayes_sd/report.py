@@ -1,0 +1,447 @@
+"""Posterior reports: data first (tables and figures), then rendered as a Markdown folder with
+PNG figures, one self-contained HTML file, or LaTeX (booktabs) tables with PDF figures.
+
+    report = build_report(model)          # a fitted or loaded LatencyModel
+    report.tables["coefficients"]         # DataFrames ...
+    report.figures["latency_vs_rate"]     # ... and matplotlib figures
+    report.to_markdown("out/report")      # report.md + figures/*.png + tables/*.csv
+    report.to_html("out/report.html")     # one file, figures embedded
+    report.to_latex("out/paper")          # tables/*.tex (booktabs) + figures/*.pdf
+
+Tables: population coefficients with credible intervals and R-hat/ESS; sampler diagnostics;
+fit quality (R² of log latency overall and per series, 90% predictive-interval coverage of the
+training runs). Figures: latency against rate per system with posterior bands and the observed
+runs; speedup against rate with the break-even band; the normalised collapse of every run onto
+``1/(1 − x)``; observed against predicted (a posterior predictive check).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bayes_sd.schema import atomic_write
+
+__all__ = ["Report", "build_report"]
+
+POPULATION = (
+    "intercept",
+    "size_slope",
+    "length_slope",
+    "gpu_sd",
+    "system_sd",
+    "draft_sd",
+    "series_sd",
+    "moe_excess",
+    "acceptance",
+    "sigma",
+    "load_noise",
+    "nu",
+    "step_overhead",
+    "step_sigma",
+)
+MAX_PANELS = 12
+
+
+@dataclass
+class Report:
+    title: str
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, object] = field(default_factory=dict)  # name -> matplotlib Figure
+    notes: dict[str, str] = field(default_factory=dict)  # caption per table or figure
+
+    # ------------------------------------------------------------------ renderers
+
+    def to_markdown(self, folder: str | Path) -> Path:
+        """``report.md`` with PNG figures under ``figures/`` and every table as CSV."""
+        folder = Path(folder)
+        parts = [f"# {self.title}\n"]
+        for name, table in self.tables.items():
+            parts.append(f"\n## {name.replace('_', ' ').capitalize()}\n\n")
+            if name in self.notes:
+                parts.append(self.notes[name] + "\n\n")
+            parts.append(_markdown(table))
+            atomic_write(folder / "tables" / f"{name}.csv", lambda p, t=table: t.to_csv(p))
+        for name, fig in self.figures.items():
+            png = _png(fig)
+            atomic_write(folder / "figures" / f"{name}.png", lambda p, b=png: p.write_bytes(b))
+            parts.append(f"\n## {name.replace('_', ' ').capitalize()}\n\n")
+            if name in self.notes:
+                parts.append(self.notes[name] + "\n\n")
+            parts.append(f"![{name}](figures/{name}.png)\n")
+        text = "".join(parts)
+        return atomic_write(folder / "report.md", lambda p: p.write_text(text, encoding="utf-8"))
+
+    def to_html(self, path: str | Path) -> Path:
+        """One self-contained HTML file (figures embedded as PNG data URIs)."""
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        for name, table in self.tables.items():
+            body.append(f"<h2>{html.escape(name.replace('_', ' ').capitalize())}</h2>")
+            if name in self.notes:
+                body.append(f"<p>{html.escape(self.notes[name])}</p>")
+            body.append(table.to_html(float_format=lambda v: f"{v:.4g}", border=0))
+        for name, fig in self.figures.items():
+            data = base64.b64encode(_png(fig)).decode("ascii")
+            body.append(f"<h2>{html.escape(name.replace('_', ' ').capitalize())}</h2>")
+            if name in self.notes:
+                body.append(f"<p>{html.escape(self.notes[name])}</p>")
+            body.append(f'<img alt="{name}" src="data:image/png;base64,{data}">')
+        page = (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(self.title)}</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;font-size:13px}td,th{padding:2px 8px;"
+            "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
+            "</style></head><body>" + "\n".join(body) + "</body></html>"
+        )
+        return atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))
+
+    def to_latex(self, folder: str | Path) -> Path:
+        """``tables/<name>.tex`` (booktabs) and ``figures/<name>.pdf`` and ``.png``."""
+        folder = Path(folder)
+        for name, table in self.tables.items():
+            tex = _booktabs(table, caption=self.notes.get(name, name), label=f"tab:{name}")
+            atomic_write(folder / "tables" / f"{name}.tex", lambda p, t=tex: p.write_text(t))
+        for name, fig in self.figures.items():
+            pdf, png = _fig_bytes(fig, "pdf"), _png(fig)
+            atomic_write(folder / "figures" / f"{name}.pdf", lambda p, b=pdf: p.write_bytes(b))
+            atomic_write(folder / "figures" / f"{name}.png", lambda p, b=png: p.write_bytes(b))
+        return folder
+
+
+# ---------------------------------------------------------------------- building
+
+
+def build_report(model, *, interval: float = 0.9, title: str | None = None) -> Report:
+    """Tables and figures of a fitted (or loaded) :class:`bayes_sd.LatencyModel`."""
+    if model.idata is None or model.design is None:
+        raise RuntimeError("fit (or load) the model before reporting on it")
+    rep = Report(title or "bayes_sd posterior report")
+    rep.tables["coefficients"] = coefficient_table(model, interval)
+    rep.notes["coefficients"] = (
+        f"Population parameters: posterior mean, median and {interval:.0%} equal-tailed "
+        "interval; intercepts are log seconds at the reference sizes (4 B target, 0.25 B "
+        "drafter) and 1,024-token lengths."
+    )
+    rep.tables["diagnostics"] = pd.DataFrame([model.diagnostics]).T.rename(columns={0: "value"})
+    fitq, runs = fit_quality(model, interval)
+    rep.tables["fit_quality"] = fitq
+    rep.notes["fit_quality"] = (
+        "R² of log mean latency (posterior median prediction) and the share of training runs "
+        f"inside their {interval:.0%} posterior predictive interval (measurement noise included)."
+    )
+    rep.figures["latency_vs_rate"] = _latency_figure(model, runs, interval)
+    rep.notes["latency_vs_rate"] = (
+        f"Mean latency against request rate: posterior median and {interval:.0%} band per "
+        "series, observed runs as points (up to 12 systems)."
+    )
+    spd = _speedup_figure(model, interval)
+    if spd is not None:
+        rep.figures["speedup_vs_rate"] = spd
+        rep.notes["speedup_vs_rate"] = (
+            f"Speedup of each SD series over its baseline with {interval:.0%} band; the shaded "
+            "vertical band is the break-even rate's interval."
+        )
+    rep.figures["normalised_collapse"] = _collapse_figure(runs)
+    rep.notes["normalised_collapse"] = (
+        "Every open-loop run normalised by its series' posterior-median C1 and C2: latency / C1 "
+        "against utilisation x = λ·C2 collapses onto 1/(1 − x)."
+    )
+    rep.figures["posterior_predictive"] = _ppc_figure(runs)
+    rep.notes["posterior_predictive"] = (
+        "Observed against predicted mean latency with the posterior predictive interval."
+    )
+    return rep
+
+
+def coefficient_table(model, interval: float = 0.9) -> pd.DataFrame:
+    import arviz as az
+
+    post = model.idata["posterior"].dataset
+    names = [n for n in POPULATION if n in post]
+    rhat = az.rhat(post[names])
+    ess = az.ess(post[names], method="bulk")
+    lo_q, hi_q = (1 - interval) / 2, 1 - (1 - interval) / 2
+    rows = []
+    for name in names:
+        da = post[name]
+        extra = [d for d in da.dims if d not in ("chain", "draw")]
+        flat = da.stack(sample=("chain", "draw")).transpose(*extra, "sample")
+        labels = [""] if not extra else [str(v) for v in flat[extra[0]].values]
+        values = flat.values.reshape(len(labels), -1)
+        r = np.atleast_1d(rhat[name].values).ravel()
+        e = np.atleast_1d(ess[name].values).ravel()
+        for i, label in enumerate(labels):
+            x = values[i]
+            rows.append(
+                {
+                    "parameter": name + (f"[{label}]" if label else ""),
+                    "mean": float(x.mean()),
+                    "median": float(np.median(x)),
+                    "lo": float(np.quantile(x, lo_q)),
+                    "hi": float(np.quantile(x, hi_q)),
+                    "r_hat": float(r[i]),
+                    "ess_bulk": float(e[i]),
+                }
+            )
+    return pd.DataFrame(rows).set_index("parameter")
+
+
+def fit_quality(model, interval: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table of R² and coverage overall and per series, per-run predictions)."""
+    rows = model.design.rows
+    keep = [c for c in rows.columns if c not in ("latency_mean_s",)]
+    pred = model.predict(rows[keep], interval=interval, random_seed=0)
+    noisy = model.predict(rows[keep], interval=interval, random_seed=0, noise=True)
+    runs = rows[["series", "system", "k", "request_rate", "concurrency"]].copy()
+    runs["observed"] = rows["latency_mean_s"].to_numpy(dtype=float)
+    runs["predicted"] = pred.summary["latency_median"].to_numpy()
+    runs["lo"] = noisy.summary["latency_lo"].to_numpy()
+    runs["hi"] = noisy.summary["latency_hi"].to_numpy()
+    runs["C2"] = 1.0 / pred.summary["saturation_rate_median"].to_numpy()
+    runs["inside"] = (runs["observed"] >= runs["lo"]) & (runs["observed"] <= runs["hi"])
+    c1 = _c1(model, rows[keep])
+    runs["C1"] = c1
+
+    def r2(g: pd.DataFrame) -> float:
+        y, f = np.log(g["observed"]), np.log(g["predicted"])
+        ss = float(((y - y.mean()) ** 2).sum())
+        return float(1 - ((y - f) ** 2).sum() / ss) if ss > 0 else math.nan
+
+    table = [
+        {
+            "scope": "all runs",
+            "runs": len(runs),
+            "r2_log_latency": r2(runs),
+            "coverage": float(runs["inside"].mean()),
+        }
+    ]
+    for series, g in runs.groupby("series"):
+        table.append(
+            {
+                "scope": series,
+                "runs": len(g),
+                "r2_log_latency": r2(g),
+                "coverage": float(g["inside"].mean()),
+            }
+        )
+    return pd.DataFrame(table).set_index("scope"), runs
+
+
+def _c1(model, rows: pd.DataFrame) -> np.ndarray:
+    """Posterior-median C1 per row: the latency at (nearly) zero load."""
+    zero = rows.copy()
+    is_open = zero["request_rate"].notna()
+    zero.loc[is_open, "request_rate"] = 1e-9
+    zero.loc[~is_open, "concurrency"] = 0.0
+    return model.predict(zero, random_seed=0).summary["latency_median"].to_numpy()
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series_label(series: str, system: str) -> str:
+    rest = series[len(system) :].strip("|")
+    return rest.replace("|", " ") or "k0"
+
+
+def _latency_figure(model, runs: pd.DataFrame, interval: float):
+    plt = _plt()
+    systems = list(dict.fromkeys(runs["system"]))[:MAX_PANELS]
+    n = len(systems)
+    cols = min(3, n)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    rows = model.design.rows
+    keep = [c for c in rows.columns if c != "latency_mean_s"]
+    for ax, system in zip(axes.ravel(), systems, strict=False):
+        part = rows[rows["system"] == system]
+        for series, g in part.groupby("series"):
+            if g["request_rate"].isna().all():
+                x = g["concurrency"].astype(float)
+                grid_col = "concurrency"
+            else:
+                x = g["request_rate"].astype(float)
+                grid_col = "request_rate"
+            grid = np.linspace(float(x.min()) * 0.5, float(x.max()) * 1.05, 40)
+            template = g[keep].iloc[[0]]
+            new = pd.concat([template] * len(grid), ignore_index=True)
+            new[grid_col] = grid
+            s = model.predict(new, interval=interval, random_seed=0).summary
+            (line,) = ax.plot(grid, s["latency_median"], label=_series_label(series, system))
+            ax.fill_between(grid, s["latency_lo"], s["latency_hi"], alpha=0.2,
+                            color=line.get_color())  # fmt: skip
+            ax.plot(x, g["latency_mean_s"].astype(float), "o", ms=3, color=line.get_color())
+        ax.set_title(_short(system), fontsize=7)
+        ax.set_xlabel("request rate (req/s)" if part["request_rate"].notna().any() else "N")
+        ax.set_ylabel("mean latency (s)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def _short(system: str) -> str:
+    import textwrap
+
+    parts = system.split("|")
+    return "\n".join(textwrap.wrap(" | ".join(p for p in parts[1:] if p), 48))
+
+
+def _speedup_figure(model, interval: float):
+    from bayes_sd import planning
+
+    rows = model.design.rows
+    sd = rows[(rows["k"] > 0) & rows["request_rate"].notna()]
+    if sd.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    keep = [c for c in rows.columns if c not in ("latency_mean_s", "request_rate")]
+    for series, g in list(sd.groupby("series"))[:MAX_PANELS]:
+        cfg = g[keep].iloc[0].to_dict()
+        k = int(cfg["k"])
+        top = 1.3 * float(g["request_rate"].max())
+        rates = np.linspace(top / 100, top, 100)
+        be = planning.break_even(model, cfg, k=k, interval=interval, rates=rates)
+        a = be.along
+        label = f"{cfg['dataset'] or cfg['target']}: {_series_label(series, cfg['system'])}"
+        (line,) = ax.plot(a["rate"], a["speedup_median"], label=label)
+        ax.fill_between(a["rate"], a["speedup_lo"], a["speedup_hi"], alpha=0.15,
+                        color=line.get_color())  # fmt: skip
+        s = be.summary(interval)
+        if np.isfinite(s["break_even_hi"]) and s["break_even_hi"] > 0:
+            ax.axvspan(s["break_even_lo"], s["break_even_hi"], alpha=0.1, color=line.get_color())
+        base = rows[(rows["series"] == g["base_series"].iloc[0])]
+        merged = g.merge(base[["request_rate", "latency_mean_s"]], on="request_rate",
+                         suffixes=("", "_base"))  # fmt: skip
+        if not merged.empty:
+            ax.plot(merged["request_rate"], merged["latency_mean_s_base"] /
+                    merged["latency_mean_s"], "o", ms=4, color=line.get_color())  # fmt: skip
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("request rate (req/s)")
+    ax.set_ylabel("speedup (latency without SD / with SD)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _collapse_figure(runs: pd.DataFrame):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    open_runs = runs[runs["request_rate"].notna()]
+    x = open_runs["request_rate"].astype(float) * open_runs["C2"]
+    y = open_runs["observed"] / open_runs["C1"]
+    ax.plot(x, y, ".", ms=3, alpha=0.6, label="runs")
+    grid = np.linspace(0, min(0.97, float(x.max()) if len(x) else 0.9), 100)
+    ax.plot(grid, 1 / (1 - grid), "k-", label="1/(1 − x)")
+    ax.set_xlabel("utilisation x = λ · C2 (posterior median)")
+    ax.set_ylabel("latency / C1")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _ppc_figure(runs: pd.DataFrame):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.errorbar(
+        runs["predicted"],
+        runs["observed"],
+        xerr=[runs["predicted"] - runs["lo"], runs["hi"] - runs["predicted"]],
+        fmt=".",
+        ms=3,
+        alpha=0.5,
+        elinewidth=0.5,
+    )
+    lim = [float(runs[["observed", "lo"]].min().min()), float(runs[["observed", "hi"]].max().max())]
+    ax.plot(lim, lim, "k-", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted mean latency (s)")
+    ax.set_ylabel("observed mean latency (s)")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _fig_bytes(fig, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=120)
+    return buf.getvalue()
+
+
+def _png(fig) -> bytes:
+    return _fig_bytes(fig, "png")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float | np.floating):
+        return "" if np.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    d = df.reset_index()
+    lines = ["| " + " | ".join(map(str, d.columns)) + " |", "|" + "---|" * len(d.columns)]
+    for row in d.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPE = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "\\": r"\textbackslash{}",
+}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPE.get(c, c) for c in str(text))
+
+
+def _booktabs(df: pd.DataFrame, *, caption: str, label: str) -> str:
+    d = df.reset_index()
+    spec = "l" + "r" * (len(d.columns) - 1)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{_tex(caption)}}}",
+        rf"\label{{{label}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(_tex(c) for c in d.columns) + r" \\",
+        r"\midrule",
+    ]
+    for row in d.itertuples(index=False):
+        lines.append(" & ".join(_tex(_fmt(v)) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
