@@ -11,7 +11,7 @@ export MPLBACKEND ?= Agg
 # This machine sets PYTHONDONTWRITEBYTECODE=1, which makes every import recompile from source.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test test-slow lint format clean venv
+.PHONY: demo test test-slow lint docs format clean venv
 
 venv: $(VENV)/.installed
 
@@ -29,19 +29,23 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 demo: venv
 	$(VENV)/bin/bayes-sd demo --out $(OUT)
 
-test: venv lint
+test: venv lint docs
 	$(PY) -m pytest -m "not slow"
+
+# The documentation site (MkDocs, strict: a broken link or API reference fails the build).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 test-slow: venv
 	$(PY) -m pytest -m slow
 
 lint: venv
-	$(VENV)/bin/ruff check bayes_sd tests benchmarks data validation
-	$(VENV)/bin/ruff format --check bayes_sd tests benchmarks data validation
+	$(VENV)/bin/ruff check bayes_sd tests benchmarks data validation notebooks
+	$(VENV)/bin/ruff format --check bayes_sd tests benchmarks data validation notebooks
 
 format: venv
 	$(VENV)/bin/ruff format bayes_sd tests benchmarks data validation
 	$(VENV)/bin/ruff check --fix bayes_sd tests benchmarks data validation
 
 clean:
-	rm -rf $(VENV) .cache reports .pytest_cache .hypothesis
+	rm -rf $(VENV) .cache reports site .pytest_cache .hypothesis

@@ -166,11 +166,16 @@ class BreakEven:
 
     def summary(self, interval: float = 0.9) -> dict[str, float]:
         lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
+        with np.errstate(invalid="ignore"):  # inf draws: quantiles are inf, not warnings
+            return self._summary(lo, hi)
+
+    def _summary(self, lo: float, hi: float) -> dict[str, float]:
         return {
             "k": self.k,
-            "break_even_median": float(np.median(self.draws)),
-            "break_even_lo": float(np.quantile(self.draws, lo)),
-            "break_even_hi": float(np.quantile(self.draws, hi)),
+            # quantiles without interpolation: draws may be inf (SD pays on the whole grid)
+            "break_even_median": float(np.quantile(self.draws, 0.5, method="inverted_cdf")),
+            "break_even_lo": float(np.quantile(self.draws, lo, method="inverted_cdf")),
+            "break_even_hi": float(np.quantile(self.draws, hi, method="inverted_cdf")),
             "p_sd_never_pays": float(np.mean(self.draws == 0)),
             "p_sd_pays_on_whole_grid": float(np.mean(np.isinf(self.draws))),
         }
