@@ -154,6 +154,20 @@ def build_report(model, *, interval: float = 0.9, title: str | None = None) -> R
         "Every open-loop run normalised by its series' posterior-median C1 and C2: latency / C1 "
         "against utilisation x = λ·C2 collapses onto 1/(1 − x)."
     )
+    bk = _best_k_figure(model)
+    if bk is not None:
+        rep.figures["best_k_by_load"] = bk
+        rep.notes["best_k_by_load"] = (
+            "Best draft length by request rate for each drafter configuration (colour: the k "
+            "with the lowest expected latency; shade: P(that k is best)); k = 0 is no SD."
+        )
+    moe = _coverage_figure(model)
+    if moe is not None:
+        rep.figures["moe_coverage"] = moe
+        rep.notes["moe_coverage"] = (
+            "MoE expert coverage: share of experts a pass reads against the tokens in it, per "
+            "MoE target, with the training runs' verification passes (B·(k+1)) marked."
+        )
     rep.figures["posterior_predictive"] = _ppc_figure(runs)
     rep.notes["posterior_predictive"] = (
         "Observed against predicted mean latency with the posterior predictive interval."
@@ -340,6 +354,65 @@ def _speedup_figure(model, interval: float):
     ax.set_xlabel("request rate (req/s)")
     ax.set_ylabel("speedup (latency without SD / with SD)")
     ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _best_k_figure(model, max_systems: int = 4):
+    from bayes_sd import planning
+
+    rows = model.design.rows
+    sd = rows[(rows["k"] > 0) & rows["request_rate"].notna()]
+    if sd.empty:
+        return None
+    plt = _plt()
+    groups = list(sd.groupby("draft_system"))[:max_systems]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 1.4 * len(groups) + 0.8), squeeze=False)
+    keep = [c for c in rows.columns if c not in ("latency_mean_s", "request_rate", "k")]
+    for ax, (name, g) in zip(axes[:, 0], groups, strict=True):
+        cfg = g[keep].iloc[0].to_dict()
+        ks = [0, *sorted(int(k) for k in g["k"].unique())]
+        rates = np.linspace(g["request_rate"].min() / 2, g["request_rate"].max() * 1.1, 40)
+        res = planning.best_k(model, cfg, ks=ks, rates=rates, max_draws=400)
+        ch = res.choice
+        cmap = plt.get_cmap("viridis", max(ks) + 1)
+        for _, r in ch.iterrows():
+            if np.isnan(r["k"]):
+                continue
+            ax.bar(r["rate"], 1, width=rates[1] - rates[0], color=cmap(int(r["k"])),
+                   alpha=0.3 + 0.7 * r["p_best"])  # fmt: skip
+        for k in ks:
+            ax.bar(0, 0, color=cmap(k), label=f"k={k}")
+        ax.set_yticks([])
+        ax.set_title(_short(name), fontsize=7)
+        ax.legend(fontsize=6, ncol=len(ks), loc="upper right")
+    axes[-1, 0].set_xlabel("request rate (req/s)")
+    fig.tight_layout()
+    return fig
+
+
+def _coverage_figure(model):
+    from bayes_sd import latency
+
+    rows = model.design.rows
+    moe = rows[rows["target_experts"].astype(float) > 1]
+    if moe.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    tokens = np.logspace(0, 4, 200)
+    for target, g in moe.groupby("target"):
+        n = float(g["target_experts"].iloc[0])
+        m = float(g["target_experts_per_token"].iloc[0])
+        (line,) = ax.plot(tokens, latency.expert_coverage(tokens, n, m), label=str(target))
+        batch = g["request_rate"].astype(float) * g["latency_mean_s"].astype(float)
+        passes = np.maximum(batch.fillna(g["concurrency"].astype(float)), 1) * (g["k"] + 1)
+        ax.plot(passes, latency.expert_coverage(passes.to_numpy(), n, m), "|",
+                color=line.get_color(), ms=8)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens in a forward pass")
+    ax.set_ylabel("share of experts read")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

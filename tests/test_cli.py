@@ -138,11 +138,11 @@ def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path):
     for rel in ("report.md", "report.html", "latex/tables/coefficients.tex"):
         assert (folder / rel).stat().st_size > 200, rel
     for name in ("latency_vs_rate", "speedup_vs_rate", "normalised_collapse",
-                 "posterior_predictive"):  # fmt: skip
+                 "best_k_by_load", "posterior_predictive"):  # fmt: skip
         assert (folder / "figures" / f"{name}.png").stat().st_size > 5000
         assert (folder / "latex" / "figures" / f"{name}.pdf").stat().st_size > 1000
     html = (folder / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == 5  # no MoE target: no coverage figure
     tex = (folder / "latex" / "tables" / "coefficients.tex").read_text()
     assert r"\toprule" in tex and r"intercept[c1v]" in tex.replace(r"\_", "_")
     # key numbers in the tables are the posterior's

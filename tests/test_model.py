@@ -305,3 +305,14 @@ def test_baseline_fits_closed_form_data(sweep):
         target="qwen2.5-14b", target_params=14.8e9, target_active_params=14.8e9
     )
     assert np.isnan(fit.predict(unseen)).all()
+
+
+def test_report_draws_the_moe_coverage_of_moe_targets(fitted, tmp_path):
+    from bayes_sd.report import _coverage_figure
+
+    fig = _coverage_figure(fitted)  # the sweep has an OLMoE target
+    assert fig is not None
+    lines = fig.axes[0].get_lines()
+    assert any(line.get_label() == "olmoe-1b-7b" for line in lines)
+    ys = lines[0].get_ydata()
+    assert ys.min() > 0 and ys.max() <= 1 and np.all(np.diff(ys) >= 0)  # coverage grows
