@@ -117,6 +117,25 @@ def _step_design(steps: pd.DataFrame, design: Design) -> pd.DataFrame:
     return out
 
 
+# the population-level parameters: diagnosed after fitting, tabulated in reports
+POPULATION_PARAMS = (
+    "intercept",
+    "size_slope",
+    "length_slope",
+    "gpu_sd",
+    "system_sd",
+    "draft_sd",
+    "series_sd",
+    "moe_excess",
+    "acceptance",
+    "sigma",
+    "load_noise",
+    "nu",
+    "step_overhead",
+    "step_sigma",
+)
+
+
 class ConvergenceWarning(UserWarning):
     """R-hat, ESS or divergences say the posterior may not be trustworthy."""
 
@@ -556,19 +575,7 @@ class LatencyModel:
     def _diagnose(self, idata) -> dict[str, Any]:
         import arviz as az
 
-        names = [
-            "intercept",
-            "size_slope",
-            "length_slope",
-            "gpu_sd",
-            "system_sd",
-            "draft_sd",
-            "series_sd",
-            "moe_excess",
-            "sigma",
-            "load_noise",
-            "nu",
-        ]
+        names = list(POPULATION_PARAMS)
         post = idata["posterior"].dataset
         names = [n for n in names if n in post]
         rhat = az.rhat(post[names])
@@ -1020,6 +1027,26 @@ def _latency(
     return out
 
 
+def nan_quantiles(x: np.ndarray, qs) -> list[np.ndarray]:
+    """Column-wise quantiles of ``x`` (draws, columns) ignoring NaN, as ``np.nanquantile``
+    (linear interpolation) but vectorised: ``np.nanquantile`` loops over columns in Python
+    (measured: 54 s of a 58 s predict of 20,000 rows). ``+inf`` draws are kept (saturated)."""
+    s = np.sort(x, axis=0)  # NaN sort last
+    n = (~np.isnan(x)).sum(axis=0)
+    cols = np.arange(x.shape[1])
+    out = []
+    for q in qs:
+        pos = q * np.maximum(n - 1, 0)
+        i = np.floor(pos).astype(int)
+        j = np.minimum(i + 1, np.maximum(n - 1, 0))
+        frac = pos - i
+        a, b = s[i, cols], s[j, cols]
+        with np.errstate(invalid="ignore"):
+            v = np.where(a == b, a, a + (b - a) * frac)
+        out.append(np.where(n > 0, v, np.nan))
+    return out
+
+
 def _summarise(ds: xr.Dataset, rows: pd.DataFrame, interval: float) -> pd.DataFrame:
     lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
     out = rows[
@@ -1036,11 +1063,8 @@ def _summarise(ds: xr.Dataset, rows: pd.DataFrame, interval: float) -> pd.DataFr
     ].copy()
     for var in ("latency", "speedup", "saturation_rate"):
         x = ds[var].values.reshape(-1, ds.sizes["row"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[f"{var}_median"] = np.nanquantile(x, 0.5, axis=0)
-            out[f"{var}_lo"] = np.nanquantile(x, lo, axis=0)
-            out[f"{var}_hi"] = np.nanquantile(x, hi, axis=0)
+        med, low, high = nan_quantiles(x, (0.5, lo, hi))
+        out[f"{var}_median"], out[f"{var}_lo"], out[f"{var}_hi"] = med, low, high
     x = ds["speedup"].values.reshape(-1, ds.sizes["row"])
     out["p_speedup_gt_1"] = np.mean(x > 1, axis=0)
     return out

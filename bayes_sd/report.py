@@ -27,26 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bayes_sd.model import POPULATION_PARAMS
 from bayes_sd.schema import atomic_write
 
 __all__ = ["Report", "build_report"]
 
-POPULATION = (
-    "intercept",
-    "size_slope",
-    "length_slope",
-    "gpu_sd",
-    "system_sd",
-    "draft_sd",
-    "series_sd",
-    "moe_excess",
-    "acceptance",
-    "sigma",
-    "load_noise",
-    "nu",
-    "step_overhead",
-    "step_sigma",
-)
 MAX_PANELS = 12
 
 
@@ -179,7 +164,7 @@ def coefficient_table(model, interval: float = 0.9) -> pd.DataFrame:
     import arviz as az
 
     post = model.idata["posterior"].dataset
-    names = [n for n in POPULATION if n in post]
+    names = [n for n in POPULATION_PARAMS if n in post]
     rhat = az.rhat(post[names])
     ess = az.ess(post[names], method="bulk")
     lo_q, hi_q = (1 - interval) / 2, 1 - (1 - interval) / 2

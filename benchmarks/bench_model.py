@@ -178,14 +178,32 @@ def accuracy(sweep, args) -> dict:
     return out, model
 
 
-def prediction_speed(model, n=100_000) -> dict:
-    rows = model.design.rows.sample(n, replace=True, random_state=0)[PRED_COLUMNS]
-    rows = rows.reset_index(drop=True)
-    model.predict(rows.head(100), random_seed=0)  # warm
-    t0 = time.perf_counter()
-    model.predict(rows, random_seed=0)
-    wall = time.perf_counter() - t0
-    return {"rows": n, "draws": 1000, "wall_s": round(wall, 2)}
+def prediction_speed(model) -> list[dict]:
+    """predict() wall time for dense and MoE rows at two sizes (rows × posterior draws)."""
+    out = []
+    rows = model.design.rows
+    for kind, part in (("dense", rows[rows["target_experts"] == 1]),
+                       ("moe", rows[rows["target_experts"] > 1])):  # fmt: skip
+        if part.empty:
+            continue
+        for n, draws in ((100_000, 100), (10_000, 1000)):
+            sample = part.sample(n, replace=True, random_state=0)[PRED_COLUMNS]
+            sample = sample.reset_index(drop=True)
+            model.predict(sample.head(100), random_seed=0, max_draws=draws)  # warm
+            t0 = time.perf_counter()
+            model.predict(sample, random_seed=0, max_draws=draws)
+            wall = time.perf_counter() - t0
+            out.append({"rows": kind, "n_rows": n, "draws": draws, "wall_s": round(wall, 2),
+                        "row_draws_per_s": round(n * draws / wall)})  # fmt: skip
+            print_rows(out[-1:])
+    return out
+
+
+def fit_for_prediction(sweep, args):
+    """A short fit, only to have posterior draws for timing predict (quality irrelevant)."""
+    small = argparse.Namespace(**{**vars(args), "draws": 100, "tune": 100, "chains": 2})
+    model, _ = fit(sweep, "nutpie", small)
+    return model
 
 
 def print_rows(rows: list[dict]) -> None:
@@ -221,15 +239,23 @@ def main() -> None:
     if not args.skip_backends:
         print(f"backends ({args.chains} chains x {args.draws} draws + {args.tune} tune):")
         result["backends"] = backends(sweep, args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every part: a long run keeps what it measured
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    if not args.skip_backends:
+        save()
+    model = None
     if not args.skip_accuracy:
         print("sparse data (3 training rates per series):")
         result["accuracy"], model = accuracy(sweep, args)
         print(json.dumps(result["accuracy"], indent=2))
-        result["predict"] = prediction_speed(model)
-        print(f"predict: {result['predict']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+        save()
+    print("predict:")
+    result["predict"] = prediction_speed(model or fit_for_prediction(sweep, args))
+    save()
     print(f"wrote {out}")
 
 

@@ -21,6 +21,7 @@ from nbclient import NotebookClient
 HERE = Path(__file__).parent
 
 SETUP = """\
+%matplotlib inline
 import os
 import numpy as np
 import pandas as pd
@@ -236,5 +237,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.pop("MPLBACKEND", None)  # the kernel draws inline figures into the notebook
     sys.exit(main())

@@ -1,6 +1,7 @@
 """Documentation stays true: README code runs, the format doc lists every canonical column."""
 
 import re
+import warnings
 from pathlib import Path
 
 import bayes_sd
@@ -15,8 +16,12 @@ def test_readme_python_example_runs():
     for block in blocks:
         code = "\n".join(line for line in block.splitlines() if "doctest: +SKIP" not in line)
         namespace: dict = {}
-        exec(compile(code, "README.md", "exec"), namespace)
+        with warnings.catch_warnings():  # a short README fit may warn about ESS: that is output
+            warnings.simplefilter("ignore", bayes_sd.ConvergenceWarning)
+            exec(compile(code, "README.md", "exec"), namespace)
         assert 0 < namespace["latency"].break_even_rate(0.04, 0.002, 0.02, 0.003) < 500
+        if "model" in namespace:  # the model example fitted and diagnosed a real posterior
+            assert namespace["model"].diagnostics["runs_fitted"] == 18
 
 
 def test_data_formats_doc_lists_every_column():

@@ -4,6 +4,7 @@ Mocked sampling (prior draws in place of MCMC) tests the plumbing only: it prove
 whether the model recovers anything. Parameter recovery needs the real sampler.
 """
 
+import warnings
 from functools import partial
 
 import numpy as np
@@ -316,3 +317,19 @@ def test_report_draws_the_moe_coverage_of_moe_targets(fitted, tmp_path):
     assert any(line.get_label() == "olmoe-1b-7b" for line in lines)
     ys = lines[0].get_ydata()
     assert ys.min() > 0 and ys.max() <= 1 and np.all(np.diff(ys) >= 0)  # coverage grows
+
+
+def test_nan_quantiles_match_numpy_and_keep_saturated_draws():
+    from bayes_sd.model import nan_quantiles
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 40))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[:, 0] = np.nan  # a column with no finite draw
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for q in (0.05, 0.5, 0.95):
+            ref = np.nanquantile(x, q, axis=0)
+            np.testing.assert_allclose(nan_quantiles(x, [q])[0], ref, equal_nan=True)
+    x[:200, 1] = np.inf  # mostly saturated: the upper quantiles are +inf, not NaN
+    assert nan_quantiles(x, [0.95])[0][1] == np.inf
