@@ -117,6 +117,17 @@ def _step_design(steps: pd.DataFrame, design: Design) -> pd.DataFrame:
     return out
 
 
+# The noise scale grows with the queueing share of latency, capped at utilisation 0.99 so
+# far-off starting points of the sampler stay finite (likelihood and predict(noise=True)).
+QUEUE_SHARE_CAP = 100.0
+
+
+def _coefficients(values) -> latency.Coefficients:
+    """``Coefficients`` from an array or tensor whose last axis is in ``COEFS`` order (which is
+    not the field order of ``latency.Coefficients``)."""
+    return latency.Coefficients(**{c: values[..., i] for i, c in enumerate(COEFS)})
+
+
 # the population-level parameters: diagnosed after fitting, tabulated in reports
 POPULATION_PARAMS = (
     "intercept",
@@ -464,16 +475,7 @@ class LatencyModel:
                 e_run = pt.switch(latent_e, 1.0 + k_d * accept[dsys], e_known)
             else:
                 e_run = e_known
-            coefs = latency.Coefficients(
-                c1p=c_run[:, 0],
-                c2p=c_run[:, 1],
-                c1v=c_run[:, 2],
-                c2v=c_run[:, 3],
-                c1s=c_run[:, 4],
-                c2s=c_run[:, 5],
-                c1d=cd_run[:, 0],
-                c2d=cd_run[:, 1],
-            )
+            coefs = _coefficients(pt.concatenate([c_run, cd_run], axis=1))
             c1, c2 = latency.demand(coefs, k_d, e_run, d_len)
             open_lat = latency.open_loop_latency_smooth(c1, c2, rate_d)
             closed_lat = latency.closed_loop_latency(c1, c2, conc_d)
@@ -482,9 +484,9 @@ class LatencyModel:
             # noise: the mean latency of a finite run near saturation is much noisier than at
             # light load (queueing waits are long and correlated), so the scale grows with the
             # queueing share of latency, (λ C2)/(1 − λ C2) open loop and N C2 / C1 closed loop
-            # (capped at 100, utilisation 0.99: far-off starting points stay finite)
+            # (capped at QUEUE_SHARE_CAP)
             queue_share = pt.minimum(
-                pt.switch(open_d > 0.5, open_lat / c1 - 1.0, conc_d * c2 / c1), 100.0
+                pt.switch(open_d > 0.5, open_lat / c1 - 1.0, conc_d * c2 / c1), QUEUE_SHARE_CAP
             )
             sigma = self.priors["sigma"].create_variable("sigma")
             load_noise = self.priors["load_noise"].create_variable("load_noise")
@@ -806,7 +808,6 @@ class LatencyModel:
                 )
             e[:, ok] = 1.0 + k[ok] * flat["acceptance"][:, d_idx[ok]]
         moe = cov["experts"] > 1
-        zero = np.zeros((draws, n))
         if self.coverage and moe.any() and "moe_excess" in flat:
             ratio = np.exp(flat["moe_excess"][:, None, :]) * (
                 np.exp(slope[:, None, :NPV] * cov["log_total_over_active"][None, :, None]) - 1.0
@@ -814,26 +815,8 @@ class LatencyModel:
             inc = c_pv * ratio
         else:
             inc = np.zeros_like(c_pv)
-        unsat = latency.Coefficients(
-            c1p=c_pv[..., 0],
-            c2p=c_pv[..., 1],
-            c1v=c_pv[..., 2],
-            c2v=c_pv[..., 3],
-            c1s=c_pv[..., 4],
-            c2s=c_pv[..., 5],
-            c1d=c_d[..., 0],
-            c2d=c_d[..., 1],
-        )
-        incr = latency.Coefficients(
-            c1p=inc[..., 0],
-            c2p=inc[..., 1],
-            c1v=inc[..., 2],
-            c2v=inc[..., 3],
-            c1s=inc[..., 4],
-            c2s=inc[..., 5],
-            c1d=zero,
-            c2d=zero,
-        )
+        unsat = _coefficients(np.concatenate([c_pv, c_d], axis=-1))
+        incr = _coefficients(np.concatenate([inc, np.zeros_like(c_d)], axis=-1))  # not drafts
         rate = rows["request_rate"].astype(float).to_numpy()
         conc = rows["concurrency"].astype(float).to_numpy()
         args = dict(
@@ -885,7 +868,7 @@ class LatencyModel:
         conc = rows["concurrency"].astype(float).to_numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(np.isnan(conc), lat / c1 - 1.0, np.nan_to_num(conc) * c2 / c1)
-        share = np.minimum(share, 100.0)  # as in the likelihood
+        share = np.minimum(share, QUEUE_SHARE_CAP)  # as in the likelihood
         scale = sigma * (1.0 + flat["load_noise"][:, None] * share)
         return rng.standard_t(flat["nu"][:, None], size=lat.shape) * scale
 

@@ -39,27 +39,10 @@ import bayes_sd
 from bayes_sd.baseline import fit_baseline
 from bayes_sd.model import ConvergenceWarning, LatencyModel, _label_systems
 
-PRED_COLUMNS = [
-    "source",
-    "dataset",
-    "gpu",
-    "num_gpus",
-    "target",
-    "drafter",
-    "method",
-    "k",
-    "alpha",
-    "acceptance_length",
-    "prefill_len",
-    "decode_len",
-    "request_rate",
-    "concurrency",
-    "target_params",
-    "target_active_params",
-    "target_experts",
-    "target_experts_per_token",
-    "drafter_params",
-]
+
+def _inputs(rows: pd.DataFrame) -> pd.DataFrame:
+    """What a user would give predict: the runs without their measured latency."""
+    return rows.drop(columns=["latency_mean_s"])
 
 
 def fit(sweep, backend, args, seed=1, steps=None):
@@ -152,8 +135,8 @@ def accuracy(sweep, args) -> dict:
     }
     for name, held in (("held_out_rates", held_rates), ("held_out_series", held_series)):
         obs = held["latency_mean_s"].to_numpy(dtype=float)
-        pred = model.predict(held[PRED_COLUMNS], random_seed=2, noise=True).summary
-        mean = model.predict(held[PRED_COLUMNS], random_seed=2).summary
+        pred = model.predict(_inputs(held), random_seed=2, noise=True).summary
+        mean = model.predict(_inputs(held), random_seed=2).summary
         err = np.abs(mean["latency_median"].to_numpy() / obs - 1)
         inside = (obs >= pred["latency_lo"].to_numpy()) & (obs <= pred["latency_hi"].to_numpy())
         b = base.predict(held)
@@ -187,7 +170,7 @@ def prediction_speed(model) -> list[dict]:
         if part.empty:
             continue
         for n, draws in ((100_000, 100), (10_000, 1000)):
-            sample = part.sample(n, replace=True, random_state=0)[PRED_COLUMNS]
+            sample = _inputs(part.sample(n, replace=True, random_state=0))
             sample = sample.reset_index(drop=True)
             model.predict(sample.head(100), random_seed=0, max_draws=draws)  # warm
             t0 = time.perf_counter()
