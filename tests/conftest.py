@@ -46,7 +46,9 @@ def small_fit():
     """One real nutpie fit shared by the tests that need a posterior (about a minute).
 
     A closed-form sweep drawn from the known default population (4 dense targets with drafters
-    on H100, 6 rates per series; noise 2%). Returns (truth population, model, posterior)."""
+    on H100, 6 rates per series; noise 2%), 2 x 600 draws: at 2 x 300 a fresh clone once gave
+    R-hat 1.051 against the tests' 1.05 bound (runs are not bit-identical across machines).
+    Returns (truth population, model, posterior)."""
     from bayes_sd.model import ConvergenceWarning, LatencyModel
     from bayes_sd.population import DEFAULT_POPULATION, simulate_from_model, with_overrides
 
@@ -55,9 +57,9 @@ def small_fit():
         RECOVERY_CONFIGS, population=truth, fractions=(0.05, 0.2, 0.35, 0.5, 0.65, 0.8), seed=4
     )
     model = LatencyModel(
-        sampler_config={"draws": 300, "tune": 400, "chains": 2, "progressbar": False}
+        sampler_config={"draws": 600, "tune": 600, "chains": 2, "progressbar": False}
     )
-    with warnings.catch_warnings():  # 600 draws: ESS under 400 is expected; R-hat is checked
+    with warnings.catch_warnings():  # 1,200 draws: ESS may stay under 400; R-hat is checked
         warnings.simplefilter("ignore", category=ConvergenceWarning)
         idata = model.fit(sweep, random_seed=7)
     return truth, model, idata["posterior"].dataset
