@@ -13,6 +13,7 @@ __all__ = [
     "ConvergenceWarning",
     "DataError",
     "LatencyModel",
+    "StepLevelModel",
     "__version__",
     "flag_saturation",
     "latency",
@@ -34,4 +35,8 @@ def __getattr__(name: str):
         from bayes_sd import model
 
         return getattr(model, name)
+    if name == "StepLevelModel":
+        from bayes_sd import stepfit
+
+        return stepfit.StepLevelModel
     raise AttributeError(f"module 'bayes_sd' has no attribute {name!r}")

@@ -151,6 +151,42 @@ class ConvergenceWarning(UserWarning):
     """R-hat, ESS or divergences say the posterior may not be trustworthy."""
 
 
+def convergence_summary(idata, names) -> dict[str, Any]:
+    """Max R-hat, min bulk/tail ESS over the named parameters (every element), divergences."""
+    import arviz as az
+
+    post = idata["posterior"].dataset
+    names = [n for n in names if n in post]
+    return {
+        "max_rhat": float(az.rhat(post[names]).to_array().max()),
+        "min_ess_bulk": float(az.ess(post[names], method="bulk").to_array().min()),
+        "min_ess_tail": float(az.ess(post[names], method="tail").to_array().min()),
+        "divergences": int(idata["sample_stats"].dataset["diverging"].sum()),
+        "draws": int(post.sizes["chain"] * post.sizes["draw"]),
+    }
+
+
+def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3) -> list[str]:
+    """Warn (:class:`ConvergenceWarning`) with advice when R-hat > 1.01, bulk ESS < 400 or any
+    divergence; returns the problems found."""
+    problems = []
+    if diag["max_rhat"] > 1.01:
+        problems.append(f"max R-hat {diag['max_rhat']:.3f} > 1.01 (chains disagree)")
+    if diag["min_ess_bulk"] < 400:
+        problems.append(f"min bulk ESS {diag['min_ess_bulk']:.0f} < 400")
+    if diag["divergences"]:
+        problems.append(f"{diag['divergences']} divergent transitions")
+    if problems:
+        warnings.warn(
+            "posterior may not be reliable: " + "; ".join(problems) + ". Try more tuning "
+            "and draws (sampler_config draws/tune), target_accept=0.95, or check that "
+            "saturated runs are flagged.",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
+    return problems
+
+
 def _gpu_key(gpu: str, num_gpus: float) -> str:
     n = int(num_gpus)
     return gpu if n == 1 else f"{n}x{gpu}"
@@ -266,8 +302,10 @@ class LatencyModel:
     Parameters
     ----------
     model_config
-        ``{"priors": {name: Prior}}`` overrides (see :mod:`bayes_sd.priors`), and
-        ``"coverage": False`` to drop the MoE coverage term.
+        ``{"priors": {name: Prior}}`` overrides (see :mod:`bayes_sd.priors`),
+        ``"coverage": False`` to drop the MoE coverage term, ``"residuals"`` (a subset of
+        ``("system", "draft", "series")``) and ``"centred": False`` for non-centred
+        residual shifts (for sparse or noisy sweeps; see the Validation page).
     sampler_config
         ``draws``, ``tune``, ``chains``, ``target_accept``, ``nuts_sampler`` (``"nutpie"``
         — the default, fastest by measurement —, ``"pymc"`` or ``"numpyro"``), ``progressbar``.
@@ -282,14 +320,17 @@ class LatencyModel:
 
     def __init__(self, model_config: dict | None = None, sampler_config: dict | None = None):
         model_config = dict(model_config or {})
-        unknown = set(model_config) - {"priors", "coverage", "residuals"}
+        unknown = set(model_config) - {"priors", "coverage", "residuals", "centred"}
         if unknown:
             raise ValueError(
                 f"unknown model_config key(s): {', '.join(sorted(unknown))}; "
-                "known: priors, coverage, residuals"
+                "known: priors, coverage, residuals, centred"
             )
         self.priors = resolve_priors(model_config.get("priors"))
         self.coverage = bool(model_config.get("coverage", True))
+        # centred residual shifts suit precise sweeps (each configuration pinned by its runs);
+        # non-centred ones sparse or noisy data (docs/validation.md, calibration)
+        self.centred = bool(model_config.get("centred", True))
         # coefficients that get per-configuration residuals (the others follow the population)
         self.residuals = tuple(model_config.get("residuals", DEFAULT_RESIDUALS))
         bad = sorted(set(self.residuals) - set(RESIDUALS))
@@ -317,11 +358,14 @@ class LatencyModel:
 
     @property
     def model_config(self) -> dict[str, Any]:
-        return {
+        config = {
             "priors": {k: v.to_dict() for k, v in sorted(self.priors.items())},
             "coverage": self.coverage,
             "residuals": list(self.residuals),
         }
+        if not self.centred:  # absent when default: files saved before the option still load
+            config["centred"] = False
+        return config
 
     @property
     def config_hash(self) -> str:
@@ -338,11 +382,17 @@ class LatencyModel:
         if group not in self.residuals:
             return pt.zeros((size, 2))
         sd = self.priors[f"{group}_sd"].create_variable(f"{group}_sd")
+        dims = {"system": ("system", "level"), "draft": ("draft_system", "level")}.get(
+            group, ("series",)
+        )
+        if self.centred:
+            shift = pm.Normal(f"shift_{group}", 0.0, sd, dims=dims)
+        else:
+            z = pm.Normal(f"shift_{group}_z", 0.0, 1.0, dims=dims)
+            shift = pm.Deterministic(f"shift_{group}", z * sd, dims=dims)
         if group == "series":
-            shift = pm.Normal("shift_series", 0.0, sd, dims="series")
             return pt.stack([pt.zeros(size), shift], axis=1)
-        dims = {"system": "system", "draft": "draft_system"}[group]
-        return pm.Normal(f"shift_{group}", 0.0, sd, dims=(dims, "level"))
+        return shift
 
     # ------------------------------------------------------------------ model
 
@@ -395,6 +445,9 @@ class LatencyModel:
             conc_d = pm.Data("concurrency", conc, dims="run")
             batch_d = pm.Data("batch", batch, dims="run")
             open_d = pm.Data("open_loop", is_open.astype(float), dims="run")
+            # observed as data, so a compiled model can be refitted to new measurements of the
+            # same design (nutpie's with_data; used by simulation-based calibration)
+            log_lat_d = pm.Data("log_latency_obs", log_lat, dims="run")
             # population
             intercept = self.priors["intercept"].create_variable("intercept")
             size_slope = self.priors["size_slope"].create_variable("size_slope")[COEF_SLOPE]
@@ -496,7 +549,7 @@ class LatencyModel:
                 nu=nu,
                 mu=mu,
                 sigma=sigma[src] * (1.0 + load_noise * queue_share),
-                observed=log_lat,
+                observed=log_lat_d,
                 dims="run",
             )
             if step_rows is not None:
@@ -575,39 +628,10 @@ class LatencyModel:
         return idata
 
     def _diagnose(self, idata) -> dict[str, Any]:
-        import arviz as az
-
-        names = list(POPULATION_PARAMS)
-        post = idata["posterior"].dataset
-        names = [n for n in names if n in post]
-        rhat = az.rhat(post[names])
-        ess_bulk = az.ess(post[names], method="bulk")
-        ess_tail = az.ess(post[names], method="tail")
-        divergences = int(idata["sample_stats"].dataset["diverging"].sum())
-        out = {
-            "max_rhat": float(rhat.to_array().max()),
-            "min_ess_bulk": float(ess_bulk.to_array().min()),
-            "min_ess_tail": float(ess_tail.to_array().min()),
-            "divergences": divergences,
-            "draws": int(post.sizes["chain"] * post.sizes["draw"]),
-            "runs_fitted": len(self.design.rows),
-            "runs_left_out_saturated": self.design.n_saturated,
-        }
-        problems = []
-        if out["max_rhat"] > 1.01:
-            problems.append(f"max R-hat {out['max_rhat']:.3f} > 1.01 (chains disagree)")
-        if out["min_ess_bulk"] < 400:
-            problems.append(f"min bulk ESS {out['min_ess_bulk']:.0f} < 400")
-        if divergences:
-            problems.append(f"{divergences} divergent transitions")
-        if problems:
-            warnings.warn(
-                "posterior may not be reliable: " + "; ".join(problems) + ". Try more tuning "
-                "and draws (sampler_config draws/tune), target_accept=0.95, or check that "
-                "saturated runs are flagged.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+        out = convergence_summary(idata, POPULATION_PARAMS)
+        out["runs_fitted"] = len(self.design.rows)
+        out["runs_left_out_saturated"] = self.design.n_saturated
+        warn_if_unreliable(out, stacklevel=4)
         return out
 
     # ------------------------------------------------------------------ prediction

@@ -140,6 +140,28 @@ def test_residual_groups_can_be_switched_off(sweep):
     assert "shift_system" in free and not {"shift_draft", "shift_series", "draft_sd"} & free
 
 
+def test_non_centred_shifts_same_graph_values(sweep, mocked, tmp_path):
+    """centred=False samples standard-normal z and scales them: the shifts (and hence every
+    prediction) are the same function of the parameters; the option survives save/load."""
+    model = LatencyModel(model_config={"centred": False}, sampler_config={"draws": 10})
+    m = model.build_model(sweep)
+    free = {v.name for v in m.free_RVs}
+    assert {"shift_system_z", "shift_draft_z", "shift_series_z"} <= free
+    assert not {"shift_system", "shift_draft", "shift_series"} & free
+    assert m["shift_system"].eval().shape == (len(model.design.systems), 2)
+    assert model.model_config["centred"] is False
+    assert "centred" not in LatencyModel().model_config  # default: hash of older files kept
+    with pytest.warns(ConvergenceWarning):
+        model.fit(sweep, random_seed=1)
+    loaded = LatencyModel.load(model.save(tmp_path / "nc.nc"))
+    assert loaded.centred is False
+    rows = model.design.rows.head(5)
+    np.testing.assert_array_equal(
+        model.predict(rows, random_seed=1).draws["latency"].values,
+        loaded.predict(rows, random_seed=1).draws["latency"].values,
+    )
+
+
 def test_fit_returns_datatree_and_diagnostics(fitted):
     assert "posterior" in fitted.idata.children
     diag = fitted.diagnostics

@@ -1,0 +1,222 @@
+"""Simulation-based calibration (SBC) of the latency model (Talts et al. 2018).
+
+For each replication: draw the parameters from the prior, draw the measured log latencies of a
+fixed design from the model's own likelihood, fit the model to them with NUTS and record the
+rank of the true value among (thinned) posterior draws. If the sampler and the model code are
+right, every parameter's ranks are uniform; a U shape means intervals that are too narrow, a
+hump too wide, a slope a biased posterior.
+
+The model is compiled once (nutpie) and refitted to each simulated data set with
+``with_data``, so a replication costs one sampling run, not a compile.
+
+Run it with ``validation/sbc.py`` (100+ replications, rank histograms, uniformity tests);
+``docs/validation.md`` has the results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bayes_sd.model import POPULATION_PARAMS, LatencyModel
+
+__all__ = ["SBCResult", "rank_of_truth", "simulation_based_calibration", "uniformity"]
+
+
+def rank_of_truth(draws: np.ndarray, truth: float | np.ndarray) -> np.ndarray:
+    """Number of posterior draws below the truth (ties split at random would be exact; draws are
+    continuous so ties do not occur). ``draws`` is ``(n_draws, ...)``; the rank runs from 0 to
+    ``n_draws``."""
+    draws = np.asarray(draws, dtype=float)
+    return (draws < np.asarray(truth, dtype=float)[None, ...]).sum(axis=0)
+
+
+def uniformity(ranks: np.ndarray, n_draws: int, bins: int = 10) -> tuple[np.ndarray, float]:
+    """Histogram of ranks in ``bins`` equal bins of ``0..n_draws`` and the chi-square p-value of
+    uniformity. ``n_draws + 1`` must be divisible by ``bins`` for exactly equal bins."""
+    ranks = np.asarray(ranks)
+    if (n_draws + 1) % bins:
+        raise ValueError(f"n_draws + 1 = {n_draws + 1} is not divisible by bins = {bins}")
+    counts = np.bincount(ranks * bins // (n_draws + 1), minlength=bins)
+    return counts, float(stats.chisquare(counts).pvalue)
+
+
+@dataclass
+class SBCResult:
+    """Ranks of the truth per replication and parameter element, with fit diagnostics."""
+
+    ranks: pd.DataFrame  # rows: replications; columns: parameter elements ("intercept[c1v]")
+    n_draws: int  # thinned posterior draws per fit: ranks run 0..n_draws
+    diagnostics: pd.DataFrame  # per replication: divergences, max R-hat, min ESS, seconds
+    truth: pd.DataFrame  # the prior draws the data were simulated from
+    extra: dict = field(default_factory=dict)
+
+    def summary(self, bins: int = 10) -> pd.DataFrame:
+        """Per parameter element: chi-square p-value of uniform ranks, mean normalised rank
+        (0.5 if unbiased), and the share of ranks in the outer 10% (0.1 if intervals are right;
+        more means the posterior is too narrow)."""
+        rows = []
+        for name in self.ranks.columns:
+            r = self.ranks[name].to_numpy()
+            counts, p = uniformity(r, self.n_draws, bins)
+            u = r / self.n_draws
+            rows.append(
+                {
+                    "parameter": name,
+                    "p_uniform": p,
+                    "mean_rank": float(u.mean()),
+                    "outer_10pct": float(np.mean((u < 0.05) | (u > 0.95))),
+                    "counts": counts.tolist(),
+                }
+            )
+        return pd.DataFrame(rows).set_index("parameter")
+
+
+def _elements(ds, names) -> dict[str, np.ndarray]:
+    """Flatten the population parameters of a posterior/prior Dataset into named scalar series
+    over ``(sample)``: ``intercept[c1v]``, ``sigma[simulated]``, ``nu``."""
+    out = {}
+    for name in names:
+        if name not in ds:
+            continue
+        da = ds[name]
+        extra = [d for d in da.dims if d not in ("chain", "draw", "sample")]
+        flat = da if "sample" in da.dims else da.stack(sample=["chain", "draw"])
+        if not extra:
+            out[name] = flat.to_numpy()
+            continue
+        stacked = flat.stack(elem=extra).transpose("elem", "sample")
+        labels = stacked["elem"].to_index()
+        for i, lab in enumerate(labels):
+            lab = lab if isinstance(lab, tuple) else (lab,)
+            out[f"{name}[{','.join(map(str, lab))}]"] = stacked.to_numpy()[i]
+    return out
+
+
+def _ess_elements(ds) -> dict[str, float]:
+    out = {}
+    for name, da in ds.data_vars.items():
+        if da.ndim == 0:
+            out[name] = float(da)
+            continue
+        flat = da.stack(elem=list(da.dims))
+        for lab, v in zip(flat["elem"].to_index(), flat.to_numpy(), strict=True):
+            lab = lab if isinstance(lab, tuple) else (lab,)
+            out[f"{name}[{','.join(map(str, lab))}]"] = float(v)
+    return out
+
+
+def simulation_based_calibration(
+    design: pd.DataFrame,
+    *,
+    reps: int = 100,
+    draws: int = 400,
+    tune: int = 400,
+    chains: int = 2,
+    thin_to: int = 99,
+    model_config: dict | None = None,
+    params: tuple[str, ...] = POPULATION_PARAMS,
+    seed: int = 0,
+    oversample: int = 3,
+    cores: int | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> SBCResult:
+    """Run SBC on the design of ``design`` (a sweep table: its configurations, rates and
+    lengths; its latencies are replaced by simulated ones).
+
+    ``thin_to`` posterior draws, evenly spaced over all chains, are kept per fit so that the
+    ranks are computed from nearly independent draws. ``progress(i, reps, info)`` is called
+    after each replication (the script prints a line). Parameters of the model's prior are
+    ``model_config["priors"]``: the simulation and the fits use the same prior.
+    """
+    import os
+
+    import nutpie
+    import pymc as pm
+
+    lm = LatencyModel(model_config=model_config)
+    model = lm.build_model(design)
+    if reps < 1:
+        raise ValueError("reps must be at least 1")
+    # Prior draws that put a run at >= 95% utilisation (its mean latency >= 20 times its
+    # series' lightest-load latency) are rejected: their simulated latencies run to 1e20 s, and
+    # finite measured latencies rule such parameters out in the likelihood anyway.
+    pool = pm.sample_prior_predictive(draws=reps * oversample, model=model, random_seed=seed)
+    lat = pool["prior"].dataset["latency"].stack(sample=["chain", "draw"]).to_numpy()  # (run, s)
+    series = lm.design.rows["series"].to_numpy()
+    ratio = np.zeros(lat.shape[1])
+    for s in np.unique(series):
+        block = lat[series == s]
+        ratio = np.maximum(ratio, (block / block.min(axis=0)).max(axis=0))
+    stable = np.flatnonzero(np.isfinite(ratio) & (ratio < 20.0))
+    if stable.size < reps:
+        raise ValueError(
+            f"only {stable.size} of {reps * oversample} prior draws keep every run of the design "
+            "below 95% utilisation; lower the design's rates or raise oversample"
+        )
+    chosen = stable[:reps]
+    prior_ds = pool["prior"].dataset.stack(sample=["chain", "draw"]).isel(sample=chosen)
+    y_sim = (
+        pool["prior_predictive"]
+        .dataset["log_latency"]
+        .stack(sample=["chain", "draw"])
+        .isel(sample=chosen)
+    )
+    truth = pd.DataFrame(_elements(prior_ds, params))
+    compiled = nutpie.compile_pymc_model(model)
+    cores = cores or os.cpu_count() or 1
+    rank_rows, diag_rows = [], []
+    total = chains * draws
+    keep = np.linspace(0, total - 1, thin_to).round().astype(int)
+    import arviz as az
+
+    for i in range(reps):
+        y = y_sim.isel(sample=i).to_numpy()
+        start = time.perf_counter()
+        idata = nutpie.sample(
+            compiled.with_data(log_latency_obs=y),
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            cores=min(cores, chains),
+            seed=seed * 100_003 + i + 1,
+            progress_bar=False,
+        )
+        seconds = time.perf_counter() - start
+        post = idata["posterior"].dataset
+        el = _elements(post, params)
+        ranks = {name: int(rank_of_truth(v[keep], truth[name].iloc[i])) for name, v in el.items()}
+        names = [n for n in params if n in post]
+        ess = pd.Series(
+            {k: float(v) for k, v in _ess_elements(az.ess(post[names], method="bulk")).items()}
+        )
+        info = {
+            "rep": i,
+            "seconds": seconds,
+            "divergences": int(idata["sample_stats"].dataset["diverging"].sum()),
+            "max_rhat": float(az.rhat(post[names]).to_array().max()),
+            "min_ess_bulk": float(ess.min()),
+            "worst_ess": str(ess.idxmin()),
+            "max_latency_s": float(np.max(np.exp(y))),
+        }
+        rank_rows.append(ranks)
+        diag_rows.append(info)
+        if progress is not None:
+            progress(i + 1, reps, info)
+    return SBCResult(
+        ranks=pd.DataFrame(rank_rows),
+        n_draws=thin_to,
+        diagnostics=pd.DataFrame(diag_rows),
+        truth=truth,
+        extra={
+            "runs": len(lm.design.rows),
+            "systems": len(lm.design.systems),
+            "prior_draws": reps * oversample,
+            "prior_draws_stable": int(stable.size),
+        },
+    )

@@ -1,0 +1,187 @@
+"""Out-of-sample checks of the hierarchical model on the (simulated) demo sweep.
+
+Run: ``.venv/bin/python validation/out_of_sample.py [--folds series,gpu,size] [--draws 300]``
+(one fit per fold, ~4–8 min each on 2 cores).
+
+Data: ``load_example("demo")`` — SIMULATED (the package's discrete-event simulator driven by the
+measured H100/H200 step costs; docs/simulator.md). To keep each fit to minutes, training uses
+every other unsaturated rate of each series.
+
+Folds (each a fresh fit on the training part; predictions for the held-out part):
+* ``series``: every 10th (k, acceptance) series held out — configurations of seen systems; the
+  curve-fit baseline (``bayes_sd.baseline``) can predict those whose system it has seen; the
+  rates dropped from the training series are scored too (``series/held-out rates``);
+* ``gpu``: every H200 run held out, trained on H100 only (an unseen GPU: its effect is drawn
+  from the population; the baseline cannot predict at all);
+* ``size``: every Llama-3.2-3B run held out (an unseen model size between 1B and 8B, with its
+  draft systems; the baseline cannot predict).
+
+Scores per held-out set: median and 90th-percentile relative error of the posterior median
+mean latency, the coverage of the 90% posterior predictive interval of a measured run, and the
+median width of that interval (hi/lo).
+
+Writes ``validation/results/out_of_sample.json`` and ``docs/validation/out_of_sample.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import bayes_sd
+from bayes_sd.baseline import fit_baseline
+from bayes_sd.model import ConvergenceWarning, LatencyModel, _label_systems
+from bayes_sd.schema import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDS = ("series", "gpu", "size")
+LABELS = ["gpu_key", "system", "draft_system", "series", "base_series"]
+
+
+def prepare(sweep: pd.DataFrame) -> pd.DataFrame:
+    rows = sweep[~sweep["saturated"].astype(bool)].copy()
+    rows["dataset"] = rows["dataset"].fillna("")
+    _label_systems(rows)
+    rank = rows.groupby("series")["request_rate"].rank(method="first")
+    rows["train_rate"] = (rank % 2) == 1
+    return rows
+
+
+def split(rows: pd.DataFrame, fold: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    if fold == "series":
+        series = sorted(rows["series"].unique())
+        whole = rows["series"].isin(set(series[::10]))
+        train = rows[~whole & rows["train_rate"]]
+        return train, {
+            "held-out series": rows[whole],
+            "held-out rates": rows[~whole & ~rows["train_rate"]],
+        }
+    if fold == "gpu":
+        held = rows["gpu"] == "H200-SXM-141GB"
+        return rows[~held & rows["train_rate"]], {"unseen GPU (H200)": rows[held]}
+    if fold == "size":
+        held = rows["target"] == "llama-3.2-3b"
+        return rows[~held & rows["train_rate"]], {"unseen size (Llama-3.2-3B)": rows[held]}
+    raise ValueError(f"unknown fold {fold!r}; known: {', '.join(FOLDS)}")
+
+
+def score(model, base, held: pd.DataFrame) -> dict:
+    inputs = held.drop(columns=["latency_mean_s", *LABELS, "train_rate"])
+    obs = held["latency_mean_s"].to_numpy(dtype=float)
+    mean = model.predict(inputs, random_seed=2).summary
+    noisy = model.predict(inputs, random_seed=3, noise=True).summary
+    err = np.abs(mean["latency_median"].to_numpy() / obs - 1)
+    lo, hi = noisy["latency_lo"].to_numpy(), noisy["latency_hi"].to_numpy()
+    out = {
+        "runs": len(held),
+        "model_median_rel_error": float(np.nanmedian(err)),
+        "model_p90_rel_error": float(np.nanquantile(err, 0.9)),
+        "model_90pct_coverage": float(np.mean((obs >= lo) & (obs <= hi))),
+        "interval_width_hi_over_lo": float(np.nanmedian(hi / lo)),
+        "baseline_runs_predicted": 0,
+        "baseline_median_rel_error": None,
+        "model_median_rel_error_same_runs": None,
+    }
+    b = base.predict(held.drop(columns=[*LABELS, "train_rate"]))
+    ok = np.isfinite(b)
+    if ok.any():
+        out["baseline_runs_predicted"] = int(ok.sum())
+        out["baseline_median_rel_error"] = float(np.median(np.abs(b[ok] / obs[ok] - 1)))
+        out["model_median_rel_error_same_runs"] = float(np.median(err[ok]))
+    return out
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = [
+        f"Simulated demo sweep; every other unsaturated rate of each series in training; "
+        f"{meta['chains']} chains × {meta['draws']} draws per fold.",
+        "",
+        "| fold | held-out set | train runs | held-out runs | model median error | model p90 "
+        "error | 90% coverage | interval hi/lo | baseline median error (runs) | model on "
+        "the same runs | fit: R-hat / ESS / divergences |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        base = (
+            f"{r['baseline_median_rel_error']:.1%} ({r['baseline_runs_predicted']})"
+            if r["baseline_median_rel_error"] is not None
+            else "cannot predict"
+        )
+        same = (
+            f"{r['model_median_rel_error_same_runs']:.1%}"
+            if r["model_median_rel_error_same_runs"] is not None
+            else "–"
+        )
+        lines.append(
+            f"| {r['fold']} | {r['set']} | {r['train_runs']} | {r['runs']} | "
+            f"{r['model_median_rel_error']:.1%} | {r['model_p90_rel_error']:.1%} | "
+            f"{r['model_90pct_coverage']:.1%} | {r['interval_width_hi_over_lo']:.2f} | {base} | "
+            f"{same} | {r['max_rhat']:.3f} / {r['min_ess_bulk']:.0f} / {r['divergences']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folds", default=",".join(FOLDS))
+    parser.add_argument("--draws", type=int, default=300)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "validation/results/out_of_sample.json"))
+    parser.add_argument("--docs", default=str(ROOT / "docs/validation"))
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", FutureWarning)
+    rows = prepare(bayes_sd.load_example("demo"))
+    results = []
+    out = Path(args.out)
+    meta = {"draws": args.draws, "chains": args.chains, "seed": args.seed,
+            "bayes_sd": bayes_sd.__version__}  # fmt: skip
+    for fold in args.folds.split(","):
+        train, held_sets = split(rows, fold)
+        print(f"[{fold}] fitting {len(train)} runs ...", flush=True)
+        model = LatencyModel(
+            sampler_config={
+                "draws": args.draws,
+                "tune": args.draws,
+                "chains": args.chains,
+                "progressbar": False,
+            }
+        )
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(train.drop(columns=[*LABELS, "train_rate"]), random_seed=args.seed)
+        seconds = time.perf_counter() - start
+        base = fit_baseline(train.drop(columns=[*LABELS, "train_rate"]))
+        d = model.diagnostics
+        for name, held in held_sets.items():
+            r = {
+                "fold": fold,
+                "set": name,
+                "train_runs": len(train),
+                "fit_seconds": seconds,
+                "max_rhat": d["max_rhat"],
+                "min_ess_bulk": d["min_ess_bulk"],
+                "divergences": d["divergences"],
+                **score(model, base, held),
+            }
+            results.append(r)
+            print(json.dumps(r, default=float), flush=True)
+        payload = json.dumps({"meta": meta, "results": results}, indent=1, default=float)
+        atomic_write(out, lambda p, text=payload: p.write_text(text))  # after every fold
+    md = markdown(results, meta)
+    atomic_write(Path(args.docs) / "out_of_sample.md", lambda p: p.write_text(md))
+    print(f"wrote {out} and {args.docs}/out_of_sample.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
