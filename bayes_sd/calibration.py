@@ -150,9 +150,11 @@ def simulation_based_calibration(
     lat = pool["prior"].dataset["latency"].stack(sample=["chain", "draw"]).to_numpy()  # (run, s)
     series = lm.design.rows["series"].to_numpy()
     ratio = np.zeros(lat.shape[1])
-    for s in np.unique(series):
-        block = lat[series == s]
-        ratio = np.maximum(ratio, (block / block.min(axis=0)).max(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):  # NaN/0 draws: rejected below
+        for s in np.unique(series):
+            block = lat[series == s]
+            ratio = np.fmax(ratio, (block / block.min(axis=0)).max(axis=0))
+        ratio[~np.isfinite(lat).all(axis=0)] = np.inf
     stable = np.flatnonzero(np.isfinite(ratio) & (ratio < 20.0))
     if stable.size < reps:
         raise ValueError(

@@ -139,11 +139,11 @@ def _check(ok: Any, message: str) -> None:
 def _numeric(name: str, x: Any, *, low: float | None = None, high: float | None = None):
     """Float array with a range check (NumPy mode only); NaN passes through unchecked."""
     arr = np.asarray(x, dtype=float)
-    known = arr[~np.isnan(arr)]
-    if low is not None and np.any(known < low):
-        raise ValueError(f"{name} must be >= {low}; got {known.min()}")
-    if high is not None and np.any(known > high):
-        raise ValueError(f"{name} must be <= {high}; got {known.max()}")
+    # NaN compares False: no masked copy of large posterior-draw arrays is needed
+    if low is not None and np.any(arr < low):
+        raise ValueError(f"{name} must be >= {low}; got {np.nanmin(arr)}")
+    if high is not None and np.any(arr > high):
+        raise ValueError(f"{name} must be <= {high}; got {np.nanmax(arr)}")
     return arr
 
 

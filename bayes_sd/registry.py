@@ -101,18 +101,29 @@ def fill_sizes(table) -> None:
     """
     import math
 
-    def blank(v) -> bool:
-        return v is None or (isinstance(v, float) and math.isnan(v))
+    import numpy as np
+    import pandas as pd
 
     def fill(col: str, key: str, attr: str) -> None:
         if key not in table.columns:
             return
-        current = table[col].tolist() if col in table.columns else [None] * len(table)
-        values = []
-        for name, value in zip(table[key], current, strict=True):
-            info = lookup_model(name) if blank(value) and isinstance(name, str) else None
-            values.append(getattr(info, attr) if info else (math.nan if blank(value) else value))
-        table[col] = values
+        if col in table.columns:
+            try:
+                current = table[col].astype(float)
+            except (TypeError, ValueError) as err:
+                from bayes_sd.errors import DataError
+
+                raise DataError(f"{col} must be a number of parameters: {err}", field=col) from err
+        else:
+            current = pd.Series(np.nan, index=table.index, dtype=float)
+        blank = current.isna()
+        names = table[key]
+        found = {}
+        for name in pd.unique(names[blank]):  # one registry lookup per distinct name
+            info = lookup_model(name) if isinstance(name, str) else None
+            found[name] = float(getattr(info, attr)) if info else math.nan
+        filled = names[blank].map(found).astype(float)
+        table[col] = current.where(~blank, filled)
 
     for col, attr in (
         ("target_params", "params"),

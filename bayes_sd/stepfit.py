@@ -247,14 +247,28 @@ class StepLevelModel:
         stride = max(1, int(np.ceil(n / max_draws)))
         post = post.isel(draw=slice(None, None, stride))
         flat = lambda v: post[v].values.reshape(-1, *post[v].shape[2:])  # noqa: E731
-        out = {"coef": flat("coef_ms")}
+        out = {"coef": flat("coef_ms"), "sigma": flat("sigma"), "nu": flat("nu")}
         if "moe_excess" in post:
             out["moe_excess"] = flat("moe_excess")
         return out
 
-    def step_time_ms(self, model: str, gpu: str, batch, q, ctx, *, max_draws: int = 1000):
+    def step_time_ms(
+        self,
+        model: str,
+        gpu: str,
+        batch,
+        q,
+        ctx,
+        *,
+        max_draws: int = 1000,
+        noise: bool = False,
+        random_seed: int | None = None,
+    ):
         """Posterior draws ``(draw, point)`` of the mean time (ms) of a pass of a fitted
-        ``model`` on a fitted ``gpu`` at the given batch sizes, new tokens and contexts."""
+        ``model`` on a fitted ``gpu`` at the given batch sizes, new tokens and contexts.
+
+        ``noise=True`` multiplies each draw by the fitted Student-t scatter on log time: the
+        predictive of one measured shape, which carries what the laws do not explain."""
         if model not in self.models:
             raise ValueError(f"unknown model {model!r}; fitted: {', '.join(self.models)}")
         if gpu not in self.gpus:
@@ -274,10 +288,15 @@ class StepLevelModel:
             grow = ((1 - (1 - share) ** tokens) - share) / (1 - share)
             a = a * (1 + rho * grow[None, :])
         multi = (q > 1).astype(float)[None, :]
-        return (
+        mean = (
             a + b * tokens[None, :] + c * (batch * ctx)[None, :]
             + multi * (s + e * (tokens * ctx)[None, :])
         )  # fmt: skip
+        if not noise:
+            return mean
+        rng = np.random.default_rng(random_seed)
+        t = rng.standard_t(d["nu"][:, None], size=mean.shape)
+        return mean * np.exp(d["sigma"][:, None] * t)
 
     def fit_quality(self) -> pd.DataFrame:
         """Per model and GPU: R² of time and of log time with the posterior median prediction,
@@ -341,6 +360,8 @@ class StepLevelModel:
         ctx: float = 1024.0,
         interval: float = 0.9,
         max_draws: int = 1000,
+        noise: bool = False,
+        random_seed: int | None = 0,
     ) -> pd.DataFrame:
         """Speedup of SD at a fixed batch size (closed loop: B sequences decoding together).
 
@@ -349,15 +370,19 @@ class StepLevelModel:
         which yield ``acceptance_length`` tokens on average (``E = (1 − α^(k+1)) / (1 − α)``
         for a per-token acceptance rate ``α``). Speedup = ``t_T(B,1) / ((k t_D + t_V) / E)``,
         per posterior draw; rejection sampling and scheduling overheads are not included.
+        ``noise=True`` gives each of the three passes the fitted scatter of a measured shape
+        (wider intervals that carry the step model's misfit).
         """
         if k < 1:
             raise ValueError("k must be a positive draft length")
         if not 1.0 <= acceptance_length <= k + 1:
             raise ValueError(f"acceptance_length must lie in [1, k + 1] = [1, {k + 1}]")
         b = np.asarray(batches, dtype=float)
-        base = self.step_time_ms(target, gpu, b, 1, ctx, max_draws=max_draws)
-        draft = self.step_time_ms(drafter, gpu, b, 1, ctx, max_draws=max_draws)
-        verify = self.step_time_ms(target, gpu, b, k + 1, ctx, max_draws=max_draws)
+        rng = np.random.default_rng(random_seed)
+        kw = {"max_draws": max_draws, "noise": noise}
+        base = self.step_time_ms(target, gpu, b, 1, ctx, random_seed=rng, **kw)
+        draft = self.step_time_ms(drafter, gpu, b, 1, ctx, random_seed=rng, **kw)
+        verify = self.step_time_ms(target, gpu, b, k + 1, ctx, random_seed=rng, **kw)
         spd = base / ((k * draft + verify) / acceptance_length)
         lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
         return pd.DataFrame(

@@ -69,7 +69,7 @@ def step_fit():
     steps = bayes_sd.load_example("stepcost")
     keep = ["llama-3.2-1b", "llama-3.1-8b", "eagle3-head-8b", "olmoe-1b-7b"]
     model = StepLevelModel(
-        sampler_config={"draws": 200, "tune": 300, "chains": 2, "progressbar": False}
+        sampler_config={"draws": 150, "tune": 250, "chains": 2, "progressbar": False}
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -113,6 +113,12 @@ def test_closed_loop_speedup_is_the_draftwise_formula(step_fit):
     assert (out["speedup_median"] <= out["speedup_hi"]).all()
     assert out["speedup_median"].is_monotonic_decreasing  # SD pays less as batches grow
     assert out["speedup_median"].iloc[0] > 1.5
+    noisy = step_fit.closed_loop_speedup(
+        "llama-3.1-8b", "eagle3-head-8b", gpu, k=3, acceptance_length=2.5, batches=[1, 16, 128],
+        noise=True,
+    )  # fmt: skip
+    width = lambda d: (d["speedup_hi"] - d["speedup_lo"]).to_numpy()  # noqa: E731
+    assert (width(noisy) > width(out)).all()  # the fitted scatter of measured passes
     with pytest.raises(ValueError, match="acceptance_length"):
         step_fit.closed_loop_speedup("llama-3.1-8b", "eagle3-head-8b", gpu, k=3,
                                      acceptance_length=5.0)  # fmt: skip
