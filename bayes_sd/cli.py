@@ -112,6 +112,13 @@ BLOG_CONFIGS = {
 }
 
 
+def blog_config(sweep: pd.DataFrame, dataset: str) -> dict:
+    """The SD configuration of one dataset of the vLLM blog sweep (for predict and planning)."""
+    first = sweep[sweep["dataset"] == dataset].iloc[0]
+    keys = ("gpu", "num_gpus", "target", "prefill_len", "decode_len")
+    return {**{k: first[k] for k in keys}, "dataset": dataset, **BLOG_CONFIGS[dataset]}
+
+
 def _demo_bayes(sweep: pd.DataFrame, out: Path, args: argparse.Namespace) -> list[str]:
     """Fit the hierarchical model to the real vLLM sweep; break-even and SLO answers with
     credibility; predicted against measured speedup at every rate."""
@@ -142,18 +149,9 @@ def _demo_bayes(sweep: pd.DataFrame, out: Path, args: argparse.Namespace) -> lis
         _markdown_table(diag),
     ]
     rows, breaks, slo_rows = [], [], []
-    for dataset, extra in BLOG_CONFIGS.items():
+    for dataset in BLOG_CONFIGS:
         part = sweep[sweep["dataset"] == dataset]
-        first = part.iloc[0]
-        cfg = {
-            "gpu": first["gpu"],
-            "num_gpus": first["num_gpus"],
-            "target": first["target"],
-            "dataset": dataset,
-            "prefill_len": first["prefill_len"],
-            "decode_len": first["decode_len"],
-            **extra,
-        }
+        cfg = blog_config(sweep, dataset)
         rates = sorted(part["request_rate"].unique())
         sd_rows = pd.DataFrame([{**cfg, "k": 4, "request_rate": r} for r in rates])
         summ = model.predict(sd_rows, random_seed=0).summary

@@ -25,22 +25,19 @@ Writes ``validation/results/out_of_sample.json`` and ``docs/validation/out_of_sa
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
+import _common
 import numpy as np
 import pandas as pd
 
 import bayes_sd
 from bayes_sd.baseline import fit_baseline
 from bayes_sd.model import ConvergenceWarning, LatencyModel, _label_systems
-from bayes_sd.schema import atomic_write
 
-ROOT = Path(__file__).resolve().parents[1]
 FOLDS = ("series", "gpu", "size")
 LABELS = ["gpu_key", "system", "draft_system", "series", "base_series"]
 
@@ -130,26 +127,12 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folds", default=",".join(FOLDS))
-    parser.add_argument("--draws", type=int, default=300)
-    parser.add_argument("--chains", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--noncentred",
-        action="store_true",
-        help="non-centred residual shifts (model_config centred=False); outputs get a "
-        "'_noncentred' suffix",
-    )
-    parser.add_argument("--out", help="default: validation/results/out_of_sample[_noncentred].json")
-    parser.add_argument("--docs", default=str(ROOT / "docs/validation"))
-    args = parser.parse_args(argv)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", FutureWarning)
+    p = _common.parser(__doc__, draws=300, chains=2, noncentred=True)
+    p.add_argument("--folds", default=",".join(FOLDS))
+    args = _common.parse(p, argv, "out_of_sample")
     rows = prepare(bayes_sd.load_example("demo"))
     results = []
-    suffix = "_noncentred" if args.noncentred else ""
-    out = Path(args.out or ROOT / f"validation/results/out_of_sample{suffix}.json")
+    suffix, out = args.suffix, args.out
     meta = {"draws": args.draws, "chains": args.chains, "seed": args.seed,
             "centred": not args.noncentred, "bayes_sd": bayes_sd.__version__}  # fmt: skip
     for fold in args.folds.split(","):
@@ -184,10 +167,8 @@ def main(argv=None) -> int:
             }
             results.append(r)
             print(json.dumps(r, default=float), flush=True)
-        payload = json.dumps({"meta": meta, "results": results}, indent=1, default=float)
-        atomic_write(out, lambda p, text=payload: p.write_text(text))  # after every fold
-    md = markdown(results, meta)
-    atomic_write(Path(args.docs) / f"out_of_sample{suffix}.md", lambda p: p.write_text(md))
+        _common.write_json(out, {"meta": meta, "results": results})  # after every fold
+    _common.write_text(args.docs / f"out_of_sample{suffix}.md", markdown(results, meta))
     print(f"wrote {out} and {args.docs}/out_of_sample{suffix}.md")
     return 0
 

@@ -20,37 +20,20 @@ Writes ``validation/results/real_vllm.json``, ``docs/validation/real_vllm.md`` a
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
+import _common
 import numpy as np
 import pandas as pd
 
 import bayes_sd
 from bayes_sd import planning
-from bayes_sd.cli import BLOG_CONFIGS
+from bayes_sd.cli import BLOG_CONFIGS, blog_config
 from bayes_sd.model import LatencyModel
-from bayes_sd.schema import atomic_write
 
-ROOT = Path(__file__).resolve().parents[1]
 K = 4
-
-
-def dataset_config(part: pd.DataFrame, dataset: str) -> dict:
-    first = part.iloc[0]
-    return {
-        "gpu": first["gpu"],
-        "num_gpus": first["num_gpus"],
-        "target": first["target"],
-        "dataset": dataset,
-        "prefill_len": first["prefill_len"],
-        "decode_len": first["decode_len"],
-        **BLOG_CONFIGS[dataset],
-    }
 
 
 def measured_crossing(rates: np.ndarray, speedup: np.ndarray) -> float:
@@ -70,7 +53,7 @@ def speedup_table(model, sweep) -> tuple[pd.DataFrame, dict]:
     rows, draws_by_dataset = [], {}
     for dataset in BLOG_CONFIGS:
         part = sweep[sweep["dataset"] == dataset]
-        cfg = dataset_config(part, dataset)
+        cfg = blog_config(sweep, dataset)
         rates = np.array(sorted(part["request_rate"].unique()), dtype=float)
         pairs = pd.DataFrame([{**cfg, "k": k, "request_rate": r} for r in rates for k in (0, K)])
         mean = model.predict(pairs, random_seed=0)
@@ -231,16 +214,9 @@ def markdown(meta, spd, breaks, ppc) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--target-accept", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "validation/results/real_vllm.json"))
-    parser.add_argument("--docs", default=str(ROOT / "docs/validation"))
-    args = parser.parse_args(argv)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", FutureWarning)
+    p = _common.parser(__doc__, draws=1000, chains=4)
+    p.add_argument("--target-accept", type=float, default=0.95)
+    args = _common.parse(p, argv, "real_vllm")
     sweep = bayes_sd.load_example("vllm-blog-2024")
     model = LatencyModel(
         sampler_config={
@@ -288,22 +264,16 @@ def main(argv=None) -> int:
     print(pd.DataFrame(breaks).to_string(index=False))
     print(spd.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"PPC: {ppc['inside_90'].mean():.1%} of runs inside their 90% interval")
-    docs = Path(args.docs)
-    figures(spd, be_draws, ppc, crossings, docs)
-    md = markdown(meta, spd, breaks, ppc)
-    atomic_write(docs / "real_vllm.md", lambda p: p.write_text(md))
-    payload = json.dumps(
-        {
-            "meta": meta,
-            "break_even": breaks,
-            "speedup": spd.to_dict("records"),
-            "ppc": ppc.to_dict("records"),
-        },
-        indent=1,
-        default=float,
-    )
-    atomic_write(Path(args.out), lambda p: p.write_text(payload))
-    print(f"wrote {args.out} and {docs}/real_*")
+    figures(spd, be_draws, ppc, crossings, args.docs)
+    _common.write_text(args.docs / "real_vllm.md", markdown(meta, spd, breaks, ppc))
+    payload = {
+        "meta": meta,
+        "break_even": breaks,
+        "speedup": spd.to_dict("records"),
+        "ppc": ppc.to_dict("records"),
+    }
+    _common.write_json(args.out, payload)
+    print(f"wrote {args.out} and {args.docs}/real_*")
     return 0
 
 

@@ -16,20 +16,15 @@ the Validation page includes).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
+import _common
 import numpy as np
 
 import bayes_sd
 from bayes_sd.calibration import simulation_based_calibration
-from bayes_sd.schema import atomic_write
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def sbc_design():
@@ -120,25 +115,12 @@ def markdown(result, meta: dict, bins: int = 10) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=100)
-    parser.add_argument("--draws", type=int, default=500)
-    parser.add_argument("--tune", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument(
-        "--noncentred",
-        action="store_true",
-        help="non-centred residual shifts (model_config centred=False); outputs get a "
-        "'_noncentred' suffix",
-    )
-    parser.add_argument("--out", help="default: validation/results/sbc[_noncentred].json")
-    parser.add_argument("--docs", default=str(ROOT / "docs/validation"))
-    args = parser.parse_args(argv)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", FutureWarning)
+    p = _common.parser(__doc__, draws=500, seed=2026, noncentred=True)
+    p.add_argument("--reps", type=int, default=100)
+    p.add_argument("--tune", type=int, default=500)
+    args = _common.parse(p, argv, "sbc")
     design = sbc_design()
-    suffix = "_noncentred" if args.noncentred else ""
-    out = Path(args.out or ROOT / f"validation/results/sbc{suffix}.json")
+    suffix, out, docs = args.suffix, args.out, args.docs
     start = time.perf_counter()
 
     def progress(i, n, info):
@@ -179,12 +161,9 @@ def main(argv=None) -> int:
         "ranks": result.ranks.to_dict("list"),
         "n_draws": result.n_draws,
     }
-    text = json.dumps(payload, indent=1, default=float)
-    atomic_write(out, lambda p: p.write_text(text))
-    docs = Path(args.docs)
+    _common.write_json(out, payload)
     rank_figure(result, docs / f"sbc{suffix}_ranks.png")
-    md = markdown(result, meta)
-    atomic_write(docs / f"sbc{suffix}.md", lambda p: p.write_text(md))
+    _common.write_text(docs / f"sbc{suffix}.md", markdown(result, meta))
     print(f"wrote {out} and {docs}/sbc{suffix}.md, sbc{suffix}_ranks.png")
     return 0
 

@@ -19,22 +19,18 @@ Writes ``validation/results/stepcost_fit.json``, ``docs/validation/stepcost.md``
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
+import _common
 import numpy as np
 import pandas as pd
 
 import bayes_sd
 from bayes_sd import summaries
-from bayes_sd.schema import atomic_write
 from bayes_sd.stepfit import StepLevelModel
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET, DRAFTER, GPU = "llama-3.1-8b", "eagle3-head-8b", "H100-SXM-80GB"
 K, ALPHA, CTX = 3, 0.7, 1024
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128]
@@ -195,15 +191,7 @@ def markdown(meta, quality, gpu, cov, spd, e_len) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--draws", type=int, default=500)
-    parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "validation/results/stepcost_fit.json"))
-    parser.add_argument("--docs", default=str(ROOT / "docs/validation"))
-    args = parser.parse_args(argv)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", FutureWarning)
+    args = _common.parse(_common.parser(__doc__, draws=500, chains=4), argv, "stepcost_fit")
     steps = bayes_sd.load_example("stepcost")
     model = StepLevelModel(
         sampler_config={
@@ -241,23 +229,17 @@ def main(argv=None) -> int:
     pd.set_option("display.width", 200)
     for table in (quality, gpu, cov, spd):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    docs = Path(args.docs)
-    figures(cov, spd, docs)
-    md = markdown(meta, quality, gpu, cov, spd, e_len)
-    atomic_write(docs / "stepcost.md", lambda p: p.write_text(md))
-    payload = json.dumps(
-        {
-            "meta": meta,
-            "fit_quality": quality.to_dict("records"),
-            "gpu_effects": gpu.to_dict("records"),
-            "moe_coverage": cov.to_dict("records"),
-            "speedup_by_batch": spd.to_dict("records"),
-        },
-        indent=1,
-        default=float,
-    )
-    atomic_write(Path(args.out), lambda p: p.write_text(payload))
-    print(f"wrote {args.out} and {docs}/stepcost.md, step_*.png")
+    figures(cov, spd, args.docs)
+    _common.write_text(args.docs / "stepcost.md", markdown(meta, quality, gpu, cov, spd, e_len))
+    payload = {
+        "meta": meta,
+        "fit_quality": quality.to_dict("records"),
+        "gpu_effects": gpu.to_dict("records"),
+        "moe_coverage": cov.to_dict("records"),
+        "speedup_by_batch": spd.to_dict("records"),
+    }
+    _common.write_json(args.out, payload)
+    print(f"wrote {args.out} and {args.docs}/stepcost.md, step_*.png")
     return 0
 
 
