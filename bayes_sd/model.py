@@ -33,7 +33,7 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 
-from bayes_sd import latency
+from bayes_sd import _kernels, latency
 from bayes_sd._version import __version__
 from bayes_sd.errors import DataError
 from bayes_sd.priors import (
@@ -797,13 +797,12 @@ class LatencyModel:
             sd = flat["gpu_sd"][:, None, :]
             new = rng.normal(size=(draws, int(unseen_gpu.sum()), nc)) * sd
             gpu_new = np.moveaxis(new, 2, 0)
-        shift = np.moveaxis(self._draw_shifts("system", rows["system"], flat, draws, rng), 2, 0)
+        shift = self._draw_shifts("system", rows["system"], flat, draws, rng)
         d_idx = pd.Index(self.design.draft_systems).get_indexer(rows["draft_system"])
         dseen = d_idx >= 0
-        dshift = np.moveaxis(
-            self._draw_shifts("draft", rows["draft_system"], flat, draws, rng), 2, 0
-        )
+        dshift = self._draw_shifts("draft", rows["draft_system"], flat, draws, rng)
         d_size = _drafter_log_size(rows)
+        planes = np.empty((nc, draws, n))  # coefficient-major, filled in place below
         coefs = []
         for j, name in enumerate(COEFS):
             target = j < NPV
@@ -816,7 +815,7 @@ class LatencyModel:
             if name in LENGTH_COEFS:
                 i = LENGTH_COEFS.index(name)
                 x += flat["length_slope"][:, i, None] * cov["lengths"][None, :, i]
-            coefs.append(np.exp(x, out=x))
+            coefs.append(np.exp(x, out=planes[j]))
         k = rows["k"].to_numpy(dtype=float)
         e = np.broadcast_to(acceptance_of(rows), (draws, n)).copy()
         latent = np.isnan(e[0])
@@ -849,8 +848,15 @@ class LatencyModel:
             prefill_len=rows["prefill_len"].to_numpy(dtype=float),
         )
         # series shifts act on the level-2 ("per request in flight") coefficients only
-        sd_u = np.exp(self._draw_shifts("series", rows["series"], flat, draws, rng)[:, :, 1])
-        bs_u = np.exp(self._draw_shifts("series", rows["base_series"], flat, draws, rng)[:, :, 1])
+        sd_u = np.exp(self._draw_shifts("series", rows["series"], flat, draws, rng)[1])
+        bs_u = np.exp(self._draw_shifts("series", rows["base_series"], flat, draws, rng)[1])
+        if not moe.any() and _kernels.AVAILABLE:  # one fused pass (bayes_sd._kernels)
+            lat, speedup, c1, c2 = _kernels.dense(
+                planes, sd_u, bs_u, k, e, args["decode_len"], rate, conc, ~np.isnan(rate)
+            )
+            with np.errstate(divide="ignore"):
+                sat = 1.0 / c2
+            return self._with_noise(rows, flat, lat, c1, c2, rng, noise), speedup, sat
 
         def scaled(values, factor):
             if values is None:
@@ -881,11 +887,14 @@ class LatencyModel:
         c1, c2 = latency.demand(full, k, e, args["decode_len"])
         with np.errstate(divide="ignore"):
             sat = 1.0 / c2
-        if noise:  # saturated draws stay +inf
-            with np.errstate(invalid="ignore", over="ignore"):
-                noisy = lat * np.exp(self._noise(rows, flat, lat, c1, c2, rng))
-            lat = np.where(np.isfinite(lat), noisy, lat)
-        return lat, speedup, sat
+        return self._with_noise(rows, flat, lat, c1, c2, rng, noise), speedup, sat
+
+    def _with_noise(self, rows, flat, lat, c1, c2, rng, noise: bool) -> np.ndarray:
+        if not noise:
+            return lat
+        with np.errstate(invalid="ignore", over="ignore"):  # saturated draws stay +inf
+            noisy = lat * np.exp(self._noise(rows, flat, lat, c1, c2, rng))
+        return np.where(np.isfinite(lat), noisy, lat)
 
     def _noise(self, rows, flat, lat, c1, c2, rng) -> np.ndarray:
         """Draws of the measurement noise on log latency, as in the likelihood."""
@@ -901,20 +910,26 @@ class LatencyModel:
         return rng.standard_t(flat["nu"][:, None], size=lat.shape) * scale
 
     def _draw_shifts(self, group, labels, flat, draws, rng) -> np.ndarray:
-        """Shifts (draws, row, level) of a residual group: the fitted ones for configurations
+        """Shifts (level, draws, row) of a residual group: the fitted ones for configurations
         the model has seen, new draws from the population law for the others."""
-        shift = np.zeros((draws, len(labels), 2))
+        shift = np.zeros((2, draws, len(labels)))
         if group not in self.residuals:
             return shift
         known = {"system": self.design.systems, "draft": self.design.draft_systems}
         idx = pd.Index(known.get(group, self.design.series)).get_indexer(labels)
         seen = idx >= 0
-        levels = slice(1, 2) if group == "series" else slice(0, 2)  # series: C2 only
+        levels = [1] if group == "series" else [0, 1]  # series: C2 only
         sd = flat[f"{group}_sd"].reshape(draws, 1, -1)
         n_new = int((~seen).sum())
-        shift[:, ~seen, levels] = rng.normal(size=(draws, n_new, sd.shape[2])) * sd
-        fitted = flat[f"shift_{group}"][:, idx[seen]]
-        shift[:, seen, levels] = fitted if fitted.ndim == 3 else fitted[..., None]
+        new = rng.normal(size=(draws, n_new, sd.shape[2])) * sd
+        fitted = flat[f"shift_{group}"]
+        fitted = fitted if fitted.ndim == 3 else fitted[..., None]  # (draws, label, level)
+        take = np.where(seen, idx, 0)
+        for i, level in enumerate(levels):
+            plane = np.take(np.ascontiguousarray(fitted[..., i]), take, axis=1)
+            if n_new:
+                plane[:, ~seen] = new[..., i]
+            shift[level] = plane
         return shift
 
     # ------------------------------------------------------------------ persistence

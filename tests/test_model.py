@@ -195,6 +195,32 @@ def test_predict_agrees_with_the_model_graph(fitted, sweep):
     assert np.allclose(base["speedup_median"], 1.0)
 
 
+def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
+    """predict's numba kernel (dense rows) gives the NumPy path's draws: open and closed loop,
+    stable and saturated, seen and unseen configurations, with and without noise."""
+    from bayes_sd import _kernels
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    rows = fitted.design.rows
+    dense = rows[rows["target_experts"] == 1].head(30).reset_index(drop=True)
+    closed = dense.copy()
+    closed["request_rate"], closed["concurrency"] = np.nan, 8.0
+    hot = dense.copy()
+    hot["request_rate"] = hot["request_rate"] * 40  # far past saturation: inf latency draws
+    unseen = dense.copy()
+    unseen["gpu"], unseen["prefill_len"] = "A100-SXM-80GB", 333
+    table = pd.concat([dense, closed, hot, unseen], ignore_index=True)
+    for noise in (False, True):
+        fused = fitted.predict(table, random_seed=4, noise=noise).draws
+        monkeypatch.setattr(_kernels, "AVAILABLE", False)
+        numpy = fitted.predict(table, random_seed=4, noise=noise).draws
+        monkeypatch.setattr(_kernels, "AVAILABLE", True)
+        for var in ("latency", "speedup", "saturation_rate"):
+            np.testing.assert_allclose(fused[var].values, numpy[var].values, rtol=1e-9)
+    assert np.isinf(fused["latency"].values).any()  # the saturated rows were exercised
+
+
 def test_noise_adds_measurement_scatter_to_the_mean(fitted):
     rows = fitted.design.rows.head(20)
     mean = fitted.predict(rows, random_seed=3).draws["latency"].values
