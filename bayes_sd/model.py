@@ -651,7 +651,7 @@ class LatencyModel:
         max_draws: int = 1000,
         interval: float = 0.9,
         random_seed: int | None = None,
-        chunk_rows: int = 20_000,
+        chunk_rows: int | None = None,
         noise: bool = False,
     ) -> Prediction:
         """Posterior predictive mean latency, speedup against k = 0, and saturation rate.
@@ -703,6 +703,10 @@ class LatencyModel:
             )
         }
         outs = {"latency": [], "speedup": [], "saturation_rate": []}
+        # chunks of ~500,000 row-draws: each (draws, rows) plane stays a few MB, which the
+        # allocator reuses; larger ones are fresh memory every time (measured on 2 cores, 10^5
+        # rows x 100 draws: 5.4 s with 20,000-row chunks, 3.9 s with 5,000)
+        chunk_rows = chunk_rows or max(1000, 500_000 // draws)
         for start in range(0, len(rows), chunk_rows):
             part = rows.iloc[start : start + chunk_rows]
             lat, spd, sat = self._predict_chunk(part, flat, draws, rng, noise)
