@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,3 +54,25 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, payload: Any) -> Path:
     return write_text(path, json.dumps(payload, indent=1, default=float))
+
+
+def sampler_config(args: argparse.Namespace, **extra) -> dict:
+    """Draws and tuning steps from --draws, chains from --chains, no progress bar."""
+    return {
+        "draws": args.draws,
+        "tune": args.draws,
+        "chains": args.chains,
+        "progressbar": False,
+        **extra,
+    }
+
+
+def fit_timed(model, data, args: argparse.Namespace, what: str) -> float:
+    """Fit ``model`` to ``data`` with --seed, printing what is fitted, the wall time and the
+    sampler diagnostics; returns the seconds."""
+    print(f"fitting {what} ({args.chains} x {args.draws} draws) ...", flush=True)
+    start = time.perf_counter()
+    model.fit(data, random_seed=args.seed)
+    seconds = time.perf_counter() - start
+    print(f"  {seconds:.0f} s; {model.diagnostics}", flush=True)
+    return seconds

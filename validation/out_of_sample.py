@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import warnings
 
 import _common
@@ -137,21 +136,18 @@ def main(argv=None) -> int:
             "centred": not args.noncentred, "bayes_sd": bayes_sd.__version__}  # fmt: skip
     for fold in args.folds.split(","):
         train, held_sets = split(rows, fold)
-        print(f"[{fold}] fitting {len(train)} runs ...", flush=True)
         model = LatencyModel(
             model_config={"centred": False} if args.noncentred else None,
-            sampler_config={
-                "draws": args.draws,
-                "tune": args.draws,
-                "chains": args.chains,
-                "progressbar": False,
-            },
+            sampler_config=_common.sampler_config(args),
         )
-        start = time.perf_counter()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # short fits: the diagnostics go into the table
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(train.drop(columns=[*LABELS, "train_rate"]), random_seed=args.seed)
-        seconds = time.perf_counter() - start
+            seconds = _common.fit_timed(
+                model,
+                train.drop(columns=[*LABELS, "train_rate"]),
+                args,
+                f"[{fold}] {len(train)} runs",
+            )
         base = fit_baseline(train.drop(columns=[*LABELS, "train_rate"]))
         d = model.diagnostics
         for name, held in held_sets.items():

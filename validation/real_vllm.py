@@ -21,7 +21,6 @@ Writes ``validation/results/real_vllm.json``, ``docs/validation/real_vllm.md`` a
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import _common
@@ -219,19 +218,9 @@ def main(argv=None) -> int:
     args = _common.parse(p, argv, "real_vllm")
     sweep = bayes_sd.load_example("vllm-blog-2024")
     model = LatencyModel(
-        sampler_config={
-            "draws": args.draws,
-            "tune": args.draws,
-            "chains": args.chains,
-            "target_accept": args.target_accept,
-            "progressbar": False,
-        }
+        sampler_config=_common.sampler_config(args, target_accept=args.target_accept)
     )
-    print(f"fitting {len(sweep)} runs ({args.chains} x {args.draws} draws) ...", flush=True)
-    start = time.perf_counter()
-    model.fit(sweep, random_seed=args.seed)
-    seconds = time.perf_counter() - start
-    print(f"  {seconds:.0f} s; diagnostics {model.diagnostics}", flush=True)
+    seconds = _common.fit_timed(model, sweep, args, f"{len(sweep)} runs")
     spd, be_draws = speedup_table(model, sweep)
     breaks = []
     crossings = {}

@@ -20,7 +20,6 @@ Writes ``validation/results/stepcost_fit.json``, ``docs/validation/stepcost.md``
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import _common
@@ -193,19 +192,8 @@ def markdown(meta, quality, gpu, cov, spd, e_len) -> str:
 def main(argv=None) -> int:
     args = _common.parse(_common.parser(__doc__, draws=500, chains=4), argv, "stepcost_fit")
     steps = bayes_sd.load_example("stepcost")
-    model = StepLevelModel(
-        sampler_config={
-            "draws": args.draws,
-            "tune": args.draws,
-            "chains": args.chains,
-            "progressbar": False,
-        }
-    )
-    print(f"fitting the step-level model ({args.chains} x {args.draws} draws) ...", flush=True)
-    start = time.perf_counter()
-    model.fit(steps, random_seed=args.seed)
-    seconds = time.perf_counter() - start
-    print(f"  {seconds:.0f} s; {model.diagnostics}", flush=True)
+    model = StepLevelModel(sampler_config=_common.sampler_config(args))
+    seconds = _common.fit_timed(model, steps, args, "the step-level model")
     lsq = summaries.fit_step_costs(steps)
     quality = model.fit_quality().merge(
         lsq[["model", "gpu", "r2"]].rename(columns={"r2": "r2_lsq"}), on=["model", "gpu"]
