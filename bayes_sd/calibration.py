@@ -15,6 +15,7 @@ Run it with ``validation/sbc.py`` (100+ replications, rank histograms, uniformit
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,8 +135,7 @@ def simulation_based_calibration(
     after each replication (the script prints a line). Parameters of the model's prior are
     ``model_config["priors"]``: the simulation and the fits use the same prior.
     """
-    import os
-
+    import arviz as az
     import nutpie
     import pymc as pm
 
@@ -175,8 +175,6 @@ def simulation_based_calibration(
     rank_rows, diag_rows = [], []
     total = chains * draws
     keep = np.linspace(0, total - 1, thin_to).round().astype(int)
-    import arviz as az
-
     for i in range(reps):
         y = y_sim.isel(sample=i).to_numpy()
         start = time.perf_counter()
