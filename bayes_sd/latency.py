@@ -585,6 +585,7 @@ def moe_open_loop_latency(
             above = excess(mid) > 0.0
             lo = np.where(above, mid, lo)
             hi = np.where(above, hi, mid)
-            if np.nanmax(hi - lo, initial=0.0) <= 1e-13 * np.nanmax(hi, initial=1.0):
+            # per element: a tolerance relative to the largest latency stopped short rows early
+            if not np.any(hi - lo > 1e-13 * hi):  # NaN (nothing to search) compares False
                 break
     return np.where(found & finite, hi, np.inf)

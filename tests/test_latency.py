@@ -172,6 +172,34 @@ def test_moe_latency_solves_the_fixed_point():
     assert np.isinf(L.moe_open_loop_latency(unsat, incr, k, tokens, decode, beyond, 64, 8, 512))
 
 
+def test_moe_latency_solves_each_element_whatever_the_others_scale():
+    """Regression: the bisection stopped when the widest bracket was small *relative to the
+    largest latency of the array*, leaving short latencies up to 20% off their fixed point
+    when solved together with long ones (as posterior draws of many systems are)."""
+    rng = np.random.default_rng(0)
+    n = 400
+    unsat = L.Coefficients(*rng.lognormal(-5, 1, size=(8, n)))
+    scale = rng.uniform(0, 5, size=(8, n))
+    scale[4:6] = 0.0  # c1d, c2d: a dense drafter
+    incr = L.Coefficients(*(c * f for c, f in zip(unsat, scale, strict=True)))
+    k = rng.integers(0, 5, n).astype(float)
+    tokens, rates = 1 + 0.7 * k, rng.uniform(0, 1, n)
+    lat = L.moe_open_loop_latency(unsat, incr, k, tokens, 256, rates, 64, 8, 512)
+    ok = np.isfinite(lat)
+    assert 50 < ok.sum() < n and lat[ok].max() / lat[ok].min() > 1e3
+    c1, c2 = L.moe_demand(unsat, incr, k, tokens, 256, rates * lat, 64, 8, 512)
+    np.testing.assert_allclose((c1 + rates * lat * c2)[ok], lat[ok], rtol=1e-11)
+    one = [i for i in np.flatnonzero(ok)[:20]]
+    alone = [
+        L.moe_open_loop_latency(
+            L.Coefficients(*(c[i] for c in unsat)), L.Coefficients(*(c[i] for c in incr)),
+            k[i], tokens[i], 256, rates[i], 64, 8, 512,
+        )
+        for i in one
+    ]  # fmt: skip
+    np.testing.assert_allclose(lat[one], alone, rtol=1e-11)
+
+
 def test_moe_with_zero_increment_equals_dense():
     unsat, _ = moe_coefs()
     zero = L.Coefficients(*([0.0] * 6))
