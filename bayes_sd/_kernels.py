@@ -1,17 +1,23 @@
-"""Fused prediction kernel (numba): one pass over (draw, row) for dense systems.
+"""Fused prediction kernel (numba): one pass over (draw, row), dense and MoE targets.
 
 ``LatencyModel.predict`` evaluates, per posterior draw and row, the SD demand ``(C1, C2)``, the
 baseline's, the open- or closed-loop latency of both, the speedup and the saturation rate. In
 NumPy that is a dozen passes over (draws × rows) arrays; here it is one loop that keeps every
 intermediate in registers — the same algebra as :func:`bayes_sd.latency.demand`,
-:func:`~bayes_sd.latency.open_loop_latency` and :func:`~bayes_sd.latency.closed_loop_latency`
-(tests compare the two paths). Without numba the NumPy path is used.
+:func:`~bayes_sd.latency.open_loop_latency`, :func:`~bayes_sd.latency.closed_loop_latency` and,
+for MoE targets, :func:`~bayes_sd.latency.moe_open_loop_latency` /
+:func:`~bayes_sd.latency.moe_closed_loop_latency` (tests compare the two paths).
+
+Coefficients come per *configuration* (one series of one system: a prediction table of 10^5
+rates of a few configurations has a few configurations), rows point at theirs. Draws are split
+over the CPU's cores (``prange``). Without numba the NumPy path is used.
 
 Compiled on first use and cached (``NUMBA_CACHE_DIR``).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -22,66 +28,198 @@ except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
 
 AVAILABLE = numba is not None
+prange = numba.prange if AVAILABLE else range
+
+GROWTH = 1.5  # as latency.moe_open_loop_latency
+MAX_GROWTH_STEPS = 120
+MAX_ROOT_STEPS = 200
+REL_TOL = 1e-13
 
 
-def _dense(c, series_sd, series_base, k, e, decode_len, rate, conc, is_open, out):
-    """``c``: (8, draws, rows) coefficients in ``COEFS`` order (c1p c2p c1v c2v c1s c2s c1d c2d),
-    before the series shifts; ``series_sd`` / ``series_base``: (draws, rows) factors on the
-    level-2 coefficients of the row's series and of its baseline series; ``e``: (draws, rows)
-    tokens per cycle; ``out``: (4, draws, rows) for latency, speedup, C1 and C2."""
-    draws, n = e.shape
+def _excess(lat, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d):
+    """f(L) − L of the MoE open-loop fixed point ``L = C1(B) + λ L C2(B)``, ``B = max(λL, 1)``."""
+    batch = max(rate * lat, 1.0)
+    phi_v = -math.expm1(batch * (k + 1.0) * log_q)
+    phi_d = -math.expm1(batch * log_q)
+    c1 = base1 + cycles * (phi_v * (s1v + sd * s1s) + k * phi_d * s1d)
+    c2 = base2 + cycles * (phi_v * (s2v + sd * s2s) + k * phi_d * s2d)
+    return c1 + rate * lat * c2 - lat
+
+
+def _moe_latency(u, s, f, k, e, dl, plen, log_q, rate, conc, is_open):
+    """Mean latency of an MoE target: ``u``, ``s``: the 8 unsaturated coefficients and the
+    coverage increments (``COEFS`` order; drafter increments 0), level 2 scaled by ``f``."""
+    cycles = dl / e
+    sd = 1.0 if k > 0 else 0.0
+    phi_p = -math.expm1(plen * log_q)
+    base1 = u[0] + phi_p * s[0] + cycles * (u[2] + sd * u[4] + k * u[6])
+    base2 = f * (u[1] + phi_p * s[1] + cycles * (u[3] + sd * u[5] + k * u[7]))
+    s2v, s2s, s2d = f * s[3], f * s[5], f * s[7]
+    if not is_open:  # closed loop: B = N requests in flight
+        batch = max(conc, 1.0)
+        phi_v = -math.expm1(batch * (k + 1.0) * log_q)
+        phi_d = -math.expm1(batch * log_q)
+        c1 = base1 + cycles * (phi_v * (s[2] + sd * s[4]) + k * phi_d * s[6])
+        c2 = base2 + cycles * (phi_v * (s2v + sd * s2s) + k * phi_d * s2d)
+        return c1 + conc * c2
+    slack = 1.0 - rate * base2
+    if not slack > 0:  # saturated even without coverage
+        return np.inf
+    s1v, s1s, s1d = s[2], s[4], s[6]
+    lo = base1 / slack  # coverage >= 0: the least root lies above; f is increasing
+    lo = _excess(lo, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d) + lo
+    g_lo = _excess(lo, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d)
+    if g_lo <= 0.0:
+        return lo
+    hi = lo
+    g_hi = g_lo
+    found = False
+    for _ in range(MAX_GROWTH_STEPS):  # walk up by factors of GROWTH until f(L) <= L
+        cand = hi * GROWTH
+        g = _excess(cand, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d)
+        if g <= 0.0:
+            lo, g_lo, hi, g_hi = hi, g_hi, cand, g
+            found = True
+            break
+        hi, g_hi = cand, g
+    if not found:
+        return np.inf
+    # Illinois regula falsi on the bracket (g_lo > 0 >= g_hi): superlinear, never leaves it
+    side = 0
+    for _ in range(MAX_ROOT_STEPS):
+        if hi - lo <= REL_TOL * hi:
+            break
+        mid = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
+        if not (lo < mid < hi):
+            mid = 0.5 * (lo + hi)
+        g = _excess(mid, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d)
+        if g > 0.0:
+            lo, g_lo = mid, g
+            if side == 1:
+                g_hi *= 0.5
+            side = 1
+        else:
+            hi, g_hi = mid, g
+            if side == -1:
+                g_lo *= 0.5
+            side = -1
+    return hi
+
+
+def _predict(
+    coef, incr, f_sd, f_base, cfg, moe, log_q, k, e_known, acc, d_idx, dl, plen, rate, conc,
+    is_open, with_demand, out,
+):  # fmt: skip
+    """``coef``: (8, draws, configs) coefficients in ``COEFS`` order (c1p c2p c1v c2v c1s c2s
+    c1d c2d) before the series shifts; ``incr``: (8, draws, configs) MoE coverage increments
+    (0 for dense configurations and drafters); ``f_sd`` / ``f_base``: (draws, configs) factors
+    on the level-2 coefficients of the configuration's series and of its baseline series;
+    ``moe``, ``log_q``: per configuration, MoE flag and log(1 − m/M); per row: ``cfg``, ``k``,
+    ``e_known`` (tokens per cycle, NaN when latent), ``d_idx`` (column of ``acc``, the latent
+    acceptance rate per draw and draft system), decode and prefill length, ``rate`` /
+    ``conc``, ``is_open``. ``out``: (4, draws, rows) for latency, speedup, C1 and C2 (MoE:
+    with every expert read, as for the saturation rate) with ``with_demand``, else (3, draws,
+    rows) for latency, speedup and the saturation rate 1 / C2 (a quarter less memory)."""
+    draws = f_sd.shape[0]
+    n = cfg.shape[0]
     inf = np.inf
-    for i in range(draws):
+    for i in prange(draws):
+        u = np.empty(8)
+        s = np.empty(8)
         for j in range(n):
+            q = cfg[j]
             kk = k[j]
-            dl = decode_len[j]
+            e = e_known[j]
+            if math.isnan(e):  # latent acceptance of the draft system
+                e = 1.0 + kk * acc[i, d_idx[j]]
+            d = dl[j]
             premium = 1.0 if kk > 0 else 0.0
-            cycles = dl / e[i, j]
-            f = series_sd[i, j]
-            c1 = c[0, i, j] + cycles * (c[2, i, j] + premium * c[4, i, j] + kk * c[6, i, j])
-            c2 = f * c[1, i, j] + cycles * f * (c[3, i, j] + premium * c[5, i, j] + kk * c[7, i, j])
-            g = series_base[i, j]
-            b1 = c[0, i, j] + dl * c[2, i, j]
-            b2 = g * c[1, i, j] + dl * g * c[3, i, j]
-            if is_open[j]:
-                slack = 1.0 - rate[j] * c2
-                lat = c1 / slack if slack > 0 else inf
-                slack_b = 1.0 - rate[j] * b2
-                base = b1 / slack_b if slack_b > 0 else inf
+            cycles = d / e
+            f = f_sd[i, q]
+            g = f_base[i, q]
+            if moe[q]:
+                for c in range(8):
+                    u[c] = coef[c, i, q]
+                    s[c] = incr[c, i, q]
+                lat = _moe_latency(
+                    u, s, f, kk, e, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
+                )
+                base = _moe_latency(
+                    u, s, g, 0.0, 1.0, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
+                )
+                c1 = u[0] + s[0] + cycles * (u[2] + s[2] + premium * (u[4] + s[4]) + kk * u[6])
+                c2 = f * (
+                    u[1] + s[1] + cycles * (u[3] + s[3] + premium * (u[5] + s[5]) + kk * u[7])
+                )
             else:
-                lat = c1 + conc[j] * c2
-                base = b1 + conc[j] * b2
+                c1 = coef[0, i, q] + cycles * (
+                    coef[2, i, q] + premium * coef[4, i, q] + kk * coef[6, i, q]
+                )
+                c2 = f * (
+                    coef[1, i, q]
+                    + cycles * (coef[3, i, q] + premium * coef[5, i, q] + kk * coef[7, i, q])
+                )
+                b1 = coef[0, i, q] + d * coef[2, i, q]
+                b2 = g * (coef[1, i, q] + d * coef[3, i, q])
+                if is_open[j]:
+                    slack = 1.0 - rate[j] * c2
+                    lat = c1 / slack if slack > 0 else inf
+                    slack_b = 1.0 - rate[j] * b2
+                    base = b1 / slack_b if slack_b > 0 else inf
+                else:
+                    lat = c1 + conc[j] * c2
+                    base = b1 + conc[j] * b2
             out[0, i, j] = lat
             out[1, i, j] = base / lat if lat < inf else (np.nan if base == inf else 0.0)
-            out[2, i, j] = c1
-            out[3, i, j] = c2
+            if with_demand:
+                out[2, i, j] = c1
+                out[3, i, j] = c2
+            else:
+                out[2, i, j] = 1.0 / c2 if c2 > 0 else inf
 
 
 if AVAILABLE:
     with warnings.catch_warnings():  # an unwritable cache folder is not an error
         warnings.simplefilter("ignore")
-        _dense_jit = numba.njit(cache=True, nogil=True)(_dense)
+        _jit = dict(cache=True, nogil=True)
+        _excess = numba.njit(**_jit)(_excess)
+        _moe_latency = numba.njit(**_jit)(_moe_latency)
+        _predict_jit = numba.njit(parallel=True, **_jit)(_predict)
 else:  # pragma: no cover
-    _dense_jit = None
+    _predict_jit = None
 
 
-def dense(c, series_sd, series_base, k, e, decode_len, rate, conc, is_open):
-    """Latency, speedup, C1 and C2 draws (draws, rows) of dense rows (see :func:`_dense`)."""
-    draws, n = e.shape
-    out = np.empty((4, draws, n))
+def predict(coef, incr, f_sd, f_base, cfg, moe, log_q, rows: dict, acc, with_demand=True):
+    """Latency, speedup, and C1 and C2 (``with_demand``) or the saturation rate: an array
+    (4 or 3, draws, rows) (see :func:`_predict`).
+
+    ``rows``: ``k``, ``e_known``, ``d_idx``, ``decode_len``, ``prefill_len``, ``rate``,
+    ``conc`` (NaN where not given), ``is_open``."""
+    draws = f_sd.shape[0]
+    n = len(rows["k"])
+    out = np.empty((4 if with_demand else 3, draws, n))
+    f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     args = (
-        np.ascontiguousarray(c, dtype=np.float64),
-        np.ascontiguousarray(series_sd, dtype=np.float64),
-        np.ascontiguousarray(series_base, dtype=np.float64),
-        np.ascontiguousarray(k, dtype=np.float64),
-        np.ascontiguousarray(e, dtype=np.float64),
-        np.ascontiguousarray(decode_len, dtype=np.float64),
-        np.ascontiguousarray(np.nan_to_num(rate), dtype=np.float64),
-        np.ascontiguousarray(np.nan_to_num(conc), dtype=np.float64),
-        np.ascontiguousarray(is_open, dtype=np.bool_),
+        f64(coef),
+        f64(incr),
+        f64(f_sd),
+        f64(f_base),
+        np.ascontiguousarray(cfg, dtype=np.int64),
+        np.ascontiguousarray(moe, dtype=np.bool_),
+        f64(log_q),
+        f64(rows["k"]),
+        f64(rows["e_known"]),
+        f64(acc),
+        np.ascontiguousarray(rows["d_idx"], dtype=np.int64),
+        f64(rows["decode_len"]),
+        f64(rows["prefill_len"]),
+        f64(np.nan_to_num(rows["rate"])),
+        f64(np.nan_to_num(rows["conc"])),
+        np.ascontiguousarray(rows["is_open"], dtype=np.bool_),
+        bool(with_demand),
         out,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's cache notices
-        (_dense_jit or _dense)(*args)
-    return out[0], out[1], out[2], out[3]
+        _predict_jit(*args)
+    return out
