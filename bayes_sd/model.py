@@ -51,6 +51,14 @@ __all__ = ["ConvergenceWarning", "LatencyModel"]
 
 NPV = 6  # c1p c2p c1v c2v c1s c2s: the target's; then c1d c2d: the drafter's
 PV, DC = COEFS[:NPV], COEFS[NPV:]
+# columns besides the series label that fix a prediction row's coefficients
+CONFIG_SIZE_COLUMNS = (
+    "target_params",
+    "target_active_params",
+    "target_experts",
+    "target_experts_per_token",
+    "drafter_params",
+)
 SYSTEM_KEYS = ("source", "dataset", "gpu", "num_gpus", "target", "prefill_len", "decode_len")
 NGRAM_PARAMS = 1e6  # drafting by lookup: a "model" of negligible size
 # Sizes are measured from references near the middle of typical targets and drafters, so that
@@ -67,6 +75,14 @@ DEFAULT_SAMPLER = {
     "progressbar": True,
 }
 SAMPLERS = ("nutpie", "pymc", "numpyro")
+# "auto" centring: hierarchically centred residuals for sweeps of many configurations each
+# measured at several rates; non-centred otherwise. Measured: the demo (48 systems, 7.6 runs
+# per series) mixes far better centred (min bulk ESS 124 vs 7 at 2 x 300 draws); centred, the
+# CI recovery sweep (4 systems) gets 15 divergences (target_accept 0.95; non-centred 0), the
+# demo's sparse split (48 systems, 2.7 runs per series) R-hat 1.54 at 4 x 500 draws, and
+# SBC's sparse 12-system design mixed 10x better non-centred.
+AUTO_CENTRED_SYSTEMS = 20
+AUTO_CENTRED_RUNS_PER_SERIES = 5
 # Within one configuration the data pin C1 and C2 of each (k, acceptance) series, not the six to
 # eight coefficients apart: residuals per coefficient left ridges (every draw at tree depth 10 on
 # the demo). So residuals are one log-scale shift per level: on the target's coefficients per
@@ -166,9 +182,9 @@ def convergence_summary(idata, names) -> dict[str, Any]:
     }
 
 
-def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3) -> list[str]:
+def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3, advice: str = "") -> list[str]:
     """Warn (:class:`ConvergenceWarning`) with advice when R-hat > 1.01, bulk ESS < 400 or any
-    divergence; returns the problems found."""
+    divergence; returns the problems found. ``advice`` is appended to the message."""
     problems = []
     if diag["max_rhat"] > 1.01:
         problems.append(f"max R-hat {diag['max_rhat']:.3f} > 1.01 (chains disagree)")
@@ -180,7 +196,7 @@ def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3) -> list[str]:
         warnings.warn(
             "posterior may not be reliable: " + "; ".join(problems) + ". Try more tuning "
             "and draws (sampler_config draws/tune), target_accept=0.95, or check that "
-            "saturated runs are flagged.",
+            "saturated runs are flagged." + (f" {advice}" if advice else ""),
             ConvergenceWarning,
             stacklevel=stacklevel,
         )
@@ -312,7 +328,9 @@ class LatencyModel:
     model_config
         ``{"priors": {name: Prior}}`` overrides (see :mod:`bayes_sd.priors`),
         ``"coverage": False`` to drop the MoE coverage term, ``"residuals"`` (a subset of
-        ``("system", "draft", "series")``) and ``"centred": False`` for non-centred
+        ``("system", "draft", "series")``) and ``"centred"``: ``True`` (hierarchical centring),
+        ``False`` (non-centred) or ``"auto"`` (the default: centred from
+        ``AUTO_CENTRED_SYSTEMS`` systems on)
         residual shifts (for sparse or noisy sweeps; see the Validation page).
     sampler_config
         ``draws``, ``tune``, ``chains``, ``target_accept``, ``nuts_sampler`` (``"nutpie"``
@@ -336,9 +354,14 @@ class LatencyModel:
             )
         self.priors = resolve_priors(model_config.get("priors"))
         self.coverage = bool(model_config.get("coverage", True))
-        # centred residual shifts suit precise sweeps (each configuration pinned by its runs);
-        # non-centred ones sparse or noisy data (docs/validation.md, calibration)
-        self.centred = bool(model_config.get("centred", True))
+        # hierarchically centred residuals suit sweeps of many configurations, each pinned by
+        # its runs; non-centred ones few configurations or sparse, noisy data. "auto" (the
+        # default) chooses by the number of systems when the model is built (docs/model.md)
+        centred = model_config.get("centred", "auto")
+        if centred not in (True, False, "auto"):
+            raise ValueError(f"model_config centred must be True, False or 'auto', not {centred!r}")
+        self.centring = centred
+        self.centred = centred is True
         # coefficients that get per-configuration residuals (the others follow the population)
         self.residuals = tuple(model_config.get("residuals", DEFAULT_RESIDUALS))
         bad = sorted(set(self.residuals) - set(RESIDUALS))
@@ -371,36 +394,50 @@ class LatencyModel:
             "coverage": self.coverage,
             "residuals": list(self.residuals),
         }
-        if not self.centred:  # absent when default: files saved before the option still load
-            config["centred"] = False
+        if self.centring != "auto":  # absent when default: older files' hashes are kept
+            config["centred"] = self.centring
         return config
 
     @property
     def config_hash(self) -> str:
         return _config_hash(self.model_config)
 
-    def _shifts(self, group: str, size: int):
-        """Centred log-scale shifts (size, level) of a residual group, or zeros when off.
+    def _shifts(self, group: str, size: int, anchor):
+        """Log-scale shifts (size, level) of a residual group, zeros when the group is off.
 
-        Centred, because a configuration is measured at several rates to a few percent: its
-        shift is pinned by data, and the non-centred form would tie z to the scale (measured on
-        the demo: deeper trees and worse R-hat). Series shifts act on C2 only: C1 of a series is
-        explained by its system and draft shifts (a level-1 series spread fitted to 0.00 on the
-        demo and made a funnel)."""
+        Systems shift both levels of the target's coefficients, draft systems level 1 of the
+        drafter's (``c1d``), series level 2 (``C2``). Drafting's level 2 (``c2d``, per request
+        in flight) has no shift of its own: the series shifts of a draft system's draft lengths
+        carry it, and a second, overlapping spread left the split of level-2 variation between
+        drafter and series unidentified (``draft_sd[2]`` at bulk ESS 7 of 600 draws on the
+        demo; without it the worst population parameter reached 57). Likewise a level-1
+        series shift fitted to 0.00 on the demo and made a funnel.
+
+        Centred (the default) is *hierarchical centring* (Gelfand, Sahu & Carlin 1995): the
+        free variable is the configuration's own log level, ``level_<group> ~ Normal(anchor,
+        sd)``, and the shift is ``level − anchor`` — the same model as ``shift ~ Normal(0,
+        sd)`` (a translation, unit Jacobian), but the likelihood sees the level directly. A
+        configuration measured at several rates to a few percent pins its level, and the
+        population intercepts no longer trade off against every shift at once: with free
+        shifts, "intercept of c1v up, all 48 system shifts down" was the posterior's largest
+        eigen-direction on the demo (correlations -0.8). ``anchor`` is what the level is
+        centred on: the verification laws (systems), the drafting law (draft systems), the
+        system's log c2v (series). Non-centred: ``shift = sd · z``, ``z ~ Normal(0,
+        1)``, for sparse or noisy sweeps (calibration)."""
         if group not in self.residuals:
             return pt.zeros((size, 2))
         sd = self.priors[f"{group}_sd"].create_variable(f"{group}_sd")
-        dims = {"system": ("system", "level"), "draft": ("draft_system", "level")}.get(
-            group, ("series",)
-        )
+        dims = {"system": ("system", "level"), "draft": ("draft_system",)}.get(group, ("series",))
         if self.centred:
-            shift = pm.Normal(f"shift_{group}", 0.0, sd, dims=dims)
+            level = pm.Normal(f"level_{group}", anchor, sd, dims=dims)
+            shift = pm.Deterministic(f"shift_{group}", level - anchor, dims=dims)
         else:
             z = pm.Normal(f"shift_{group}_z", 0.0, 1.0, dims=dims)
             shift = pm.Deterministic(f"shift_{group}", z * sd, dims=dims)
-        if group == "series":
-            return pt.stack([pt.zeros(size), shift], axis=1)
-        return shift
+        if group == "system":
+            return shift
+        zeros = pt.zeros(size)
+        return pt.stack([shift, zeros] if group == "draft" else [zeros, shift], axis=1)
 
     # ------------------------------------------------------------------ model
 
@@ -411,6 +448,12 @@ class LatencyModel:
         for a joint step-level likelihood (see :meth:`fit`)."""
         design = Design.from_sweep(sweep)
         self.design = design
+        if self.centring == "auto":
+            runs_per_series = len(design.rows) / max(len(design.series), 1)
+            self.centred = (
+                len(design.systems) >= AUTO_CENTRED_SYSTEMS
+                and runs_per_series >= AUTO_CENTRED_RUNS_PER_SERIES
+            )
         step_rows = None if steps is None else _step_design(steps, design)
         self.steps = steps
         rows, st, dt = design.rows, design.sys_table, design.draft_table
@@ -471,15 +514,7 @@ class LatencyModel:
                 gpu_effect = pm.Deterministic(
                     "gpu_effect", pt.zeros((1, len(COEFS))), dims=("gpu", "coef")
                 )
-            # configuration residuals: one log-scale shift per level (load-independent "1",
-            # per request in flight "2") on the target's coefficients of each system and on the
-            # drafter's of each draft system — what the data of one configuration identify.
-            # Centred: a configuration is measured at several rates to a few percent, so its
-            # shift is pinned by data and the non-centred form would correlate z with the scale
-            # (measured: tree depth and R-hat both worse on the demo).
-            sys_shift = self._shifts("system", len(st))  # (system, level)
-            draft_shift = self._shifts("draft", max(len(dt), 1))
-            # system coefficients (p, v)
+            # system coefficients (p, v): the population laws ...
             length_term = pt.concatenate(
                 [
                     length_slope[None, :2] * cov["lengths"][:, :2],
@@ -489,26 +524,35 @@ class LatencyModel:
                 ],
                 axis=1,
             )
-            log_pv = (
+            law_pv = (
                 intercept[None, :NPV]
                 + size_slope[None, :NPV] * cov["log_size"][:, None]
                 + gpu_effect[sys_gpu, :NPV]
                 + length_term
-                + sys_shift[:, PV_LEVEL]
             )
-            c_pv = pm.Deterministic("c_system", pt.exp(log_pv), dims=("system", "coef_pv"))
-            # draft-system coefficients (d)
+            # ... and the draft-system coefficients' (d)
             if design.draft_systems:
                 d_gpu = pd.Index(design.gpus).get_indexer(dt["gpu_key"])
                 d_size = _drafter_log_size(dt)
             else:
                 d_gpu, d_size = np.zeros(1, dtype=int), np.zeros(1)
-            log_d = (
+            law_d = (
                 intercept[None, NPV:]
                 + size_slope[None, NPV:] * d_size[:, None]
                 + gpu_effect[d_gpu, NPV:]
-                + draft_shift
             )
+            # configuration residuals: one log-scale shift per level (load-independent "1",
+            # per request in flight "2") on the target's coefficients of each system and on the
+            # drafter's of each draft system — what the data of one configuration identify.
+            # Centred on the verification (system) and drafting (draft system) laws
+            # (hierarchical centring, see _shifts)
+            sys_shift = self._shifts(
+                "system", len(st), law_pv[:, [PV.index("c1v"), PV.index("c2v")]]
+            )
+            draft_shift = self._shifts("draft", max(len(dt), 1), law_d[:, 0])
+            log_pv = law_pv + sys_shift[:, PV_LEVEL]
+            c_pv = pm.Deterministic("c_system", pt.exp(log_pv), dims=("system", "coef_pv"))
+            log_d = law_d + draft_shift
             c_d = pm.Deterministic("c_draft", pt.exp(log_d), dims=("draft_system", "coef_d"))
             # per-run coefficients, with MoE coverage
             c_run = c_pv[sys_idx]
@@ -527,7 +571,14 @@ class LatencyModel:
             cd_run = c_d[dsys]
             # series residuals: a log-scale shift of C1 and of C2 per series
             ser = pd.Index(design.series).get_indexer(rows["series"])
-            scale = pt.exp(self._shifts("series", len(design.series))[ser])  # (run, level)
+            # centred on their system's level-2 log level, log c2v: the series level is then
+            # the log c2v of its runs (centring on the system's *shift* left the direction
+            # "intercepts of c2p, c2v down, every series level up" in the posterior)
+            ser_sys = pd.Index(design.systems).get_indexer(
+                rows.drop_duplicates("series").set_index("series").loc[design.series, "system"]
+            )
+            ser_shift = self._shifts("series", len(design.series), log_pv[ser_sys, PV.index("c2v")])
+            scale = pt.exp(ser_shift[ser])  # (run, level)
             c_run = c_run * scale[:, PV_LEVEL]
             cd_run = cd_run * scale
             # acceptance: measured, from alpha, or latent per draft system
@@ -639,7 +690,13 @@ class LatencyModel:
         out = convergence_summary(idata, POPULATION_PARAMS)
         out["runs_fitted"] = len(self.design.rows)
         out["runs_left_out_saturated"] = self.design.n_saturated
-        warn_if_unreliable(out, stacklevel=4)
+        other = "non-centred" if self.centred else "hierarchically centred"
+        advice = (
+            f"The residuals are {'centred' if self.centred else 'non-centred'}: the "
+            f"{other} form (model_config={{'centred': {not self.centred}}}) may mix better "
+            "for this design."
+        )
+        warn_if_unreliable(out, stacklevel=4, advice=advice)
         return out
 
     # ------------------------------------------------------------------ prediction
@@ -662,8 +719,11 @@ class LatencyModel:
         Sizes come from the registry when absent; ``num_gpus`` defaults to 1 and ``source`` /
         ``dataset`` to the training data's when there is one. Seen systems use their fitted
         residuals; unseen systems, drafters and GPUs draw new ones from the population, so their
-        intervals are honestly wider. Computed with the NumPy algebra on ``max_draws``
-        posterior draws (thinned evenly).
+        intervals are honestly wider; all rows of one configuration share its new draws.
+        Computed on ``max_draws`` posterior draws (thinned evenly) by one fused numba pass over
+        draws × rows (``bayes_sd._kernels``; the NumPy algebra without numba, in chunks of
+        ``chunk_rows`` rows). Memory: four float64 arrays of draws × rows (10^5 rows × 1,000
+        draws: 3.2 GB — thin with ``max_draws`` for large tables).
 
         With ``noise=True`` the latency draws also carry the fitted measurement noise (Student-t
         on log latency, growing with load): the posterior predictive of what one *measured run*
@@ -702,21 +762,44 @@ class LatencyModel:
                 "nu",
             )
         }
-        outs = {"latency": [], "speedup": [], "saturation_rate": []}
-        # chunks of ~500,000 row-draws: each (draws, rows) plane stays a few MB, which the
-        # allocator reuses; larger ones are fresh memory every time (measured on 2 cores, 10^5
-        # rows x 100 draws: 5.4 s with 20,000-row chunks, 3.9 s with 5,000)
-        chunk_rows = chunk_rows or max(1000, 500_000 // draws)
-        for start in range(0, len(rows), chunk_rows):
-            part = rows.iloc[start : start + chunk_rows]
-            lat, spd, sat = self._predict_chunk(part, flat, draws, rng, noise)
-            outs["latency"].append(lat)
-            outs["speedup"].append(spd)
-            outs["saturation_rate"].append(sat)
+        # coefficients per configuration (a series with its sizes): a table of 10^5 rates of a
+        # few configurations needs a few coefficient draws, and every row of one (unseen)
+        # configuration shares its new residual draws
+        keys = ["series", *CONFIG_SIZE_COLUMNS]
+        group = rows.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+        _, first = np.unique(group, return_index=True)
+        configs_u = rows.iloc[first].reset_index(drop=True)
+        coef, incr, f_sd, f_base = self._configuration_draws(configs_u, flat, draws, rng)
+        cov = _system_covariates(configs_u)
+        moe = cov["experts"] > 1
+        with np.errstate(divide="ignore"):  # dense (m = M): log q = −inf, never used
+            log_q = np.log1p(-cov["experts_per_token"] / cov["experts"])
+        per_row = self._row_arrays(rows, flat)
+        acc = flat.get("acceptance", np.zeros((draws, 1)))
+        if _kernels.AVAILABLE:  # one fused pass (bayes_sd._kernels)
+            out = _kernels.predict(
+                coef, incr, f_sd, f_base, group, moe, log_q, per_row, acc, with_demand=noise
+            )
+        else:  # the NumPy algebra, in chunks of ~500,000 row-draws
+            out = np.empty((4, draws, len(rows)))
+            chunk_rows = chunk_rows or max(1000, 500_000 // draws)
+            for start in range(0, len(rows), chunk_rows):
+                part = slice(start, start + chunk_rows)
+                out[:, :, part] = _numpy_predict(
+                    coef, incr, f_sd, f_base, group[part], moe, cov, configs_u,
+                    {key: v[part] for key, v in per_row.items()}, acc,
+                )  # fmt: skip
+        lat, speedup = out[0], out[1]
+        if len(out) == 4:  # C1 and C2: the noise's queueing share, and 1 / C2
+            lat = self._with_noise(rows, flat, lat, out[2], out[3], rng, noise)
+            with np.errstate(divide="ignore"):
+                sat = np.divide(1.0, out[3], out=out[3])  # in place: C2 is not needed any more
+        else:
+            sat = out[2]
         shape = (post.sizes["chain"], post.sizes["draw"], len(rows))
         data = {
-            k: (("chain", "draw", "row"), np.concatenate(v, axis=1).reshape(shape))
-            for k, v in outs.items()
+            k: (("chain", "draw", "row"), v.reshape(shape))
+            for k, v in (("latency", lat), ("speedup", speedup), ("saturation_rate", sat))
         }
         ds = xr.Dataset(
             data,
@@ -782,32 +865,30 @@ class LatencyModel:
         _label_systems(rows)
         return rows
 
-    def _predict_chunk(self, rows, flat, draws, rng, noise=False):
-        """Latency, speedup and saturation-rate draws (draws, row) of one chunk of rows.
-
-        Arrays are coefficient-major — one contiguous (draws, row) plane per coefficient — so
-        the arithmetic streams through memory (a trailing coefficient axis made every product
-        a strided pass: 3x slower at 10^5 rows)."""
-        n = len(rows)
+    def _configuration_draws(self, configs, flat, draws, rng):
+        """Coefficient draws of each configuration: ``coef`` and the MoE coverage increments
+        ``incr`` (8, draws, configs) in ``COEFS`` order, before the series shifts, and the
+        series factors on level 2 of the configuration's series and of its baseline series
+        (draws, configs). Coefficient-major: one contiguous (draws, configs) plane each."""
+        n = len(configs)
         nc = len(COEFS)
-        cov = _system_covariates(rows)
+        cov = _system_covariates(configs)
         slope = flat["size_slope"][:, COEF_SLOPE]
         icpt = flat["intercept"]
-        gpus = pd.Index(self.design.gpus).get_indexer(rows["gpu_key"])
+        gpus = pd.Index(self.design.gpus).get_indexer(configs["gpu_key"])
         unseen_gpu = gpus < 0
         gpu_fit = np.ascontiguousarray(np.moveaxis(flat["gpu_effect"], 2, 0))  # (coef, draw, gpu)
         gpu_idx = np.where(unseen_gpu, 0, gpus)
-        if unseen_gpu.any():  # unseen GPU: a new draw from the pooled GPU law
-            sd = flat["gpu_sd"][:, None, :]
-            new = rng.normal(size=(draws, int(unseen_gpu.sum()), nc)) * sd
-            gpu_new = np.moveaxis(new, 2, 0)
-        shift = self._draw_shifts("system", rows["system"], flat, draws, rng)
-        d_idx = pd.Index(self.design.draft_systems).get_indexer(rows["draft_system"])
-        dseen = d_idx >= 0
-        dshift = self._draw_shifts("draft", rows["draft_system"], flat, draws, rng)
-        d_size = _drafter_log_size(rows)
-        planes = np.empty((nc, draws, n))  # coefficient-major, filled in place below
-        coefs = []
+        if unseen_gpu.any():  # an unseen GPU: one new draw per GPU from the pooled GPU law
+            names, inverse = np.unique(
+                configs["gpu_key"].to_numpy()[unseen_gpu], return_inverse=True
+            )
+            new = rng.normal(size=(draws, len(names), nc)) * flat["gpu_sd"][:, None, :]
+            gpu_new = np.moveaxis(new[:, inverse], 2, 0)  # (coef, draw, unseen config)
+        shift = self._draw_shifts("system", configs["system"], flat, draws, rng)
+        dshift = self._draw_shifts("draft", configs["draft_system"], flat, draws, rng)
+        d_size = _drafter_log_size(configs)
+        coef = np.empty((nc, draws, n))
         for j, name in enumerate(COEFS):
             target = j < NPV
             x = icpt[:, j, None] + slope[:, j, None] * (cov["log_size"] if target else d_size)
@@ -819,79 +900,48 @@ class LatencyModel:
             if name in LENGTH_COEFS:
                 i = LENGTH_COEFS.index(name)
                 x += flat["length_slope"][:, i, None] * cov["lengths"][None, :, i]
-            coefs.append(np.exp(x, out=planes[j]))
+            np.exp(x, out=coef[j])
+        incr = np.zeros((nc, draws, n))  # the MoE coverage increments (none for drafters)
+        moe = cov["experts"] > 1
+        if self.coverage and moe.any() and "moe_excess" in flat:
+            lta = cov["log_total_over_active"]
+            for j in range(NPV):
+                ratio = np.exp(flat["moe_excess"][:, j, None]) * (
+                    np.exp(slope[:, j, None] * lta) - 1
+                )
+                incr[j] = coef[j] * ratio
+        # series shifts act on the level-2 ("per request in flight") coefficients only
+        f_sd = np.exp(self._draw_shifts("series", configs["series"], flat, draws, rng)[1])
+        f_base = np.exp(self._draw_shifts("series", configs["base_series"], flat, draws, rng)[1])
+        return coef, incr, f_sd, f_base
+
+    def _row_arrays(self, rows, flat) -> dict[str, np.ndarray]:
+        """Per-row inputs of the prediction kernel; checks latent acceptance is available."""
         k = rows["k"].to_numpy(dtype=float)
-        e = np.broadcast_to(acceptance_of(rows), (draws, n)).copy()
-        latent = np.isnan(e[0])
+        e_known = acceptance_of(rows)
+        d_idx = pd.Index(self.design.draft_systems).get_indexer(rows["draft_system"])
+        latent = np.isnan(e_known)
         if latent.any():
-            ok = latent & dseen
-            if "acceptance" not in flat or not np.array_equal(ok, latent):
-                bad = int(np.flatnonzero(latent & ~dseen)[0]) if (latent & ~dseen).any() else 0
+            bad = latent & (d_idx < 0)
+            if "acceptance" not in flat or bad.any():
+                i = int(np.flatnonzero(bad)[0]) if bad.any() else int(np.flatnonzero(latent)[0])
                 raise DataError(
                     "give acceptance_length or alpha for SD rows of drafter "
                     "configurations the model has not seen",
-                    record=f"row {bad}",
+                    record=f"row {i}",
                     field="acceptance_length",
                 )
-            e[:, ok] = 1.0 + k[ok] * flat["acceptance"][:, d_idx[ok]]
-        moe = cov["experts"] > 1
-        incr = None  # the MoE coverage increments (p and v coefficients; none for drafts)
-        if self.coverage and moe.any() and "moe_excess" in flat:
-            lta = cov["log_total_over_active"]
-            incr = [
-                coefs[j]
-                * (np.exp(flat["moe_excess"][:, j, None]) * (np.exp(slope[:, j, None] * lta) - 1))
-                for j in range(NPV)
-            ] + [np.zeros((draws, n))] * 2
         rate = rows["request_rate"].astype(float).to_numpy()
-        conc = rows["concurrency"].astype(float).to_numpy()
-        args = dict(
-            decode_len=rows["decode_len"].to_numpy(dtype=float),
-            experts=cov["experts"],
-            experts_per_token=cov["experts_per_token"],
-            prefill_len=rows["prefill_len"].to_numpy(dtype=float),
-        )
-        # series shifts act on the level-2 ("per request in flight") coefficients only
-        sd_u = np.exp(self._draw_shifts("series", rows["series"], flat, draws, rng)[1])
-        bs_u = np.exp(self._draw_shifts("series", rows["base_series"], flat, draws, rng)[1])
-        if not moe.any() and _kernels.AVAILABLE:  # one fused pass (bayes_sd._kernels)
-            lat, speedup, c1, c2 = _kernels.dense(
-                planes, sd_u, bs_u, k, e, args["decode_len"], rate, conc, ~np.isnan(rate)
-            )
-            with np.errstate(divide="ignore"):
-                sat = 1.0 / c2
-            return self._with_noise(rows, flat, lat, c1, c2, rng, noise), speedup, sat
-
-        def scaled(values, factor):
-            if values is None:
-                return None
-            # by name (COEFS is not the field order); level 2 sits at odd positions of COEFS
-            named = zip(COEFS, values, strict=True)
-            return latency.Coefficients(
-                **{n: c * factor if j % 2 else c for j, (n, c) in enumerate(named)}
-            )
-
-        unsat_sd, incr_sd = scaled(coefs, sd_u), scaled(incr, sd_u)
-        lat = _latency(unsat_sd, incr_sd, k, e, rate, conc, moe, **args)
-        base = _latency(
-            scaled(coefs, bs_u),
-            scaled(incr, bs_u),
-            np.zeros(n),
-            np.ones((draws, n)),
-            rate,
-            conc,
-            moe,
-            **args,
-        )
-        with np.errstate(divide="ignore", invalid="ignore"):
-            speedup = base / lat
-        full = unsat_sd
-        if incr_sd is not None:
-            full = latency.Coefficients(*(u + s for u, s in zip(unsat_sd, incr_sd, strict=True)))
-        c1, c2 = latency.demand(full, k, e, args["decode_len"])
-        with np.errstate(divide="ignore"):
-            sat = 1.0 / c2
-        return self._with_noise(rows, flat, lat, c1, c2, rng, noise), speedup, sat
+        return {
+            "k": k,
+            "e_known": e_known,
+            "d_idx": np.where(latent, d_idx, 0),
+            "decode_len": rows["decode_len"].to_numpy(dtype=float),
+            "prefill_len": rows["prefill_len"].to_numpy(dtype=float),
+            "rate": rate,
+            "conc": rows["concurrency"].astype(float).to_numpy(),
+            "is_open": ~np.isnan(rate),
+        }
 
     def _with_noise(self, rows, flat, lat, c1, c2, rng, noise: bool) -> np.ndarray:
         if not noise:
@@ -922,17 +972,18 @@ class LatencyModel:
         known = {"system": self.design.systems, "draft": self.design.draft_systems}
         idx = pd.Index(known.get(group, self.design.series)).get_indexer(labels)
         seen = idx >= 0
-        levels = [1] if group == "series" else [0, 1]  # series: C2 only
+        levels = {"system": [0, 1], "draft": [0], "series": [1]}[group]
         sd = flat[f"{group}_sd"].reshape(draws, 1, -1)
-        n_new = int((~seen).sum())
-        new = rng.normal(size=(draws, n_new, sd.shape[2])) * sd
+        # one new draw per unseen label: the rows of one configuration share it
+        names, inverse = np.unique(np.asarray(labels, dtype=str)[~seen], return_inverse=True)
+        new = rng.normal(size=(draws, len(names), sd.shape[2])) * sd
         fitted = flat[f"shift_{group}"]
         fitted = fitted if fitted.ndim == 3 else fitted[..., None]  # (draws, label, level)
         take = np.where(seen, idx, 0)
         for i, level in enumerate(levels):
             plane = np.take(np.ascontiguousarray(fitted[..., i]), take, axis=1)
-            if n_new:
-                plane[:, ~seen] = new[..., i]
+            if len(names):
+                plane[:, ~seen] = new[:, inverse, i]
             shift[level] = plane
         return shift
 
@@ -1026,6 +1077,58 @@ class Prediction:
 
     draws: xr.Dataset
     summary: pd.DataFrame
+
+
+def _numpy_predict(coef, incr, f_sd, f_base, cfg, moe_cfg, cov, configs, rows, acc):
+    """The NumPy path of the prediction kernel (``bayes_sd._kernels._predict``) for a chunk of
+    rows: same inputs, same (4, draws, rows) output."""
+    draws, n = f_sd.shape[0], len(cfg)
+    k = rows["k"]
+    e = np.broadcast_to(rows["e_known"], (draws, n)).copy()
+    latent = np.isnan(rows["e_known"])
+    if latent.any():
+        e[:, latent] = 1.0 + k[latent] * acc[:, rows["d_idx"][latent]]
+    moe = moe_cfg[cfg]
+    unsat = np.take(coef, cfg, axis=2)
+    inc = np.take(incr, cfg, axis=2) if moe.any() else None
+    fsd, fbase = np.take(f_sd, cfg, axis=1), np.take(f_base, cfg, axis=1)
+    rate = np.where(rows["is_open"], rows["rate"], np.nan)
+    conc = np.where(rows["is_open"], np.nan, rows["conc"])
+    args = dict(
+        decode_len=rows["decode_len"],
+        experts=cov["experts"][cfg],
+        experts_per_token=cov["experts_per_token"][cfg],
+        prefill_len=rows["prefill_len"],
+    )
+
+    def scaled(values, factor):
+        if values is None:
+            return None
+        # by name (COEFS is not the field order); level 2 sits at odd positions of COEFS
+        named = zip(COEFS, values, strict=True)
+        return latency.Coefficients(
+            **{name: c * factor if j % 2 else c for j, (name, c) in enumerate(named)}
+        )
+
+    unsat_sd, incr_sd = scaled(unsat, fsd), scaled(inc, fsd)
+    lat = _latency(unsat_sd, incr_sd, k, e, rate, conc, moe, **args)
+    base = _latency(
+        scaled(unsat, fbase),
+        scaled(inc, fbase),
+        np.zeros(n),
+        np.ones((draws, n)),
+        rate,
+        conc,
+        moe,
+        **args,
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speedup = base / lat
+    full = unsat_sd
+    if incr_sd is not None:
+        full = latency.Coefficients(*(u + s for u, s in zip(unsat_sd, incr_sd, strict=True)))
+    c1, c2 = latency.demand(full, k, e, rows["decode_len"])
+    return np.stack([lat, speedup, np.broadcast_to(c1, lat.shape), np.broadcast_to(c2, lat.shape)])
 
 
 def _latency(

@@ -16,9 +16,10 @@ the model doing the work and a 1,024-token length.
   generation differ by tens of percent, not by factors; an unseen GPU gets this spread. The
   effects themselves sum to zero over the fitted GPUs (a ZeroSumNormal, non-centred), so they
   do not trade off against the intercept.
-* ``config_sd``: spread of the configuration residuals — one log-scale shift per level on the
-  target's coefficients of a system (``system_1``, ``system_2``) and on the drafter's of a draft
-  system (``draft_1``, ``draft_2``) — HalfNormal(0.3).
+* ``system_sd`` (per level) and ``draft_sd``: spreads of the configuration residuals — one
+  log-scale shift per level on the target's coefficients of a system, and one on the drafter's
+  load-independent cost ``c1d`` of a draft system (its per-request cost is carried by the series
+  shifts) — HalfNormal(0.3).
 * ``series_sd``: spread of the per-series shifts of ``C1`` and ``C2`` (a series is one draft
   system at one draft length, or a system's baseline) — what the coefficient laws do not
   explain of one (k, acceptance) curve; HalfNormal(0.1): the closed form describes a series to
@@ -64,7 +65,7 @@ def _defaults() -> dict[str, Prior]:
         "length_slope": Prior("Normal", mu=0.8, sigma=0.5, dims="length_coef"),
         "gpu_sd": Prior("HalfNormal", sigma=0.3, dims="coef"),
         "system_sd": Prior("HalfNormal", sigma=0.3, dims="level"),
-        "draft_sd": Prior("HalfNormal", sigma=0.3, dims="level"),
+        "draft_sd": Prior("HalfNormal", sigma=0.3),
         "series_sd": Prior("HalfNormal", sigma=0.1),
         "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="coef_pv"),
         "acceptance": Prior("Beta", alpha=2.0, beta=2.0, dims="draft_system"),

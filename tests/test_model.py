@@ -68,7 +68,7 @@ def fitted(sweep, mocked):
 
 
 def test_structure_names_dims_and_finite_gradient(sweep):
-    model = LatencyModel().build_model(sweep)
+    model = LatencyModel(model_config={"centred": True}).build_model(sweep)
     free = {v.name for v in model.free_RVs}
     assert {
         "intercept",
@@ -78,9 +78,9 @@ def test_structure_names_dims_and_finite_gradient(sweep):
         "system_sd",
         "draft_sd",
         "series_sd",
-        "shift_system",
-        "shift_draft",
-        "shift_series",
+        "level_system",
+        "level_draft",
+        "level_series",
         "load_noise",
         "moe_excess",
         "sigma",
@@ -135,9 +135,10 @@ def test_config_validation():
 
 
 def test_residual_groups_can_be_switched_off(sweep):
-    model = LatencyModel(model_config={"residuals": ["system"]}).build_model(sweep)
+    config = {"residuals": ["system"], "centred": True}
+    model = LatencyModel(model_config=config).build_model(sweep)
     free = {v.name for v in model.free_RVs}
-    assert "shift_system" in free and not {"shift_draft", "shift_series", "draft_sd"} & free
+    assert "level_system" in free and not {"level_draft", "level_series", "draft_sd"} & free
 
 
 def test_non_centred_shifts_same_graph_values(sweep, mocked, tmp_path):
@@ -147,7 +148,7 @@ def test_non_centred_shifts_same_graph_values(sweep, mocked, tmp_path):
     m = model.build_model(sweep)
     free = {v.name for v in m.free_RVs}
     assert {"shift_system_z", "shift_draft_z", "shift_series_z"} <= free
-    assert not {"shift_system", "shift_draft", "shift_series"} & free
+    assert not {"level_system", "level_draft", "level_series"} & free
     assert m["shift_system"].eval().shape == (len(model.design.systems), 2)
     assert model.model_config["centred"] is False
     assert "centred" not in LatencyModel().model_config  # default: hash of older files kept
@@ -160,6 +161,61 @@ def test_non_centred_shifts_same_graph_values(sweep, mocked, tmp_path):
         model.predict(rows, random_seed=1).draws["latency"].values,
         loaded.predict(rows, random_seed=1).draws["latency"].values,
     )
+
+
+def _evaluate(model, names, point):
+    """Model variables at a point of its value variables (in the unconstrained space)."""
+    import pytensor
+
+    outs = model.replace_rvs_by_values([model[n] for n in names])
+    f = pytensor.function(model.value_vars, outs, on_unused_input="ignore")
+    return dict(zip(names, f(*[point[v.name] for v in model.value_vars]), strict=True))
+
+
+def test_hierarchical_centring_is_a_reparametrisation(sweep):
+    """The default model samples each configuration's log level (centred on its law) and the
+    non-centred one standard-normal z: at corresponding points (level − law = sd · z) every
+    coefficient and modelled latency is the same, so both are one model."""
+    centred = LatencyModel(model_config={"centred": True}).build_model(sweep)
+    non = LatencyModel(model_config={"centred": False}).build_model(sweep)
+    assert {"level_system", "level_draft", "level_series"} <= {v.name for v in centred.free_RVs}
+    assert centred.named_vars_to_dims["shift_draft"] == ("draft_system",)  # level 1 only
+    rng = np.random.default_rng(0)
+    point = {k: v + rng.normal(0, 0.2, np.shape(v)) for k, v in centred.initial_point().items()}
+    outs = ["shift_system", "shift_draft", "shift_series", "system_sd", "draft_sd", "series_sd"]
+    values = _evaluate(centred, outs, point)
+    mapped = {k: v for k, v in point.items() if not k.startswith("level_")}
+    for group in ("system", "draft", "series"):
+        mapped[f"shift_{group}_z"] = values[f"shift_{group}"] / values[f"{group}_sd"]
+    names = ["c_system", "c_draft", "latency"]
+    a, b = _evaluate(centred, names, point), _evaluate(non, names, mapped)
+    for name in names:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-10)
+    assert np.any(values["shift_system"] != 0) and np.any(values["shift_series"] != 0)
+
+
+def test_auto_centring_chooses_by_design(sweep):
+    """ "auto" (the default) centres the residuals of sweeps with many configurations, each
+    measured at several rates, and not those of small or sparse ones; the choice is not saved
+    in the configuration (it follows from the training data, which the file carries)."""
+    small = LatencyModel()
+    small.build_model(sweep)  # 3 systems
+    assert small.centring == "auto" and small.centred is False
+    assert "centred" not in small.model_config
+    many = pd.concat(
+        [sweep.assign(dataset=f"d{i}", run_id=sweep["run_id"] + f"-{i}") for i in range(8)],
+        ignore_index=True,
+    )
+    big = LatencyModel()
+    m = big.build_model(many)
+    assert len(big.design.systems) >= 20 and big.centred is True
+    assert "level_system" in {v.name for v in m.free_RVs}
+    two = big.design.rows.groupby("series").head(2)["run_id"]  # 2 rates per series: sparse
+    sparse = LatencyModel()
+    sparse.build_model(many[many["run_id"].isin(two)])
+    assert len(sparse.design.systems) == len(big.design.systems) and sparse.centred is False
+    with pytest.raises(ValueError, match="centred must be"):
+        LatencyModel(model_config={"centred": "yes"})
 
 
 def test_fit_returns_datatree_and_diagnostics(fitted):
@@ -196,14 +252,17 @@ def test_predict_agrees_with_the_model_graph(fitted, sweep):
 
 
 def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
-    """predict's numba kernel (dense rows) gives the NumPy path's draws: open and closed loop,
-    stable and saturated, seen and unseen configurations, with and without noise."""
+    """predict's numba kernel gives the NumPy path's draws, dense and MoE targets (the MoE
+    open-loop fixed point: Illinois steps there, bisection here): open and closed loop, stable
+    and saturated, seen and unseen configurations, with and without noise."""
     from bayes_sd import _kernels
 
     if not _kernels.AVAILABLE:
         pytest.skip("numba is not installed")
     rows = fitted.design.rows
-    dense = rows[rows["target_experts"] == 1].head(30).reset_index(drop=True)
+    moe = rows["target_experts"] > 1
+    dense = pd.concat([rows[~moe].head(20), rows[moe].head(10)], ignore_index=True)
+    assert (dense["target_experts"] > 1).sum() == 10
     closed = dense.copy()
     closed["request_rate"], closed["concurrency"] = np.nan, 8.0
     hot = dense.copy()
@@ -218,7 +277,9 @@ def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
         monkeypatch.setattr(_kernels, "AVAILABLE", True)
         for var in ("latency", "speedup", "saturation_rate"):
             np.testing.assert_allclose(fused[var].values, numpy[var].values, rtol=1e-9)
-    assert np.isinf(fused["latency"].values).any()  # the saturated rows were exercised
+    lat = fused["latency"].values
+    assert np.isinf(lat).any()  # the saturated rows were exercised
+    assert np.isfinite(lat[..., (table["target_experts"] > 1).to_numpy()]).sum() > 100
 
 
 def test_noise_adds_measurement_scatter_to_the_mean(fitted):
@@ -240,7 +301,7 @@ def test_unseen_gpu_and_size_draw_new_effects(fitted):
         "alpha": 0.8,
         "prefill_len": 1024,
         "decode_len": 256,
-        "request_rate": 1.0,
+        "request_rate": 0.25,  # light load: few prior draws saturate
     }
     rows = pd.DataFrame(
         [seen, {**seen, "gpu": "B200"}, {**seen, "target": "qwen2.5-14b", "drafter": "llama-68m"}]
