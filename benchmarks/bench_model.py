@@ -19,7 +19,8 @@ Three parts, each printed as a table and written to the JSON file:
    runs inside the model's 90% posterior predictive interval (``predict(noise=True)``). Whole
    held-out series (every 10th) test prediction of unseen configurations; the baseline cannot
    predict those when their system and drafter were never fitted.
-3. **Prediction** — ``predict`` on 10^5 rows (1,000 posterior draws).
+3. **Prediction** — ``predict`` on 10^5 rows × 100 draws and 10^4 rows × 1,000 draws, dense and
+   MoE rows, the fused kernel against the NumPy path (baseline, same run).
 """
 
 from __future__ import annotations
@@ -162,25 +163,40 @@ def accuracy(sweep, args) -> dict:
 
 
 def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
-    """predict() wall time for dense and MoE rows at two sizes (rows × posterior draws)."""
+    """predict() wall time for dense and MoE rows (rows × posterior draws): the fused numba
+    kernel, and as the baseline of the same run the NumPy path (``_kernels.AVAILABLE`` off)
+    at 10^4 rows × 100 draws."""
+    from bayes_sd import _kernels
+
     out = []
     rows = model.design.rows
+    sizes = ((100_000, 100, "numba"), (10_000, 1000, "numba"), (10_000, 100, "numba"),
+             (10_000, 100, "numpy"))  # fmt: skip
     for kind, part in (("dense", rows[rows["target_experts"] == 1]),
                        ("moe", rows[rows["target_experts"] > 1])):  # fmt: skip
         if part.empty or kind not in kinds:
             continue
-        for n, draws in ((100_000, 100), (10_000, 1000)):
+        for n, draws, path in sizes:
             sample = _inputs(part.sample(n, replace=True, random_state=0))
             sample = sample.reset_index(drop=True)
-            model.predict(sample.head(100), random_seed=0, max_draws=draws)  # warm
-            t0 = time.perf_counter()
-            pred = model.predict(sample, random_seed=0, max_draws=draws)
-            wall = time.perf_counter() - t0
+            _kernels.AVAILABLE = path == "numba" and _kernels.numba is not None
+            try:
+                model.predict(sample.head(100), random_seed=0, max_draws=draws)  # warm
+                t0 = time.perf_counter()
+                pred = model.predict(sample, random_seed=0, max_draws=draws)
+                wall = time.perf_counter() - t0
+            finally:
+                _kernels.AVAILABLE = _kernels.numba is not None
             used = pred.draws.sizes["chain"] * pred.draws.sizes["draw"]  # <= max_draws
-            out.append({"rows": kind, "n_rows": n, "max_draws": draws, "draws_used": used,
-                        "wall_s": round(wall, 2),
+            out.append({"rows": kind, "path": path, "n_rows": n, "max_draws": draws,
+                        "draws_used": used, "wall_s": round(wall, 2),
                         "row_draws_per_s": round(n * used / wall)})  # fmt: skip
             print_rows(out[-1:])
+        same = [r for r in out if r["rows"] == kind and r["n_rows"] == 10_000
+                and r["max_draws"] == 100]  # fmt: skip
+        fused, numpy = (next(r for r in same if r["path"] == p) for p in ("numba", "numpy"))
+        print(f"  {kind}: numpy / numba wall at 10^4 rows x 100 draws = "
+              f"{numpy['wall_s'] / fused['wall_s']:.1f}x")  # fmt: skip
     return out
 
 
@@ -208,6 +224,7 @@ def main() -> None:
         "--steps", action="store_true", help="also fit nutpie with the joint step-level likelihood"
     )
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-predict", action="store_true")
     parser.add_argument(
         "--predict-kinds", default="dense,moe", help="rows to time predict on: dense, moe"
     )
@@ -241,6 +258,9 @@ def main() -> None:
         result["accuracy"], model = accuracy(sweep, args)
         print(json.dumps(result["accuracy"], indent=2))
         save()
+    if args.skip_predict:
+        print(f"wrote {out}")
+        return
     print("predict:")
     kinds = tuple(args.predict_kinds.split(","))
     result["predict"] = prediction_speed(model or fit_for_prediction(sweep, args), kinds)
