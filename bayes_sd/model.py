@@ -329,8 +329,8 @@ class LatencyModel:
         ``{"priors": {name: Prior}}`` overrides (see :mod:`bayes_sd.priors`),
         ``"coverage": False`` to drop the MoE coverage term, ``"residuals"`` (a subset of
         ``("system", "draft", "series")``) and ``"centred"``: ``True`` (hierarchical centring),
-        ``False`` (non-centred) or ``"auto"`` (the default: centred from
-        ``AUTO_CENTRED_SYSTEMS`` systems on)
+        ``False`` (non-centred) or ``"auto"`` (the default: centred for sweeps of at least
+        ``AUTO_CENTRED_SYSTEMS`` systems and ``AUTO_CENTRED_RUNS_PER_SERIES`` runs per series)
         residual shifts (for sparse or noisy sweeps; see the Validation page).
     sampler_config
         ``draws``, ``tune``, ``chains``, ``target_accept``, ``nuts_sampler`` (``"nutpie"``
@@ -356,7 +356,7 @@ class LatencyModel:
         self.coverage = bool(model_config.get("coverage", True))
         # hierarchically centred residuals suit sweeps of many configurations, each pinned by
         # its runs; non-centred ones few configurations or sparse, noisy data. "auto" (the
-        # default) chooses by the number of systems when the model is built (docs/model.md)
+        # default) chooses by systems and runs per series when the model is built (docs/model.md)
         centred = model_config.get("centred", "auto")
         if centred not in (True, False, "auto"):
             raise ValueError(f"model_config centred must be True, False or 'auto', not {centred!r}")
@@ -413,10 +413,11 @@ class LatencyModel:
         demo; without it the worst population parameter reached 57). Likewise a level-1
         series shift fitted to 0.00 on the demo and made a funnel.
 
-        Centred (the default) is *hierarchical centring* (Gelfand, Sahu & Carlin 1995): the
-        free variable is the configuration's own log level, ``level_<group> ~ Normal(anchor,
-        sd)``, and the shift is ``level − anchor`` — the same model as ``shift ~ Normal(0,
-        sd)`` (a translation, unit Jacobian), but the likelihood sees the level directly. A
+        Centred (chosen by ``"auto"`` for large, densely measured sweeps) is *hierarchical
+        centring* (Gelfand, Sahu & Carlin 1995): the free variable is the configuration's own
+        log level, ``level_<group> ~ Normal(anchor, sd)``, and the shift is ``level −
+        anchor`` — the same model as ``shift ~ Normal(0, sd)`` (a translation, unit
+        Jacobian), but the likelihood sees the level directly. A
         configuration measured at several rates to a few percent pins its level, and the
         population intercepts no longer trade off against every shift at once: with free
         shifts, "intercept of c1v up, all 48 system shifts down" was the posterior's largest
@@ -722,8 +723,8 @@ class LatencyModel:
         intervals are honestly wider; all rows of one configuration share its new draws.
         Computed on ``max_draws`` posterior draws (thinned evenly) by one fused numba pass over
         draws × rows (``bayes_sd._kernels``; the NumPy algebra without numba, in chunks of
-        ``chunk_rows`` rows). Memory: four float64 arrays of draws × rows (10^5 rows × 1,000
-        draws: 3.2 GB — thin with ``max_draws`` for large tables).
+        ``chunk_rows`` rows). Memory: three float64 arrays of draws × rows, four with ``noise``
+        (10^5 rows × 1,000 draws: 2.4 GB — thin with ``max_draws`` for large tables).
 
         With ``noise=True`` the latency draws also carry the fitted measurement noise (Student-t
         on log latency, growing with load): the posterior predictive of what one *measured run*
@@ -769,8 +770,8 @@ class LatencyModel:
         group = rows.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
         _, first = np.unique(group, return_index=True)
         configs_u = rows.iloc[first].reset_index(drop=True)
-        coef, incr, f_sd, f_base = self._configuration_draws(configs_u, flat, draws, rng)
         cov = _system_covariates(configs_u)
+        coef, incr, f_sd, f_base = self._configuration_draws(configs_u, cov, flat, draws, rng)
         moe = cov["experts"] > 1
         with np.errstate(divide="ignore"):  # dense (m = M): log q = −inf, never used
             log_q = np.log1p(-cov["experts_per_token"] / cov["experts"])
@@ -786,7 +787,7 @@ class LatencyModel:
             for start in range(0, len(rows), chunk_rows):
                 part = slice(start, start + chunk_rows)
                 out[:, :, part] = _numpy_predict(
-                    coef, incr, f_sd, f_base, group[part], moe, cov, configs_u,
+                    coef, incr, f_sd, f_base, group[part], moe, cov,
                     {key: v[part] for key, v in per_row.items()}, acc,
                 )  # fmt: skip
         lat, speedup = out[0], out[1]
@@ -865,14 +866,13 @@ class LatencyModel:
         _label_systems(rows)
         return rows
 
-    def _configuration_draws(self, configs, flat, draws, rng):
+    def _configuration_draws(self, configs, cov, flat, draws, rng):
         """Coefficient draws of each configuration: ``coef`` and the MoE coverage increments
         ``incr`` (8, draws, configs) in ``COEFS`` order, before the series shifts, and the
         series factors on level 2 of the configuration's series and of its baseline series
         (draws, configs). Coefficient-major: one contiguous (draws, configs) plane each."""
         n = len(configs)
         nc = len(COEFS)
-        cov = _system_covariates(configs)
         slope = flat["size_slope"][:, COEF_SLOPE]
         icpt = flat["intercept"]
         gpus = pd.Index(self.design.gpus).get_indexer(configs["gpu_key"])
@@ -1079,7 +1079,7 @@ class Prediction:
     summary: pd.DataFrame
 
 
-def _numpy_predict(coef, incr, f_sd, f_base, cfg, moe_cfg, cov, configs, rows, acc):
+def _numpy_predict(coef, incr, f_sd, f_base, cfg, moe_cfg, cov, rows, acc):
     """The NumPy path of the prediction kernel (``bayes_sd._kernels._predict``) for a chunk of
     rows: same inputs, same (4, draws, rows) output."""
     draws, n = f_sd.shape[0], len(cfg)
