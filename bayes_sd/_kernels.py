@@ -9,8 +9,9 @@ for MoE targets, :func:`~bayes_sd.latency.moe_open_loop_latency` /
 :func:`~bayes_sd.latency.moe_closed_loop_latency` (tests compare the two paths).
 
 Coefficients come per *configuration* (one series of one system: a prediction table of 10^5
-rates of a few configurations has a few configurations), rows point at theirs. Draws are split
-over the CPU's cores (``prange``). Without numba the NumPy path is used.
+rates of a few configurations has a few configurations), rows point at theirs. Rows are split
+over the CPU's cores (``prange``), each row's draws written contiguously. Without numba the
+NumPy path is used.
 
 Compiled on first use and cached (``NUMBA_CACHE_DIR``).
 """
@@ -34,16 +35,32 @@ GROWTH = 1.5  # as latency.moe_open_loop_latency
 MAX_GROWTH_STEPS = 120
 MAX_ROOT_STEPS = 200
 REL_TOL = 1e-13
+NEWTON_TOL = 1e-6  # a Newton step this small leaves a relative error of O(1e-12)
 
 
-def _excess(lat, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d):
-    """f(L) − L of the MoE open-loop fixed point ``L = C1(B) + λ L C2(B)``, ``B = max(λL, 1)``."""
-    batch = max(rate * lat, 1.0)
-    phi_v = -math.expm1(batch * (k + 1.0) * log_q)
-    phi_d = -math.expm1(batch * log_q)
-    c1 = base1 + cycles * (phi_v * (s1v + sd * s1s) + k * phi_d * s1d)
-    c2 = base2 + cycles * (phi_v * (s2v + sd * s2s) + k * phi_d * s2d)
-    return c1 + rate * lat * c2 - lat
+def _excess_slope(lat, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d):
+    """``g(L) = f(L) − L`` of the MoE open-loop fixed point ``L = C1(B) + λ L C2(B)``,
+    ``B = max(λL, 1)``; its derivative in L (B grows with L above one request); the
+    utilisation ``λ C2(B)`` (C2 grows with B: once it reaches 1 with g > 0, no root lies
+    above L); and ``C1(B)``."""
+    raw = rate * lat
+    batch = max(raw, 1.0)
+    miss_v = math.exp(batch * (k + 1.0) * log_q)  # 1 − φ
+    miss_d = math.exp(batch * log_q) if k > 0 else 1.0  # no drafting at k = 0
+    phi_v, phi_d = 1.0 - miss_v, 1.0 - miss_d
+    inc1 = phi_v * (s1v + sd * s1s) + k * phi_d * s1d
+    inc2 = phi_v * (s2v + sd * s2s) + k * phi_d * s2d
+    c1 = base1 + cycles * inc1
+    c2 = base2 + cycles * inc2
+    g = c1 + raw * c2 - lat
+    slope = rate * c2 - 1.0
+    if raw > 1.0:  # dφ/dB = −(k + 1) log q (1 − φ_v), −log q (1 − φ_d)
+        dv = -(k + 1.0) * log_q * miss_v
+        dd = -log_q * miss_d
+        dc1 = cycles * (dv * (s1v + sd * s1s) + k * dd * s1d)
+        dc2 = cycles * (dv * (s2v + sd * s2s) + k * dd * s2d)
+        slope += rate * (dc1 + raw * dc2)
+    return g, slope, rate * c2, c1
 
 
 def _moe_latency(u, s, f, k, e, dl, plen, log_q, rate, conc, is_open):
@@ -67,43 +84,63 @@ def _moe_latency(u, s, f, k, e, dl, plen, log_q, rate, conc, is_open):
         return np.inf
     s1v, s1s, s1d = s[2], s[4], s[6]
     lo = base1 / slack  # coverage >= 0: the least root lies above; f is increasing
-    lo = _excess(lo, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d) + lo
-    g_lo = _excess(lo, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d)
+    g_lo, s_lo, u_lo, c1_lo = _excess_slope(
+        lo, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d
+    )
     if g_lo <= 0.0:
         return lo
+    # Walk up from below the least root: Newton steps, at most a factor GROWTH each (the
+    # NumPy path's grid; two roots closer than that would be missed by both), until f(L) <= L
+    # (a bracket) or the steps from below converge (g convex there: Newton never crosses).
     hi = lo
     g_hi = g_lo
     found = False
-    for _ in range(MAX_GROWTH_STEPS):  # walk up by factors of GROWTH until f(L) <= L
-        cand = hi * GROWTH
-        g = _excess(cand, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d)
+    for _ in range(MAX_GROWTH_STEPS):
+        if u_lo >= 1.0:  # f(L) - L >= C1 > 0 from here on: saturated
+            return np.inf
+        # C1(B) / (1 - λ C2(B)) at the B of lo is a proven lower bound (C1, C2 grow with B)
+        cand = max(lo * GROWTH, c1_lo / (1.0 - u_lo))
+        if s_lo < 0.0:
+            cand = min(lo - g_lo / s_lo, cand)
+        if cand - lo <= NEWTON_TOL * cand:
+            return cand
+        g, slope, load, c1 = _excess_slope(
+            cand, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d
+        )
         if g <= 0.0:
-            lo, g_lo, hi, g_hi = hi, g_hi, cand, g
+            hi, g_hi = cand, g
             found = True
             break
-        hi, g_hi = cand, g
+        lo, g_lo, s_lo, u_lo, c1_lo = cand, g, slope, load, c1
     if not found:
         return np.inf
-    # Illinois regula falsi on the bracket (g_lo > 0 >= g_hi): superlinear, never leaves it
-    side = 0
+    # safeguarded Newton on the bracket (g_lo > 0 >= g_hi): quadratic near the root, a
+    # regula falsi step whenever Newton would leave the bracket or the slope is not negative
+    x = hi - g_hi / slope if slope < 0.0 else 0.5 * (lo + hi)
+    if not (lo < x < hi):
+        x = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
+        if not (lo < x < hi):
+            x = 0.5 * (lo + hi)
     for _ in range(MAX_ROOT_STEPS):
-        if hi - lo <= REL_TOL * hi:
-            break
-        mid = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
-        if not (lo < mid < hi):
-            mid = 0.5 * (lo + hi)
-        g = _excess(mid, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d)
+        g, slope, _, _ = _excess_slope(
+            x, rate, base1, base2, cycles, k, sd, log_q, s1v, s1s, s1d, s2v, s2s, s2d
+        )
         if g > 0.0:
-            lo, g_lo = mid, g
-            if side == 1:
-                g_hi *= 0.5
-            side = 1
+            lo, g_lo = x, g
         else:
-            hi, g_hi = mid, g
-            if side == -1:
-                g_lo *= 0.5
-            side = -1
-    return hi
+            hi, g_hi = x, g
+        if g == 0.0 or hi - lo <= REL_TOL * hi:
+            return x
+        step = g / slope if slope < 0.0 else 0.0
+        nxt = x - step
+        if not (slope < 0.0 and lo < nxt < hi):
+            nxt = (lo * g_hi - hi * g_lo) / (g_hi - g_lo)
+            if not (lo < nxt < hi) or min(nxt - lo, hi - nxt) < 0.1 * (hi - lo):
+                nxt = 0.5 * (lo + hi)  # regula falsi stalls on one side: halve
+        elif abs(step) <= NEWTON_TOL * x:
+            return nxt  # the error after a Newton step of relative size δ is O(δ²)
+        x = nxt
+    return x
 
 
 def _predict(
@@ -117,17 +154,19 @@ def _predict(
     ``moe``, ``log_q``: per configuration, MoE flag and log(1 − m/M); per row: ``cfg``, ``k``,
     ``e_known`` (tokens per cycle, NaN when latent), ``d_idx`` (column of ``acc``, the latent
     acceptance rate per draw and draft system), decode and prefill length, ``rate`` /
-    ``conc``, ``is_open``. ``out``: (4, draws, rows) for latency, speedup, C1 and C2 (MoE:
-    with every expert read, as for the saturation rate) with ``with_demand``, else (3, draws,
-    rows) for latency, speedup and the saturation rate 1 / C2 (a quarter less memory)."""
+    ``conc``, ``is_open``. ``out``: (4, rows, draws) for latency, speedup, C1 and C2 (MoE:
+    with every expert read, as for the saturation rate) with ``with_demand``, else (3, rows,
+    draws) for latency, speedup and the saturation rate 1 / C2 (a quarter less memory). Rows
+    go in parallel, each row's draws are contiguous: quantiles over draws then read
+    contiguous memory."""
     draws = f_sd.shape[0]
     n = cfg.shape[0]
     inf = np.inf
-    for i in prange(draws):
+    for j in prange(n):
         u = np.empty(8)
         s = np.empty(8)
-        for j in range(n):
-            q = cfg[j]
+        q = cfg[j]
+        for i in range(draws):
             kk = k[j]
             e = e_known[j]
             if math.isnan(e):  # latent acceptance of the draft system
@@ -144,9 +183,12 @@ def _predict(
                 lat = _moe_latency(
                     u, s, f, kk, e, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
                 )
-                base = _moe_latency(
-                    u, s, g, 0.0, 1.0, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
-                )
+                if kk == 0.0 and g == f:  # a baseline row: its own baseline
+                    base = lat
+                else:
+                    base = _moe_latency(
+                        u, s, g, 0.0, 1.0, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
+                    )
                 c1 = u[0] + s[0] + cycles * (u[2] + s[2] + premium * (u[4] + s[4]) + kk * u[6])
                 c2 = f * (
                     u[1] + s[1] + cycles * (u[3] + s[3] + premium * (u[5] + s[5]) + kk * u[7])
@@ -169,20 +211,20 @@ def _predict(
                 else:
                     lat = c1 + conc[j] * c2
                     base = b1 + conc[j] * b2
-            out[0, i, j] = lat
-            out[1, i, j] = base / lat if lat < inf else (np.nan if base == inf else 0.0)
+            out[0, j, i] = lat
+            out[1, j, i] = base / lat if lat < inf else (np.nan if base == inf else 0.0)
             if with_demand:
-                out[2, i, j] = c1
-                out[3, i, j] = c2
+                out[2, j, i] = c1
+                out[3, j, i] = c2
             else:
-                out[2, i, j] = 1.0 / c2 if c2 > 0 else inf
+                out[2, j, i] = 1.0 / c2 if c2 > 0 else inf
 
 
 if AVAILABLE:
     with warnings.catch_warnings():  # an unwritable cache folder is not an error
         warnings.simplefilter("ignore")
         _jit = dict(cache=True, nogil=True)
-        _excess = numba.njit(**_jit)(_excess)
+        _excess_slope = numba.njit(**_jit)(_excess_slope)
         _moe_latency = numba.njit(**_jit)(_moe_latency)
         _predict_jit = numba.njit(parallel=True, **_jit)(_predict)
 else:  # pragma: no cover
@@ -191,13 +233,13 @@ else:  # pragma: no cover
 
 def predict(coef, incr, f_sd, f_base, cfg, moe, log_q, rows: dict, acc, with_demand=True):
     """Latency, speedup, and C1 and C2 (``with_demand``) or the saturation rate: an array
-    (4 or 3, draws, rows) (see :func:`_predict`).
+    (4 or 3, rows, draws) (see :func:`_predict`).
 
     ``rows``: ``k``, ``e_known``, ``d_idx``, ``decode_len``, ``prefill_len``, ``rate``,
     ``conc`` (NaN where not given), ``is_open``."""
     draws = f_sd.shape[0]
     n = len(rows["k"])
-    out = np.empty((4 if with_demand else 3, draws, n))
+    out = np.empty((4 if with_demand else 3, n, draws))
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     args = (
         f64(coef),

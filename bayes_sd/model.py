@@ -777,10 +777,11 @@ class LatencyModel:
             log_q = np.log1p(-cov["experts_per_token"] / cov["experts"])
         per_row = self._row_arrays(rows, flat)
         acc = flat.get("acceptance", np.zeros((draws, 1)))
-        if _kernels.AVAILABLE:  # one fused pass (bayes_sd._kernels)
+        if _kernels.AVAILABLE:  # one fused pass (bayes_sd._kernels), (plane, row, draw)
             out = _kernels.predict(
                 coef, incr, f_sd, f_base, group, moe, log_q, per_row, acc, with_demand=noise
             )
+            planes = [plane.T for plane in out]  # (draw, row) views
         else:  # the NumPy algebra, in chunks of ~500,000 row-draws
             out = np.empty((4, draws, len(rows)))
             chunk_rows = chunk_rows or max(1000, 500_000 // draws)
@@ -790,27 +791,26 @@ class LatencyModel:
                     coef, incr, f_sd, f_base, group[part], moe, cov,
                     {key: v[part] for key, v in per_row.items()}, acc,
                 )  # fmt: skip
-        lat, speedup = out[0], out[1]
-        if len(out) == 4:  # C1 and C2: the noise's queueing share, and 1 / C2
-            lat = self._with_noise(rows, flat, lat, out[2], out[3], rng, noise)
-            with np.errstate(divide="ignore"):
-                sat = np.divide(1.0, out[3], out=out[3])  # in place: C2 is not needed any more
+            planes = list(out)
+        lat, speedup = planes[0], planes[1]
+        if len(planes) == 4:  # C1 and C2: the noise's queueing share, and 1 / C2
+            lat = self._with_noise(rows, flat, lat, planes[2], planes[3], rng, noise)
+            with np.errstate(divide="ignore"):  # in place: C2 is not needed any more
+                sat = np.divide(1.0, planes[3], out=planes[3])
         else:
-            sat = out[2]
-        shape = (post.sizes["chain"], post.sizes["draw"], len(rows))
-        data = {
-            k: (("chain", "draw", "row"), v.reshape(shape))
-            for k, v in (("latency", lat), ("speedup", speedup), ("saturation_rate", sat))
-        }
+            sat = planes[2]
+        arrays = {"latency": lat, "speedup": speedup, "saturation_rate": sat}
+        chains, per_chain = post.sizes["chain"], post.sizes["draw"]
+        dims = ("chain", "draw", "row")
         ds = xr.Dataset(
-            data,
+            {k: (dims, _chain_draw_row(v, chains, per_chain)) for k, v in arrays.items()},
             coords={
                 "chain": post["chain"].values,
                 "draw": post["draw"].values,
                 "row": np.arange(len(rows)),
             },
         )
-        return Prediction(ds, _summarise(ds, rows, interval))
+        return Prediction(ds, _summarise(arrays, rows, interval))
 
     def _prediction_rows(self, configs: pd.DataFrame) -> pd.DataFrame:
         rows = pd.DataFrame(configs).reset_index(drop=True).copy()
@@ -1165,7 +1165,8 @@ def _latency(
 def nan_quantiles(x: np.ndarray, qs) -> list[np.ndarray]:
     """Column-wise quantiles of ``x`` (draws, columns) ignoring NaN, as ``np.nanquantile``
     (linear interpolation) but vectorised: ``np.nanquantile`` loops over columns in Python
-    (measured: 54 s of a 58 s predict of 20,000 rows). ``+inf`` draws are kept (saturated)."""
+    (measured: 54 s of a 58 s predict of 20,000 rows). ``+inf`` draws are kept (saturated).
+    Sorting keeps the memory layout: on a view of (row, draw) memory it is 3x faster."""
     s = np.sort(x, axis=0)  # NaN sort last
     n = (~np.isnan(x)).sum(axis=0)
     cols = np.arange(x.shape[1])
@@ -1176,13 +1177,23 @@ def nan_quantiles(x: np.ndarray, qs) -> list[np.ndarray]:
         j = np.minimum(i + 1, np.maximum(n - 1, 0))
         frac = pos - i
         a, b = s[i, cols], s[j, cols]
-        with np.errstate(invalid="ignore"):
-            v = np.where(a == b, a, a + (b - a) * frac)
+        with np.errstate(invalid="ignore"):  # +inf draws: a + (inf - a) · 0 would be NaN
+            v = np.where((a == b) | (frac == 0), a, a + (b - a) * frac)
         out.append(np.where(n > 0, v, np.nan))
     return out
 
 
-def _summarise(ds: xr.Dataset, rows: pd.DataFrame, interval: float) -> pd.DataFrame:
+def _chain_draw_row(x: np.ndarray, chains: int, per_chain: int) -> np.ndarray:
+    """(draw, row) → (chain, draw, row) without a copy, for C-ordered arrays and for views of
+    the kernel's (row, draw) planes alike."""
+    if x.flags.c_contiguous:
+        return x.reshape(chains, per_chain, x.shape[1])
+    return x.T.reshape(x.shape[1], chains, per_chain).transpose(1, 2, 0)
+
+
+def _summarise(arrays: dict, rows: pd.DataFrame, interval: float) -> pd.DataFrame:
+    """Median, interval and P(speedup > 1) per row from (draw, row) arrays (sorting over
+    draws is fastest on the kernel's draw-contiguous planes)."""
     lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
     out = rows[
         [
@@ -1197,9 +1208,7 @@ def _summarise(ds: xr.Dataset, rows: pd.DataFrame, interval: float) -> pd.DataFr
         ]
     ].copy()
     for var in ("latency", "speedup", "saturation_rate"):
-        x = ds[var].values.reshape(-1, ds.sizes["row"])
-        med, low, high = nan_quantiles(x, (0.5, lo, hi))
+        med, low, high = nan_quantiles(arrays[var], (0.5, lo, hi))
         out[f"{var}_median"], out[f"{var}_lo"], out[f"{var}_hi"] = med, low, high
-    x = ds["speedup"].values.reshape(-1, ds.sizes["row"])
-    out["p_speedup_gt_1"] = np.mean(x > 1, axis=0)
+    out["p_speedup_gt_1"] = np.mean(arrays["speedup"] > 1, axis=0)
     return out

@@ -253,7 +253,7 @@ def test_predict_agrees_with_the_model_graph(fitted, sweep):
 
 def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
     """predict's numba kernel gives the NumPy path's draws, dense and MoE targets (the MoE
-    open-loop fixed point: Illinois steps there, bisection here): open and closed loop, stable
+    open-loop fixed point: safeguarded Newton there, bisection here): open and closed loop, stable
     and saturated, seen and unseen configurations, with and without noise."""
     from bayes_sd import _kernels
 
@@ -428,11 +428,13 @@ def test_report_draws_the_moe_coverage_of_moe_targets(fitted, tmp_path):
     assert ys.min() > 0 and ys.max() <= 1 and np.all(np.diff(ys) >= 0)  # coverage grows
 
 
-def test_nan_quantiles_match_numpy_and_keep_saturated_draws():
+@pytest.mark.parametrize("layout", ["C", "transposed"])
+def test_nan_quantiles_match_numpy_and_keep_saturated_draws(layout):
     from bayes_sd.model import nan_quantiles
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 40))
+    x = np.ascontiguousarray(x.T).T if layout == "transposed" else x  # the kernel's planes
     x[rng.random(x.shape) < 0.1] = np.nan
     x[:, 0] = np.nan  # a column with no finite draw
     with warnings.catch_warnings():
@@ -442,3 +444,6 @@ def test_nan_quantiles_match_numpy_and_keep_saturated_draws():
             np.testing.assert_allclose(nan_quantiles(x, [q])[0], ref, equal_nan=True)
     x[:200, 1] = np.inf  # mostly saturated: the upper quantiles are +inf, not NaN
     assert nan_quantiles(x, [0.95])[0][1] == np.inf
+    # a quantile that falls exactly on a finite draw next to +inf is that draw, not NaN
+    y = np.array([[1.0], [2.0], [np.inf]])
+    assert nan_quantiles(y, [0.5])[0][0] == 2.0
