@@ -138,12 +138,6 @@ def _step_design(steps: pd.DataFrame, design: Design) -> pd.DataFrame:
 QUEUE_SHARE_CAP = 100.0
 
 
-def _coefficients(values) -> latency.Coefficients:
-    """``Coefficients`` from an array or tensor whose last axis is in ``COEFS`` order (which is
-    not the field order of ``latency.Coefficients``)."""
-    return latency.Coefficients(**{c: values[..., i] for i, c in enumerate(COEFS)})
-
-
 # the population-level parameters: diagnosed after fitting, tabulated in reports
 POPULATION_PARAMS = (
     "intercept",
@@ -306,6 +300,27 @@ def _drafter_log_size(table: pd.DataFrame) -> np.ndarray:
     return np.log(np.where(np.isnan(params), NGRAM_PARAMS, params) / REF_DRAFTER_PARAMS)
 
 
+def _system_anchor(law_pv, rows: pd.DataFrame, sys_idx: np.ndarray):
+    """(system, level) log demand of each system's target at a representative run (its first
+    baseline run, else its first run, tokens per cycle 1 + 0.7 k where not measured):
+    ``log(c1p + cycles (c1v + c1s))`` and the same for level 2, from the population laws. What
+    the system's runs pin is this sum, not its parts; centred on it, a system's levels no
+    longer move with the split the laws give it."""
+    order = np.lexsort((np.arange(len(rows)), rows["k"].to_numpy() > 0, sys_idx))
+    _, first = np.unique(sys_idx[order], return_index=True)
+    rep = order[first]  # per system, in system order
+    k = rows["k"].to_numpy(dtype=float)[rep]
+    e = acceptance_of(rows)[rep]
+    e = np.where(np.isnan(e), 1.0 + 0.7 * k, e)
+    cycles = rows["decode_len"].to_numpy(dtype=float)[rep] / e
+    sd = (k > 0).astype(float)
+    c = pt.exp(law_pv)
+    at = {name: c[:, PV.index(name)] for name in PV}
+    level1 = at["c1p"] + cycles * (at["c1v"] + sd * at["c1s"])
+    level2 = at["c2p"] + cycles * (at["c2v"] + sd * at["c2s"])
+    return pt.log(pt.stack([level1, level2], axis=1))
+
+
 def _config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(
         json.dumps(config, sort_keys=True, default=_json_default).encode()
@@ -421,10 +436,12 @@ class LatencyModel:
         configuration measured at several rates to a few percent pins its level, and the
         population intercepts no longer trade off against every shift at once: with free
         shifts, "intercept of c1v up, all 48 system shifts down" was the posterior's largest
-        eigen-direction on the demo (correlations -0.8). ``anchor`` is what the level is
-        centred on: the verification laws (systems), the drafting law (draft systems), the
-        system's log c2v (series). Non-centred: ``shift = sd · z``, ``z ~ Normal(0,
-        1)``, for sparse or noisy sweeps (calibration)."""
+        eigen-direction on the demo (correlations -0.8). ``anchor`` is what the data pin,
+        computed from the laws: the log demand of a system's target at a representative run
+        (:func:`_system_anchor`), the drafting law (draft systems), the log C2 of a series'
+        most loaded run (series). ``moe_excess`` is centred likewise (:meth:`_moe_excess`).
+        Non-centred: ``shift = sd · z``, ``z ~ Normal(0, 1)``, for sparse or noisy sweeps
+        (calibration)."""
         if group not in self.residuals:
             return pt.zeros((size, 2))
         sd = self.priors[f"{group}_sd"].create_variable(f"{group}_sd")
@@ -547,49 +564,83 @@ class LatencyModel:
             # drafter's of each draft system — what the data of one configuration identify.
             # Centred on the verification (system) and drafting (draft system) laws
             # (hierarchical centring, see _shifts)
-            sys_shift = self._shifts(
-                "system", len(st), law_pv[:, [PV.index("c1v"), PV.index("c2v")]]
-            )
+            sys_shift = self._shifts("system", len(st), _system_anchor(law_pv, rows, sys_idx))
             draft_shift = self._shifts("draft", max(len(dt), 1), law_d[:, 0])
             log_pv = law_pv + sys_shift[:, PV_LEVEL]
             c_pv = pm.Deterministic("c_system", pt.exp(log_pv), dims=("system", "coef_pv"))
             log_d = law_d + draft_shift
             c_d = pm.Deterministic("c_draft", pt.exp(log_d), dims=("draft_system", "coef_d"))
-            # per-run coefficients, with MoE coverage
-            c_run = c_pv[sys_idx]
-            if self.coverage and np.any(cov["experts"] > 1):
-                moe_excess = self.priors["moe_excess"].create_variable("moe_excess")
+            # series residuals: a log-scale shift of C2 per series, centred on their system's
+            # level-2 log level, log c2v: the series level is then the log c2v of its runs
+            # (centring on the system's *shift* left the direction "intercepts of c2p, c2v
+            # down, every series level up" in the posterior)
+            moe_rows = self.coverage and np.any(cov["experts"] > 1)
+            if moe_rows:
+                moe_excess = self._moe_excess(size_slope[:NPV], cov)
                 ratio = pt.exp(moe_excess[None, :]) * (
                     pt.exp(size_slope[None, :NPV] * cov["log_total_over_active"][:, None]) - 1.0
                 )
                 inc = c_pv * ratio  # (system, coef_pv); zero for dense systems
-                m_over = (cov["experts_per_token"] / cov["experts"])[sys_idx]
-                in_batch = pt.maximum(batch_d, 1.0)
-                phi_v = latency.expert_coverage(in_batch * (k_d + 1.0), 1.0, m_over)
-                phi_p = latency.expert_coverage(p_len, 1.0, m_over)
-                phi = pt.stack([phi_p, phi_p, phi_v, phi_v, phi_v, phi_v], axis=1)
-                c_run = c_run + phi * inc[sys_idx]
-            cd_run = c_d[dsys]
-            # series residuals: a log-scale shift of C1 and of C2 per series
-            ser = pd.Index(design.series).get_indexer(rows["series"])
-            # centred on their system's level-2 log level, log c2v: the series level is then
-            # the log c2v of its runs (centring on the system's *shift* left the direction
-            # "intercepts of c2p, c2v down, every series level up" in the posterior)
-            ser_sys = pd.Index(design.systems).get_indexer(
-                rows.drop_duplicates("series").set_index("series").loc[design.series, "system"]
-            )
-            ser_shift = self._shifts("series", len(design.series), log_pv[ser_sys, PV.index("c2v")])
-            scale = pt.exp(ser_shift[ser])  # (run, level)
-            c_run = c_run * scale[:, PV_LEVEL]
-            cd_run = cd_run * scale
+                m_over = cov["experts_per_token"] / cov["experts"]
             # acceptance: measured, from alpha, or latent per draft system
             if latent_e.any():
                 accept = self.priors["acceptance"].create_variable("acceptance")
                 e_run = pt.switch(latent_e, 1.0 + k_d * accept[dsys], e_known)
             else:
                 e_run = e_known
-            coefs = _coefficients(pt.concatenate([c_run, cd_run], axis=1))
-            c1, c2 = latency.demand(coefs, k_d, e_run, d_len)
+            cycles = d_len / e_run
+            if moe_rows:  # coverage of verification at the run's measured batch
+                in_batch = pt.maximum(batch_d, 1.0)
+                phi_v = latency.expert_coverage(in_batch * (k_d + 1.0), 1.0, m_over[sys_idx])
+            # demand (docs/model.md §2) per series, then per run: C1 = A1 + cycles (B1 + φ_v G1),
+            # C2 = A2 + cycles (B2 + φ_v G2), cycles = D / e. Everything but cycles and the
+            # coverage φ_v at the run's measured batch is shared by a series' runs, so the
+            # runs gather one (series, 4–6) table: per-run gathers of the coefficients (and
+            # their gradients, scatter-adds) were half of the gradient's time
+            ser = pd.Index(design.series).get_indexer(rows["series"])
+            _, ser_first = np.unique(ser, return_index=True)  # a run of each series
+            ser_sys, ser_dsys = sys_idx[ser_first], dsys[ser_first]
+            c_s = c_pv[ser_sys]  # (series, coef_pv)
+            cd_s = c_d[ser_dsys]
+            k_s = k_d[ser_first]
+            sd_s = pt.switch(k_s > 0, 1.0, 0.0)  # the verification premium needs drafts
+            col = {c: c_s[:, PV.index(c)] for c in PV} | {c: cd_s[:, DC.index(c)] for c in DC}
+            terms = [  # A1, B1, A2, B2 before the series shift
+                col["c1p"],
+                col["c1v"] + sd_s * col["c1s"] + k_s * col["c1d"],
+                col["c2p"],
+                col["c2v"] + sd_s * col["c2s"] + k_s * col["c2d"],
+            ]
+            if moe_rows:  # MoE coverage: φ · c_u · ρ on p and v coefficients; G1, G2
+                inc = inc[ser_sys]  # (series, coef_pv)
+                phi_p = latency.expert_coverage(p_len[ser_first], 1.0, m_over[ser_sys])
+                terms[0] = terms[0] + phi_p * inc[:, PV.index("c1p")]
+                terms[2] = terms[2] + phi_p * inc[:, PV.index("c2p")]
+                terms += [
+                    inc[:, PV.index("c1v")] + sd_s * inc[:, PV.index("c1s")],
+                    inc[:, PV.index("c2v")] + sd_s * inc[:, PV.index("c2s")],
+                ]
+            # series residuals: a log-scale shift of C2 per series, centred on the log C2 of
+            # the series' most loaded run (the run that pins it). Centred on the system's log
+            # c2v instead, the population's split of C2 into c2p, c2v, c2d moved every series
+            # level at once: 654 leapfrog steps per draw on the demo, 40 now
+            order = np.lexsort((batch, ser))
+            rep = order[np.r_[np.flatnonzero(np.diff(ser[order])), len(ser) - 1]]
+            c2_rep = terms[2] + cycles[rep] * (
+                terms[3] + (phi_v[rep] * terms[5] if moe_rows else 0.0)
+            )
+            anchor = pt.log(c2_rep)
+            ser_shift = self._shifts("series", len(design.series), anchor)
+            scale2 = pt.exp(ser_shift[:, 1])  # level 2 (level-1 series shifts are 0)
+            for i in (2, 3, 5)[: 3 if moe_rows else 2]:
+                terms[i] = scale2 * terms[i]
+            run_terms = pt.stack(terms, axis=1)[ser]  # (run, 4 or 6)
+            if moe_rows:
+                c1 = run_terms[:, 0] + cycles * (run_terms[:, 1] + phi_v * run_terms[:, 4])
+                c2 = run_terms[:, 2] + cycles * (run_terms[:, 3] + phi_v * run_terms[:, 5])
+            else:
+                c1 = run_terms[:, 0] + cycles * run_terms[:, 1]
+                c2 = run_terms[:, 2] + cycles * run_terms[:, 3]
             open_lat = latency.open_loop_latency_smooth(c1, c2, rate_d)
             closed_lat = latency.closed_loop_latency(c1, c2, conc_d)
             mu = pt.log(pt.switch(open_d > 0.5, open_lat, closed_lat))
@@ -616,6 +667,25 @@ class LatencyModel:
                 self._step_likelihood(step_rows, intercept, size_slope, length_slope, gpu_effect)
         self.model = model
         return model
+
+    def _moe_excess(self, slope, cov):
+        """``moe_excess``: hierarchically centred with the residuals (a Normal prior) on
+        the log increment ``ρ`` of the MoE targets' mean log(N / N_active): the data pin ρ,
+        and with ``moe_excess`` free, it traded off against the size slopes along a ridge
+        (``size_slope[c1v]`` at bulk ESS 10 of 1,200 draws on the demo)."""
+        prior = self.priors["moe_excess"]
+        if not self.centred or prior.distribution != "Normal":
+            return prior.create_variable("moe_excess")
+        moe = cov["experts"] > 1
+        grow = pt.expm1(slope * np.mean(cov["log_total_over_active"][moe]))
+        anchor = 0.5 * pt.log(grow**2 + 1e-4)  # log |e^(s log r) − 1|, finite at s = 0
+        level = pm.Normal(
+            "moe_level",
+            mu=prior.parameters["mu"] + anchor,
+            sigma=prior.parameters["sigma"],
+            dims=prior.dims,
+        )
+        return pm.Deterministic("moe_excess", level - anchor, dims=prior.dims)
 
     def _step_likelihood(self, sr, intercept, size_slope, length_slope, gpu_effect) -> None:
         """Forward-pass timings of the sweep's dense targets on its GPUs (docs/model.md, "Step

@@ -8,8 +8,12 @@ the model doing the work and a 1,024-token length.
   so about 1 ms per B parameters; the multi-token verification premium ``c1s`` is the jump from
   a one-token to a two-token pass, 1.3 ms for that model — with a standard deviation of 1.5 (a
   factor of 4.5 either way): weakly informative, physically anchored.
-* ``size_slope``: weight reads and compute grow about linearly with parameters; Normal(0.8, 0.3)
-  allows the sub-linear scaling of small, launch-bound models.
+* ``size_slope``: weight reads and compute grow about linearly with parameters, and never
+  shrink with them: LogNormal(log 0.8, 0.5), median 0.8, 95% within 0.3–2.1, which allows the
+  sub-linear scaling of small, launch-bound models. (Until 2026-11-23 a Normal(0.8, 0.3): its
+  negative tail held a non-physical local mode of the demo posterior — ``size_slope[c2v]``
+  ≈ −0.1, a negative MoE increment, log density ~100 below the main mode — that caught 4
+  of 14 nutpie chains in short runs; 0 of 16 with the positive prior.)
 * ``length_slope``: prefill grows with the prompt, per-token verification with the context;
   Normal(0.8, 0.5).
 * ``gpu_sd``: spread of the per-GPU effects on each coefficient, HalfNormal(0.3) — GPUs of one
@@ -61,7 +65,7 @@ def _defaults() -> dict[str, Prior]:
     ]
     return {
         "intercept": Prior("Normal", mu=np.array(centre), sigma=1.5, dims="coef"),
-        "size_slope": Prior("Normal", mu=0.8, sigma=0.3, dims="slope_coef"),
+        "size_slope": Prior("LogNormal", mu=float(np.log(0.8)), sigma=0.5, dims="slope_coef"),
         "length_slope": Prior("Normal", mu=0.8, sigma=0.5, dims="length_coef"),
         "gpu_sd": Prior("HalfNormal", sigma=0.3, dims="coef"),
         "system_sd": Prior("HalfNormal", sigma=0.3, dims="level"),

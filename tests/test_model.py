@@ -82,10 +82,11 @@ def test_structure_names_dims_and_finite_gradient(sweep):
         "level_draft",
         "level_series",
         "load_noise",
-        "moe_excess",
+        "moe_level",  # centred: moe_excess is its deterministic offset
         "sigma",
         "nu",
     } <= free
+    assert model.named_vars_to_dims["moe_excess"] == ("coef_pv",)
     assert list(model.coords["coef"]) == ["c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d"]
     assert len(model.coords["system"]) == 3 and len(model.coords["draft_system"]) == 3
     assert set(model.coords["gpu"]) == {"H100-SXM-80GB", "H200-SXM-141GB"}
@@ -183,8 +184,10 @@ def test_hierarchical_centring_is_a_reparametrisation(sweep):
     rng = np.random.default_rng(0)
     point = {k: v + rng.normal(0, 0.2, np.shape(v)) for k, v in centred.initial_point().items()}
     outs = ["shift_system", "shift_draft", "shift_series", "system_sd", "draft_sd", "series_sd"]
-    values = _evaluate(centred, outs, point)
-    mapped = {k: v for k, v in point.items() if not k.startswith("level_")}
+    values = _evaluate(centred, [*outs, "moe_excess"], point)
+    assert "moe_level" in point  # the sweep has an MoE target: moe_excess is centred too
+    mapped = {k: v for k, v in point.items() if not k.startswith(("level_", "moe_level"))}
+    mapped["moe_excess"] = values["moe_excess"]
     for group in ("system", "draft", "series"):
         mapped[f"shift_{group}_z"] = values[f"shift_{group}"] / values[f"{group}_sd"]
     names = ["c_system", "c_draft", "latency"]

@@ -55,8 +55,9 @@ def test_sbc_smoke_runs_real_fits_and_ranks_every_population_parameter():
     assert list(res.ranks.columns) == list(res.truth.columns)
     assert {"intercept[c1v]", "size_slope[c2v]", "sigma[simulated]", "nu"} <= set(res.ranks)
     assert res.ranks.to_numpy().min() >= 0 and res.ranks.to_numpy().max() <= 99
-    # the truths are prior draws: size slopes near their Normal(0.8, 0.3) prior, scales > 0
-    assert np.all(np.abs(res.truth.filter(like="size_slope").to_numpy() - 0.8) < 1.5)
+    # the truths are prior draws: size slopes positive, near their LogNormal(log 0.8, 0.5)
+    slopes = res.truth.filter(like="size_slope").to_numpy()
+    assert np.all(slopes > 0) and np.all(np.abs(np.log(slopes / 0.8)) < 2.5)
     assert np.all(res.truth["nu"] > 0)
     summary = res.summary()
     assert summary["p_uniform"].between(0, 1).all()
