@@ -207,6 +207,17 @@ def fit_for_prediction(sweep, args):
     return model
 
 
+def _finite(x):
+    """JSON has no Infinity or NaN: non-finite numbers (R-hat of stuck chains) become null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
         print("  " + "  ".join(f"{k}={v}" for k, v in r.items()))
@@ -248,7 +259,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every part: a long run keeps what it measured
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
 
     if not args.skip_backends:
         save()
