@@ -562,18 +562,15 @@ class LatencyModel:
             # configuration residuals: one log-scale shift per level (load-independent "1",
             # per request in flight "2") on the target's coefficients of each system and on the
             # drafter's of each draft system — what the data of one configuration identify.
-            # Centred on the verification (system) and drafting (draft system) laws
-            # (hierarchical centring, see _shifts)
+            # Centred on the system's target demand and on the drafting law (hierarchical
+            # centring, see _shifts and _system_anchor)
             sys_shift = self._shifts("system", len(st), _system_anchor(law_pv, rows, sys_idx))
             draft_shift = self._shifts("draft", max(len(dt), 1), law_d[:, 0])
             log_pv = law_pv + sys_shift[:, PV_LEVEL]
             c_pv = pm.Deterministic("c_system", pt.exp(log_pv), dims=("system", "coef_pv"))
             log_d = law_d + draft_shift
             c_d = pm.Deterministic("c_draft", pt.exp(log_d), dims=("draft_system", "coef_d"))
-            # series residuals: a log-scale shift of C2 per series, centred on their system's
-            # level-2 log level, log c2v: the series level is then the log c2v of its runs
-            # (centring on the system's *shift* left the direction "intercepts of c2p, c2v
-            # down, every series level up" in the posterior)
+            # MoE coverage increments (φ · c_u · ρ on the p and v coefficients of MoE targets)
             moe_rows = self.coverage and np.any(cov["experts"] > 1)
             if moe_rows:
                 moe_excess = self._moe_excess(size_slope[:NPV], cov)
