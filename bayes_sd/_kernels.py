@@ -166,13 +166,13 @@ def _predict(
         u = np.empty(8)
         s = np.empty(8)
         q = cfg[j]
+        kk = k[j]
+        d = dl[j]
+        premium = 1.0 if kk > 0 else 0.0
         for i in range(draws):
-            kk = k[j]
             e = e_known[j]
             if math.isnan(e):  # latent acceptance of the draft system
                 e = 1.0 + kk * acc[i, d_idx[j]]
-            d = dl[j]
-            premium = 1.0 if kk > 0 else 0.0
             cycles = d / e
             f = f_sd[i, q]
             g = f_base[i, q]

@@ -312,12 +312,9 @@ def _system_anchor(law_pv, rows: pd.DataFrame, sys_idx: np.ndarray):
     k = rows["k"].to_numpy(dtype=float)[rep]
     e = acceptance_of(rows)[rep]
     e = np.where(np.isnan(e), 1.0 + 0.7 * k, e)
-    cycles = rows["decode_len"].to_numpy(dtype=float)[rep] / e
-    sd = (k > 0).astype(float)
     c = pt.exp(law_pv)
-    at = {name: c[:, PV.index(name)] for name in PV}
-    level1 = at["c1p"] + cycles * (at["c1v"] + sd * at["c1s"])
-    level2 = at["c2p"] + cycles * (at["c2v"] + sd * at["c2s"])
+    target = latency.Coefficients(**{n: c[:, PV.index(n)] for n in PV}, c1d=0.0, c2d=0.0)
+    level1, level2 = latency.demand(target, k, e, rows["decode_len"].to_numpy(dtype=float)[rep])
     return pt.log(pt.stack([level1, level2], axis=1))
 
 
@@ -589,11 +586,15 @@ class LatencyModel:
             if moe_rows:  # coverage of verification at the run's measured batch
                 in_batch = pt.maximum(batch_d, 1.0)
                 phi_v = latency.expert_coverage(in_batch * (k_d + 1.0), 1.0, m_over[sys_idx])
+
             # demand (docs/model.md §2) per series, then per run: C1 = A1 + cycles (B1 + φ_v G1),
             # C2 = A2 + cycles (B2 + φ_v G2), cycles = D / e. Everything but cycles and the
             # coverage φ_v at the run's measured batch is shared by a series' runs, so the
             # runs gather one (series, 4–6) table: per-run gathers of the coefficients (and
             # their gradients, scatter-adds) were half of the gradient's time
+            def level(a, b, g, cyc, phi):  # A + cycles (B + φ G); no G without MoE targets
+                return a + cyc * (b if g is None else b + phi * g)
+
             ser = pd.Index(design.series).get_indexer(rows["series"])
             _, ser_first = np.unique(ser, return_index=True)  # a run of each series
             ser_sys, ser_dsys = sys_idx[ser_first], dsys[ser_first]
@@ -623,21 +624,17 @@ class LatencyModel:
             # level at once: 654 leapfrog steps per draw on the demo, 40 now
             order = np.lexsort((batch, ser))
             rep = order[np.r_[np.flatnonzero(np.diff(ser[order])), len(ser) - 1]]
-            c2_rep = terms[2] + cycles[rep] * (
-                terms[3] + (phi_v[rep] * terms[5] if moe_rows else 0.0)
-            )
-            anchor = pt.log(c2_rep)
+            g2, phi_rep = (terms[5], phi_v[rep]) if moe_rows else (None, None)
+            anchor = pt.log(level(terms[2], terms[3], g2, cycles[rep], phi_rep))
             ser_shift = self._shifts("series", len(design.series), anchor)
             scale2 = pt.exp(ser_shift[:, 1])  # level 2 (level-1 series shifts are 0)
             for i in (2, 3, 5)[: 3 if moe_rows else 2]:
                 terms[i] = scale2 * terms[i]
             run_terms = pt.stack(terms, axis=1)[ser]  # (run, 4 or 6)
-            if moe_rows:
-                c1 = run_terms[:, 0] + cycles * (run_terms[:, 1] + phi_v * run_terms[:, 4])
-                c2 = run_terms[:, 2] + cycles * (run_terms[:, 3] + phi_v * run_terms[:, 5])
-            else:
-                c1 = run_terms[:, 0] + cycles * run_terms[:, 1]
-                c2 = run_terms[:, 2] + cycles * run_terms[:, 3]
+            t = [run_terms[:, i] for i in range(len(terms))] + [None, None]
+            phi_run = phi_v if moe_rows else None
+            c1 = level(t[0], t[1], t[4], cycles, phi_run)
+            c2 = level(t[2], t[3], t[5], cycles, phi_run)
             open_lat = latency.open_loop_latency_smooth(c1, c2, rate_d)
             closed_lat = latency.closed_loop_latency(c1, c2, conc_d)
             mu = pt.log(pt.switch(open_d > 0.5, open_lat, closed_lat))
