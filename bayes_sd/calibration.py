@@ -216,6 +216,7 @@ def simulation_based_calibration(
         extra={
             "runs": len(lm.design.rows),
             "systems": len(lm.design.systems),
+            "centred": bool(lm.centred),  # what "auto" chose for this design
             "prior_draws": reps * oversample,
             "prior_draws_stable": int(stable.size),
         },
