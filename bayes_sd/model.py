@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,9 @@ def _label_systems(rows: pd.DataFrame) -> None:
         )
     ]
     for col in ("gpu_key", "system", "draft_system", "base_series", "series"):
-        rows[col] = uniq[col].to_numpy()[group]
+        # object dtype: converting 10^5 labels to Arrow strings took 0.13 s of a predict
+        labels = uniq[col].to_numpy(dtype=object)[group]
+        rows[col] = pd.Series(labels, index=rows.index, dtype=object)
 
 
 @dataclass
@@ -1226,24 +1229,34 @@ def _latency(
     return out
 
 
-def nan_quantiles(x: np.ndarray, qs) -> list[np.ndarray]:
+def nan_quantiles(x: np.ndarray, qs, chunk_bytes: int = 1 << 22) -> list[np.ndarray]:
     """Column-wise quantiles of ``x`` (draws, columns) ignoring NaN, as ``np.nanquantile``
     (linear interpolation) but vectorised: ``np.nanquantile`` loops over columns in Python
     (measured: 54 s of a 58 s predict of 20,000 rows). ``+inf`` draws are kept (saturated).
-    Sorting keeps the memory layout: on a view of (row, draw) memory it is 3x faster."""
-    s = np.sort(x, axis=0)  # NaN sort last
-    n = (~np.isnan(x)).sum(axis=0)
-    cols = np.arange(x.shape[1])
-    out = []
-    for q in qs:
-        pos = q * np.maximum(n - 1, 0)
-        i = np.floor(pos).astype(int)
-        j = np.minimum(i + 1, np.maximum(n - 1, 0))
-        frac = pos - i
-        a, b = s[i, cols], s[j, cols]
-        with np.errstate(invalid="ignore"):  # +inf draws: a + (inf - a) · 0 would be NaN
-            v = np.where((a == b) | (frac == 0), a, a + (b - a) * frac)
-        out.append(np.where(n > 0, v, np.nan))
+
+    Columns are sorted a block at a time in one reused buffer of ``chunk_bytes``: a sorted copy
+    of all of ``x`` (10^5 rows × 100 draws: 80 MB per variable) cost more in first-touch page
+    faults than in sorting."""
+    draws, n_cols = x.shape
+    width = max(1, chunk_bytes // (8 * max(draws, 1)))
+    buf = np.empty((min(width, n_cols), draws))
+    out = [np.empty(n_cols) for _ in qs]
+    for c0 in range(0, n_cols, width):
+        c1 = min(c0 + width, n_cols)
+        b = buf[: c1 - c0]
+        b[...] = x[:, c0:c1].T  # (columns, draws): the sort runs over contiguous memory
+        b.sort(axis=1)  # NaN sort last
+        n = (~np.isnan(b)).sum(axis=1)
+        cols = np.arange(c1 - c0)
+        for o, q in zip(out, qs, strict=True):
+            pos = q * np.maximum(n - 1, 0)
+            i = np.floor(pos).astype(int)
+            j = np.minimum(i + 1, np.maximum(n - 1, 0))
+            frac = pos - i
+            a, bb = b[cols, i], b[cols, j]
+            with np.errstate(invalid="ignore"):  # +inf draws: a + (inf - a) · 0 would be NaN
+                v = np.where((a == bb) | (frac == 0), a, a + (bb - a) * frac)
+            o[c0:c1] = np.where(n > 0, v, np.nan)
     return out
 
 
@@ -1271,8 +1284,12 @@ def _summarise(arrays: dict, rows: pd.DataFrame, interval: float) -> pd.DataFram
             "concurrency",
         ]
     ].copy()
-    for var in ("latency", "speedup", "saturation_rate"):
-        med, low, high = nan_quantiles(arrays[var], (0.5, lo, hi))
-        out[f"{var}_median"], out[f"{var}_lo"], out[f"{var}_hi"] = med, low, high
+    names = ("latency", "speedup", "saturation_rate")
+    # one variable per thread: NumPy's sort releases the GIL (2 cores: 0.29 s → 0.17 s on
+    # 10^5 rows × 100 draws)
+    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+        found = pool.map(lambda v: nan_quantiles(arrays[v], (0.5, lo, hi)), names)
+        for var, (med, low, high) in zip(names, found, strict=True):
+            out[f"{var}_median"], out[f"{var}_lo"], out[f"{var}_hi"] = med, low, high
     out["p_speedup_gt_1"] = np.mean(arrays["speedup"] > 1, axis=0)
     return out

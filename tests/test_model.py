@@ -431,8 +431,9 @@ def test_report_draws_the_moe_coverage_of_moe_targets(fitted, tmp_path):
     assert ys.min() > 0 and ys.max() <= 1 and np.all(np.diff(ys) >= 0)  # coverage grows
 
 
+@pytest.mark.parametrize("chunk_bytes", [1 << 22, 8 * 300 * 7])  # one block; blocks of 7
 @pytest.mark.parametrize("layout", ["C", "transposed"])
-def test_nan_quantiles_match_numpy_and_keep_saturated_draws(layout):
+def test_nan_quantiles_match_numpy_and_keep_saturated_draws(layout, chunk_bytes):
     from bayes_sd.model import nan_quantiles
 
     rng = np.random.default_rng(0)
@@ -444,7 +445,8 @@ def test_nan_quantiles_match_numpy_and_keep_saturated_draws(layout):
         warnings.simplefilter("ignore", RuntimeWarning)
         for q in (0.05, 0.5, 0.95):
             ref = np.nanquantile(x, q, axis=0)
-            np.testing.assert_allclose(nan_quantiles(x, [q])[0], ref, equal_nan=True)
+            got = nan_quantiles(x, [q], chunk_bytes=chunk_bytes)[0]
+            np.testing.assert_allclose(got, ref, equal_nan=True)
     x[:200, 1] = np.inf  # mostly saturated: the upper quantiles are +inf, not NaN
     assert nan_quantiles(x, [0.95])[0][1] == np.inf
     # a quantile that falls exactly on a finite draw next to +inf is that draw, not NaN
