@@ -254,6 +254,32 @@ def test_predict_agrees_with_the_model_graph(fitted, sweep):
     assert np.allclose(base["speedup_median"], 1.0)
 
 
+@pytest.mark.parametrize("rate", [0.004, 0.01, 0.05])
+def test_moe_solver_lands_on_the_light_load_root_at_once(rate, monkeypatch):
+    """Below one request in flight C1 and C2 are constant and the first step up from below is
+    the root: the solver must stop there (it used to bisect to it in 43 evaluations)."""
+    from bayes_sd import _kernels, latency
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba not installed")
+    # kernel order: c1p c2p c1v c2v c1s c2s c1d c2d; MoE coverage increments s (drafter: 0)
+    u = np.array([0.02, 0.001, 0.01, 0.0005, 0.002, 0.0001, 0.001, 0.00005])
+    s = np.array([0.01, 0.0005, 0.005, 0.0002, 0.001, 0.00005, 0.0, 0.0])
+    k, e, dl, plen, m, experts = 3.0, 2.5, 256.0, 512.0, 8.0, 64.0
+    evaluations = []
+    real = _kernels._excess_slope
+    monkeypatch.setattr(_kernels, "_excess_slope", lambda *a: evaluations.append(1) or real(*a))
+    lat = _kernels._moe_latency.py_func(
+        u, s, 1.0, k, e, dl, plen, np.log1p(-m / experts), rate, 0.0, True
+    )
+    names = ("c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d")
+    coefs = lambda x: latency.Coefficients(**dict(zip(names, x, strict=True)))  # noqa: E731
+    ref = latency.moe_open_loop_latency(coefs(u), coefs(s), k, e, dl, rate, experts, m, plen)
+    assert rate * lat < 1.0
+    np.testing.assert_allclose(lat, ref, rtol=1e-9)
+    assert len(evaluations) <= 3
+
+
 def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
     """predict's numba kernel gives the NumPy path's draws, dense and MoE targets (the MoE
     open-loop fixed point: safeguarded Newton there, bisection here): open and closed loop, stable
