@@ -11,7 +11,8 @@ Three parts, each printed as a table and written to the JSON file:
 1. **Backends** — the full sweep fitted with each NUTS backend in the same run: wall time
    (compile and sampling together, as a user waits for them), sampling time, min bulk ESS per
    second of wall time, max R-hat, divergences, tree depth. A backend that is not installed is
-   reported as such. ``--steps`` adds nutpie with the joint step-level likelihood.
+   reported as such (numpyro: ``pip install -e .[numpyro]``; its chains run on as many JAX
+   host devices as chains). ``--steps`` adds nutpie with the joint step-level likelihood.
 2. **Sparse data** — each (k, acceptance) series keeps 3 of its rates for training (lowest,
    middle, highest); the other rates are held out. Model (default backend) against the
    curve-fit baseline (``bayes_sd.baseline``, the published procedure) on the same training
@@ -241,6 +242,9 @@ def main() -> None:
     )
     parser.add_argument("--out", default="benchmarks/results/model.json")
     args = parser.parse_args()
+    # numpyro runs chains in parallel only on as many JAX devices as chains (otherwise one
+    # after another); on a CPU that means host devices, set before JAX starts
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.chains}")
     sweep = bayes_sd.load_example(args.data)
     result = {
         "data": args.data,
