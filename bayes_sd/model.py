@@ -634,10 +634,10 @@ class LatencyModel:
             for i in (2, 3, 5)[: 3 if moe_rows else 2]:
                 terms[i] = scale2 * terms[i]
             run_terms = pt.stack(terms, axis=1)[ser]  # (run, 4 or 6)
-            t = [run_terms[:, i] for i in range(len(terms))] + [None, None]
-            phi_run = phi_v if moe_rows else None
-            c1 = level(t[0], t[1], t[4], cycles, phi_run)
-            c2 = level(t[2], t[3], t[5], cycles, phi_run)
+            t = [run_terms[:, i] for i in range(len(terms))]
+            g1, g2, phi_run = (t[4], t[5], phi_v) if moe_rows else (None, None, None)
+            c1 = level(t[0], t[1], g1, cycles, phi_run)
+            c2 = level(t[2], t[3], g2, cycles, phi_run)
             open_lat = latency.open_loop_latency_smooth(c1, c2, rate_d)
             closed_lat = latency.closed_loop_latency(c1, c2, conc_d)
             mu = pt.log(pt.switch(open_d > 0.5, open_lat, closed_lat))
