@@ -160,7 +160,7 @@ def _predict(
     ``moe``, ``log_q``: per configuration, MoE flag and log(1 − m/M); per row: ``cfg``, ``k``,
     ``e_known`` (tokens per cycle, NaN when latent), ``d_idx`` (column of ``acc``, the latent
     acceptance rate per draw and draft system), decode and prefill length, ``rate`` /
-    ``conc``, ``is_open``. ``out``: (4, rows, draws) for latency, speedup, C1 and C2 (MoE:
+    ``conc``, ``is_open``. Returns (4, rows, draws) for latency, speedup, C1 and C2 (MoE:
     with every expert read, as for the saturation rate) with ``with_demand``, else (3, rows,
     draws) for latency, speedup and the saturation rate 1 / C2 (a quarter less memory). Rows
     go in parallel, each row's draws are contiguous: quantiles over draws then read
