@@ -149,9 +149,32 @@ def _moe_latency(u, s, f, k, e, dl, plen, log_q, rate, conc, is_open):
     return x
 
 
+def _baselines(coef, incr, f_base, cfg, log_q, dl, plen, rate, conc, is_open, base_rep):
+    """Baseline (k = 0) latency draws (baselines, draws) of MoE rows, one per distinct
+    baseline: ``base_rep`` is a representative row of each. A planning grid of draft lengths
+    at each rate shares one baseline per rate; each baseline is one fixed-point solve per
+    draw, solved once here instead of once per SD row (docs/model.md, Benchmark)."""
+    draws = f_base.shape[0]
+    nb = base_rep.shape[0]
+    out = np.empty((nb, draws))
+    for b in prange(nb):
+        u = np.empty(8)
+        s = np.empty(8)
+        j = base_rep[b]
+        q = cfg[j]
+        for i in range(draws):
+            for c in range(8):
+                u[c] = coef[c, i, q]
+                s[c] = incr[c, i, q]
+            out[b, i] = _moe_latency(
+                u, s, f_base[i, q], 0.0, 1.0, dl[j], plen[j], log_q[q], rate[j], conc[j], is_open[j]
+            )
+    return out
+
+
 def _predict(
     coef, incr, f_sd, f_base, cfg, moe, log_q, k, e_known, acc, d_idx, dl, plen, rate, conc,
-    is_open, with_demand,
+    is_open, base_lat, base_of, with_demand,
 ):  # fmt: skip
     """``coef``: (8, draws, configs) coefficients in ``COEFS`` order (c1p c2p c1v c2v c1s c2s
     c1d c2d) before the series shifts; ``incr``: (8, draws, configs) MoE coverage increments
@@ -160,11 +183,13 @@ def _predict(
     ``moe``, ``log_q``: per configuration, MoE flag and log(1 − m/M); per row: ``cfg``, ``k``,
     ``e_known`` (tokens per cycle, NaN when latent), ``d_idx`` (column of ``acc``, the latent
     acceptance rate per draw and draft system), decode and prefill length, ``rate`` /
-    ``conc``, ``is_open``. Returns (4, rows, draws) for latency, speedup, C1 and C2 (MoE:
-    with every expert read, as for the saturation rate) with ``with_demand``, else (3, rows,
-    draws) for latency, speedup and the saturation rate 1 / C2 (a quarter less memory). Rows
-    go in parallel, each row's draws are contiguous: quantiles over draws then read
-    contiguous memory.
+    ``conc``, ``is_open``; ``base_lat``: the MoE rows' baseline latency draws
+    (:func:`_baselines`), ``base_of``: each MoE row's baseline in it (−1: solved in the
+    row's pass, for rows whose baseline no other row shares). Returns (4, rows, draws)
+    for latency, speedup, C1 and C2 (MoE: with every expert read, as for the saturation rate)
+    with ``with_demand``, else (3, rows, draws) for latency, speedup and the saturation rate
+    1 / C2 (a quarter less memory). Rows go in parallel, each row's draws are contiguous:
+    quantiles over draws then read contiguous memory.
 
     The output is allocated here, not by NumPy: NumPy asks the OS to back large arrays with
     huge pages (``madvise``), and where the OS then compacts memory on the first write
@@ -192,15 +217,19 @@ def _predict(
                 for c in range(8):
                     u[c] = coef[c, i, q]
                     s[c] = incr[c, i, q]
-                lat = _moe_latency(
-                    u, s, f, kk, e, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
-                )
-                if kk == 0.0 and g == f:  # a baseline row: its own baseline
-                    base = lat
+                own = kk == 0.0 and g == f and e == 1.0  # a baseline row: its own baseline
+                if base_of[j] >= 0:  # a baseline shared with other rows, solved already
+                    base = base_lat[base_of[j], i]
+                    lat = base if own else _moe_latency(
+                        u, s, f, kk, e, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
+                    )  # fmt: skip
                 else:
-                    base = _moe_latency(
-                        u, s, g, 0.0, 1.0, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
+                    lat = _moe_latency(
+                        u, s, f, kk, e, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
                     )
+                    base = lat if own else _moe_latency(
+                        u, s, g, 0.0, 1.0, d, plen[j], log_q[q], rate[j], conc[j], is_open[j]
+                    )  # fmt: skip
                 c1 = u[0] + s[0] + cycles * (u[2] + s[2] + premium * (u[4] + s[4]) + kk * u[6])
                 c2 = f * (
                     u[1] + s[1] + cycles * (u[3] + s[3] + premium * (u[5] + s[5]) + kk * u[7])
@@ -239,37 +268,57 @@ if AVAILABLE:
         _jit = dict(cache=True, nogil=True)
         _excess_slope = numba.njit(**_jit)(_excess_slope)
         _moe_latency = numba.njit(**_jit)(_moe_latency)
+        _baselines_jit = numba.njit(parallel=True, **_jit)(_baselines)
         _predict_jit = numba.njit(parallel=True, **_jit)(_predict)
 else:  # pragma: no cover
-    _predict_jit = None
+    _baselines_jit = _predict_jit = None
 
 
-def predict(coef, incr, f_sd, f_base, cfg, moe, log_q, rows: dict, acc, with_demand=True):
+def predict(coef, incr, f_sd, f_base, cfg, moe, log_q, rows: dict, acc, base_of, with_demand=True):
     """Latency, speedup, and C1 and C2 (``with_demand``) or the saturation rate: an array
     (4 or 3, rows, draws) (see :func:`_predict`).
 
     ``rows``: ``k``, ``e_known``, ``d_idx``, ``decode_len``, ``prefill_len``, ``rate``,
-    ``conc`` (NaN where not given), ``is_open``."""
+    ``conc`` (NaN where not given), ``is_open``. ``base_of``: per row, its baseline among the
+    distinct baselines of MoE rows (rows of one baseline have the same baseline series, target
+    sizes and load), −1 for dense rows."""
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
-    args = (
+    i64 = lambda x: np.ascontiguousarray(x, dtype=np.int64)  # noqa: E731
+    base_of = i64(base_of)
+    uniq, rep, count = np.unique(base_of, return_index=True, return_counts=True)
+    keep = uniq >= 0
+    if not np.array_equal(uniq[keep], np.arange(keep.sum())):
+        raise ValueError("base_of must number the baselines 0, 1, ... (-1: dense rows)")
+    # a baseline of one row is solved in that row's pass (as often as in a pass of its own,
+    # without the array): only baselines of several rows are solved ahead and shared
+    shared = keep & (count > 1)
+    number = np.full(len(uniq), -1, dtype=np.int64)
+    number[shared] = np.arange(shared.sum())
+    base_of = np.where(base_of >= 0, number[np.searchsorted(uniq, base_of)], -1)
+    rep = i64(rep[shared])  # a representative row of each shared baseline
+    common = (
         f64(coef),
         f64(incr),
         f64(f_sd),
         f64(f_base),
-        np.ascontiguousarray(cfg, dtype=np.int64),
+        i64(cfg),
         np.ascontiguousarray(moe, dtype=np.bool_),
         f64(log_q),
+    )
+    per_row = (
         f64(rows["k"]),
         f64(rows["e_known"]),
         f64(acc),
-        np.ascontiguousarray(rows["d_idx"], dtype=np.int64),
+        i64(rows["d_idx"]),
         f64(rows["decode_len"]),
         f64(rows["prefill_len"]),
         f64(np.nan_to_num(rows["rate"])),
         f64(np.nan_to_num(rows["conc"])),
         np.ascontiguousarray(rows["is_open"], dtype=np.bool_),
-        bool(with_demand),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's cache notices
-        return _predict_jit(*args)
+        base_lat = _baselines_jit(
+            common[0], common[1], common[3], common[4], common[6], *per_row[4:], rep
+        )
+        return _predict_jit(*common, *per_row, base_lat, base_of, bool(with_demand))

@@ -343,6 +343,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             "tune": args.tune,
             "chains": args.chains,
             "nuts_sampler": args.sampler,
+            "adaptation": args.adaptation,
             "progressbar": not args.quiet,
         }
     )
@@ -556,6 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--tune", type=int, default=1000)
     fit.add_argument("--chains", type=int, default=4)
     fit.add_argument("--sampler", choices=["nutpie", "pymc", "numpyro"], default="nutpie")
+    fit.add_argument(
+        "--adaptation",
+        choices=["auto", "draw_diag", "diag", "low_rank"],
+        default="auto",
+        help="nutpie's mass-matrix adaptation (default: %(default)s — draw_diag for centred "
+        "residuals, diag for non-centred, by measurement)",
+    )
     fit.add_argument("--seed", type=int, default=None)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=cmd_fit)

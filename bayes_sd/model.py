@@ -73,9 +73,19 @@ DEFAULT_SAMPLER = {
     "chains": 4,
     "target_accept": 0.9,
     "nuts_sampler": "nutpie",
+    "adaptation": "auto",
     "progressbar": True,
 }
 SAMPLERS = ("nutpie", "pymc", "numpyro")
+# nutpie's mass-matrix adaptation; the key applies to nutpie only (PyMC's and numpyro's NUTS
+# always adapt from draw variances). "auto" (the default) follows the residuals' form, by
+# measurement (docs/model.md, Benchmark): hierarchically centred (large, dense sweeps) get
+# "draw_diag" (draw variances, as Stan and PyMC): on the demo, 4 x 1,000 draws, R-hat 1.005 and
+# min bulk ESS 1,381 against 1.030 and 236 for nutpie's own "diag" (draw and gradient
+# variances), 3.3x the ESS per second. Non-centred (sparse or small sweeps) get "diag": on the
+# demo's sparse split, 4 x 500 draws, "draw_diag" left R-hat 1.54 and ESS 7 where "diag" reached
+# 1.027 and 166; SBC and the recovery tests were measured with "diag".
+ADAPTATIONS = ("auto", "draw_diag", "diag", "low_rank")
 # "auto" centring: hierarchically centred residuals for sweeps of many configurations each
 # measured at several rates; non-centred otherwise. Measured: the demo (48 systems, 7.6 runs
 # per series) mixes far better centred (min bulk ESS 124 vs 7 at 2 x 300 draws); centred, the
@@ -349,7 +359,11 @@ class LatencyModel:
         residual shifts (for sparse or noisy sweeps; see the Validation page).
     sampler_config
         ``draws``, ``tune``, ``chains``, ``target_accept``, ``nuts_sampler`` (``"nutpie"``
-        — the default, fastest by measurement —, ``"pymc"`` or ``"numpyro"``), ``progressbar``.
+        — the default, fastest by measurement —, ``"pymc"`` or ``"numpyro"``),
+        ``adaptation`` (nutpie's mass matrix: ``"auto"``, the default — ``"draw_diag"`` for
+        hierarchically centred residuals, ``"diag"`` for non-centred, as measured —,
+        ``"draw_diag"``, ``"diag"`` or ``"low_rank"``; PyMC's and numpyro's NUTS always adapt
+        from draw variances), ``progressbar``.
 
     Examples
     --------
@@ -394,6 +408,11 @@ class LatencyModel:
         self.sampler_config = {**DEFAULT_SAMPLER, **sampler_config}
         if self.sampler_config["nuts_sampler"] not in SAMPLERS:
             raise ValueError(f"nuts_sampler must be one of {', '.join(SAMPLERS)}")
+        if self.sampler_config["adaptation"] not in ADAPTATIONS:
+            raise ValueError(
+                f"sampler_config adaptation must be one of {', '.join(ADAPTATIONS)} "
+                f"(nutpie's mass-matrix adaptation), not {self.sampler_config['adaptation']!r}"
+            )
         self.model: pm.Model | None = None
         self.design: Design | None = None
         self.idata = None
@@ -741,10 +760,12 @@ class LatencyModel:
         # PyMC's and numpyro's NUTS start from the initial point without jitter: measured on
         # the demo (2026-11-23), jittered starts left every PyMC chain divergent at tree depth
         # 1 (step size collapsed) and 3 of 4 numpyro chains stuck; unjittered, PyMC's chains
-        # sampled without divergences. nutpie keeps its own (jittered) initialisation.
+        # sampled without divergences. nutpie keeps its own (jittered) initialisation and
+        # adapts its mass matrix as configured (ADAPTATIONS).
         start = {
             "pymc": {"init": "adapt_diag"},
             "numpyro": {"nuts": {"jitter": False}},
+            "nutpie": {"nuts": {"adaptation": self._adaptation(cfg["adaptation"])}},
         }.get(cfg["nuts_sampler"], {})
         with model:
             idata = pm.sample(
@@ -760,10 +781,19 @@ class LatencyModel:
                 **start,
             )
         self.idata = idata
-        self.diagnostics = self._diagnose(idata, cfg["nuts_sampler"])
+        backend = cfg["nuts_sampler"]
+        if backend == "nutpie":
+            backend += ":" + self._adaptation(cfg["adaptation"])
+        self.diagnostics = self._diagnose(idata, backend)
         return idata
 
-    def _diagnose(self, idata, backend: str = "nutpie") -> dict[str, Any]:
+    def _adaptation(self, adaptation: str) -> str:
+        """nutpie's mass-matrix adaptation; "auto" by the residuals' form (see ADAPTATIONS)."""
+        if adaptation != "auto":
+            return adaptation
+        return "draw_diag" if self.centred else "diag"
+
+    def _diagnose(self, idata, backend: str = "nutpie:diag") -> dict[str, Any]:
         out = convergence_summary(idata, POPULATION_PARAMS)
         out["runs_fitted"] = len(self.design.rows)
         out["runs_left_out_saturated"] = self.design.n_saturated
@@ -773,10 +803,13 @@ class LatencyModel:
             f"{other} form (model_config={{'centred': {not self.centred}}}) may mix better "
             "for this design."
         )
-        if backend == "nutpie":  # measured on the demo sweep, docs/model.md (Benchmark)
+        if backend.startswith("nutpie:"):  # measured, docs/model.md (Benchmark)
+            other = "diag" if backend == "nutpie:draw_diag" else "draw_diag"
             advice += (
-                " PyMC's NUTS (sampler_config nuts_sampler='pymc') mixed better on the "
-                "simulated demo sweep, at twice nutpie's wall time."
+                f" nutpie's other mass-matrix adaptation (sampler_config adaptation={other!r}) "
+                "may mix better: on the simulated demo sweep 'draw_diag' had 3x the ESS per "
+                "second of 'diag' (centred), on its sparse split 'diag' mixed, 'draw_diag' not "
+                "(non-centred)."
             )
         warn_if_unreliable(out, stacklevel=4, advice=advice)
         return out
@@ -860,8 +893,9 @@ class LatencyModel:
         acc = flat.get("acceptance", np.zeros((draws, 1)))
         if _kernels.AVAILABLE:  # one fused pass (bayes_sd._kernels), (plane, row, draw)
             out = _kernels.predict(
-                coef, incr, f_sd, f_base, group, moe, log_q, per_row, acc, with_demand=noise
-            )
+                coef, incr, f_sd, f_base, group, moe, log_q, per_row, acc,
+                _moe_baselines(rows, moe[group]), with_demand=noise,
+            )  # fmt: skip
             planes = [plane.T for plane in out]  # (draw, row) views
         else:  # the NumPy algebra, in chunks of ~500,000 row-draws
             out = np.empty((4, draws, len(rows)))
@@ -1158,6 +1192,19 @@ class Prediction:
 
     draws: xr.Dataset
     summary: pd.DataFrame
+
+
+def _moe_baselines(rows: pd.DataFrame, moe_row: np.ndarray) -> np.ndarray:
+    """Per row, its baseline among the distinct baselines of MoE rows (0, 1, ...; −1 for dense
+    rows): rows of one baseline series (system and k = 0), target sizes and load have the
+    same baseline draws, solved once (``_kernels._baselines``)."""
+    base_of = np.full(len(rows), -1, dtype=np.int64)
+    if moe_row.any():
+        sizes = ["target_params", "target_active_params", "target_experts"]
+        keys = ["base_series", *sizes, "target_experts_per_token", "request_rate", "concurrency"]
+        sub = rows.loc[moe_row, keys]
+        base_of[moe_row] = sub.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    return base_of
 
 
 def _numpy_predict(coef, incr, f_sd, f_base, cfg, moe_cfg, cov, rows, acc):

@@ -3,7 +3,8 @@
 Run (on 2 cores the defaults take about 15–25 minutes)::
 
     .venv/bin/python benchmarks/bench_model.py [--data demo] [--draws 1000 --tune 1000 --chains 4]
-        [--backends nutpie,pymc,numpyro] [--skip-backends] [--skip-accuracy]
+        [--backends nutpie,nutpie:diag,pymc,numpyro] [--target-accept 0.9] [--skip-backends]
+        [--skip-accuracy]
         [--out benchmarks/results/model.json]
 
 Three parts, each printed as a table and written to the JSON file:
@@ -48,15 +49,21 @@ def _inputs(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def fit(sweep, backend, args, seed=1, steps=None):
-    model = LatencyModel(
-        sampler_config={
-            "draws": args.draws,
-            "tune": args.tune,
-            "chains": args.chains,
-            "nuts_sampler": backend,
-            "progressbar": False,
-        }
-    )
+    """``backend`` is a sampler name, for nutpie optionally with its mass-matrix adaptation
+    (``nutpie:diag``; plain ``nutpie`` is the package default)."""
+    sampler, _, adaptation = backend.partition(":")
+    config = {
+        "draws": args.draws,
+        "tune": args.tune,
+        "chains": args.chains,
+        "nuts_sampler": sampler,
+        "progressbar": False,
+    }
+    if args.target_accept is not None:
+        config["target_accept"] = args.target_accept
+    if adaptation:
+        config["adaptation"] = adaptation
+    model = LatencyModel(sampler_config=config)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -191,7 +198,23 @@ def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
             used = pred.draws.sizes["chain"] * pred.draws.sizes["draw"]  # <= max_draws
             out.append({"rows": kind, "path": path, "n_rows": n, "max_draws": draws,
                         "draws_used": used, "wall_s": round(wall, 2),
-                        "row_draws_per_s": round(n * used / wall)})  # fmt: skip
+                        "row_draws_per_s": round(n * used / wall),
+                        "distinct_baselines": _distinct_baselines(model, sample)})  # fmt: skip
+            print_rows(out[-1:])
+        if kind == "moe":
+            # the worst case for the shared baseline solves: every row at its own rate
+            sample = _inputs(part.sample(100_000, replace=True, random_state=0))
+            sample = sample.reset_index(drop=True)
+            sample["request_rate"] *= 1.0 + 1e-6 * np.arange(len(sample))
+            t0 = time.perf_counter()
+            pred = model.predict(sample, random_seed=0, max_draws=100)
+            wall = time.perf_counter() - t0
+            used = pred.draws.sizes["chain"] * pred.draws.sizes["draw"]
+            n = len(sample)
+            out.append({"rows": kind + ", every row its own rate", "path": "numba",
+                        "n_rows": n, "max_draws": 100, "draws_used": used,
+                        "wall_s": round(wall, 2), "row_draws_per_s": round(n * used / wall),
+                        "distinct_baselines": _distinct_baselines(model, sample)})  # fmt: skip
             print_rows(out[-1:])
         same = [r for r in out if r["rows"] == kind and r["n_rows"] == 10_000
                 and r["max_draws"] == 100]  # fmt: skip
@@ -199,6 +222,14 @@ def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
         print(f"  {kind}: numpy / numba wall at 10^4 rows x 100 draws = "
               f"{numpy['wall_s'] / fused['wall_s']:.1f}x")  # fmt: skip
     return out
+
+
+def _distinct_baselines(model, sample) -> int:
+    """How many distinct baseline (k = 0) solves the MoE rows of ``sample`` need per draw."""
+    from bayes_sd.model import _moe_baselines
+
+    rows = model._prediction_rows(sample)
+    return int(_moe_baselines(rows, (rows["target_experts"] > 1).to_numpy()).max() + 1)
 
 
 def fit_for_prediction(sweep, args):
@@ -230,7 +261,14 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--backends", default="nutpie,pymc,numpyro")
+    parser.add_argument(
+        "--backends",
+        default="nutpie,pymc,numpyro",
+        help="samplers to compare; nutpie:diag etc. sets nutpie's mass-matrix adaptation",
+    )
+    parser.add_argument(
+        "--target-accept", type=float, default=None, help="default: the package's (0.9)"
+    )
     parser.add_argument("--skip-backends", action="store_true")
     parser.add_argument(
         "--steps", action="store_true", help="also fit nutpie with the joint step-level likelihood"
@@ -252,6 +290,7 @@ def main() -> None:
         "draws": args.draws,
         "tune": args.tune,
         "chains": args.chains,
+        "target_accept": args.target_accept or LatencyModel().sampler_config["target_accept"],
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "bayes_sd": bayes_sd.__version__,

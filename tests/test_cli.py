@@ -169,3 +169,27 @@ def test_latex_tables_escape_special_characters():
 
     tex = _booktabs(pd.DataFrame({"a_b": ["x&y", "50%"]}), caption="c_1", label="tab:t")
     assert r"a\_b" in tex and r"x\&y" in tex and r"50\%" in tex and r"\caption{c\_1}" in tex
+
+
+def test_fit_passes_the_sampler_options(tmp_path, monkeypatch):
+    """``bayes-sd fit --sampler/--adaptation`` reach the model's sampler configuration (the
+    fit itself is stopped: main reports the exception as one line)."""
+    from bayes_sd.model import LatencyModel
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fit(self, sweep, **kwargs):
+        seen.update(self.sampler_config)
+        raise Stop
+
+    monkeypatch.setattr(LatencyModel, "fit", fit)
+    args = ["fit", "--example", "vllm-blog-2024", "--out", str(tmp_path / "m.nc"), "--quiet"]
+    assert main([*args, "--adaptation", "diag", "--draws", "50"]) != EXIT_OK  # stopped
+    assert seen["adaptation"] == "diag" and seen["draws"] == 50
+    assert main(args) != EXIT_OK
+    assert seen["adaptation"] == "auto" and seen["nuts_sampler"] == "nutpie"
+    with pytest.raises(SystemExit):
+        main([*args, "--adaptation", "full"])

@@ -135,6 +135,43 @@ def test_config_validation():
     assert fewer.config_hash != LatencyModel().config_hash
 
 
+@pytest.mark.parametrize(
+    ("backend", "config", "centred", "expected"),
+    [
+        ("nutpie", {}, "auto", {"nuts": {"adaptation": "diag"}}),  # small sweep: non-centred
+        ("nutpie", {}, True, {"nuts": {"adaptation": "draw_diag"}}),
+        ("nutpie", {"adaptation": "draw_diag"}, False, {"nuts": {"adaptation": "draw_diag"}}),
+        ("pymc", {}, "auto", {"init": "adapt_diag"}),
+        ("numpyro", {}, "auto", {"nuts": {"jitter": False}}),
+    ],
+)
+def test_each_backend_gets_its_measured_start_and_adaptation(
+    sweep, monkeypatch, backend, config, centred, expected
+):
+    """nutpie adapts its mass matrix from draw variances for centred residuals and from draw
+    and gradient variances for non-centred ones unless told otherwise; PyMC's and numpyro's
+    NUTS start unjittered (docs/model.md, Benchmark: the other settings mixed 3x worse per
+    second, did not converge, or left every chain divergent)."""
+    seen = {}
+
+    def sample(**kwargs):
+        seen.update(kwargs)
+        stats = {"diverging": lambda size: np.zeros(size, dtype=bool)}
+        return mock_sample(sample_stats=stats, **kwargs)
+
+    monkeypatch.setattr(pm, "sample", sample)
+    model = LatencyModel(
+        model_config={"centred": centred},
+        sampler_config={"draws": 5, "nuts_sampler": backend, **config},
+    )
+    with pytest.warns(ConvergenceWarning):
+        model.fit(sweep, random_seed=1)
+    assert seen["nuts_sampler"] == backend
+    assert {k: seen[k] for k in expected} == expected
+    with pytest.raises(ValueError, match=r"adaptation must be one of auto, draw_diag, diag"):
+        LatencyModel(sampler_config={"adaptation": "full"})
+
+
 def test_residual_groups_can_be_switched_off(sweep):
     config = {"residuals": ["system"], "centred": True}
     model = LatencyModel(model_config=config).build_model(sweep)
@@ -309,6 +346,45 @@ def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
     lat = fused["latency"].values
     assert np.isinf(lat).any()  # the saturated rows were exercised
     assert np.isfinite(lat[..., (table["target_experts"] > 1).to_numpy()]).sum() > 100
+
+
+def test_moe_rows_share_their_baseline_solves(fitted, monkeypatch):
+    """A planning grid of draft lengths at each rate solves each MoE baseline once per draw
+    (not once per SD row): the same draws as the NumPy path, which solves every row's own;
+    rows of the same target with other sizes, or at another rate, get their own baseline, and
+    a row whose baseline no other row shares solves it in its own pass."""
+    from bayes_sd import _kernels
+    from bayes_sd.model import _moe_baselines
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    rows = fitted.design.rows
+    sd_row = rows[(rows["target_experts"] > 1) & (rows["k"] > 0)].iloc[0]
+    grid = pd.DataFrame(
+        [
+            {**sd_row.to_dict(), "k": float(k), "request_rate": rate}
+            for rate in (0.05, 0.2, 0.5)
+            for k in (0, 1, 2, 4)
+        ]
+    )
+    grid.loc[grid["k"] == 0, ["drafter", "acceptance_length", "alpha"]] = [None, np.nan, np.nan]
+    grid = grid.drop(columns=["latency_mean_s"])
+    other = grid.copy()
+    other["target_active_params"] = other["target_active_params"] * 1.5  # other sizes
+    lone = grid.iloc[[2]].assign(request_rate=0.33)  # a baseline no other row shares
+    table = pd.concat([grid, other, lone], ignore_index=True)
+    base_of = _moe_baselines(fitted._prediction_rows(table), np.ones(len(table), dtype=bool))
+    assert len(np.unique(base_of)) == 7  # 3 rates x 2 sizes + 1, not one per row
+    assert len(np.unique(base_of[:12])) == 3 and not set(base_of[:12]) & set(base_of[12:])
+    fused = fitted.predict(table, random_seed=5).draws
+    monkeypatch.setattr(_kernels, "AVAILABLE", False)
+    numpy = fitted.predict(table, random_seed=5).draws
+    for var in ("latency", "speedup", "saturation_rate"):
+        np.testing.assert_allclose(fused[var].values, numpy[var].values, rtol=1e-9)
+    speedup = fused["speedup"].values
+    assert np.isfinite(speedup).sum() > 100
+    base = table["k"].to_numpy() == 0
+    np.testing.assert_allclose(speedup[..., base][np.isfinite(speedup[..., base])], 1.0)
 
 
 def test_noise_adds_measurement_scatter_to_the_mean(fitted):
