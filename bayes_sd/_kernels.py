@@ -279,22 +279,19 @@ def predict(coef, incr, f_sd, f_base, cfg, moe, log_q, rows: dict, acc, base_of,
     (4 or 3, rows, draws) (see :func:`_predict`).
 
     ``rows``: ``k``, ``e_known``, ``d_idx``, ``decode_len``, ``prefill_len``, ``rate``,
-    ``conc`` (NaN where not given), ``is_open``. ``base_of``: per row, its baseline among the
-    distinct baselines of MoE rows (rows of one baseline have the same baseline series, target
-    sizes and load), −1 for dense rows."""
+    ``conc`` (NaN where not given), ``is_open``. ``base_of``: per row, an id of its baseline
+    (MoE rows with the same id have the same baseline series, target sizes and load), −1 for
+    dense rows."""
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     i64 = lambda x: np.ascontiguousarray(x, dtype=np.int64)  # noqa: E731
-    base_of = i64(base_of)
-    uniq, rep, count = np.unique(base_of, return_index=True, return_counts=True)
-    keep = uniq >= 0
-    if not np.array_equal(uniq[keep], np.arange(keep.sum())):
-        raise ValueError("base_of must number the baselines 0, 1, ... (-1: dense rows)")
+    ids, rep, inverse, count = np.unique(
+        base_of, return_index=True, return_inverse=True, return_counts=True
+    )
     # a baseline of one row is solved in that row's pass (as often as in a pass of its own,
     # without the array): only baselines of several rows are solved ahead and shared
-    shared = keep & (count > 1)
-    number = np.full(len(uniq), -1, dtype=np.int64)
-    number[shared] = np.arange(shared.sum())
-    base_of = np.where(base_of >= 0, number[np.searchsorted(uniq, base_of)], -1)
+    shared = (ids >= 0) & (count > 1)
+    number = np.where(shared, np.cumsum(shared) - 1, -1)
+    base_of = i64(number[inverse.ravel()])  # index into the shared baselines, or −1
     rep = i64(rep[shared])  # a representative row of each shared baseline
     common = (
         f64(coef),
