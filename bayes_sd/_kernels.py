@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - exercised only without numba
 AVAILABLE = numba is not None
 prange = numba.prange if AVAILABLE else range
 
-GROWTH = 1.5  # as latency.moe_open_loop_latency
+GROWTH = 1.5  # the largest step up (the NumPy path walks by 1.1 and bisects)
 MAX_GROWTH_STEPS = 120
 MAX_ROOT_STEPS = 200
 REL_TOL = 1e-13

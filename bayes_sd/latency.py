@@ -518,8 +518,8 @@ def moe_open_loop_latency(
     experts_per_token: Any,
     prefill_len: Any,
     *,
-    growth: float = 1.5,
-    max_growth_steps: int = 120,
+    growth: float = 1.1,
+    max_growth_steps: int = 500,
     bisection_steps: int = 64,
 ) -> np.ndarray:
     """MoE mean latency under Poisson arrivals at ``rate`` (NumPy only; vectorised).
@@ -528,8 +528,10 @@ def moe_open_loop_latency(
     the operating point reached as load rises from zero — or ``+inf`` where there is none
     (saturated). The least root lies above ``L_lo = C1_u / (1 − λ C2_u)`` (coverage ≥ 0), so the
     solver walks up from ``L_lo`` by factors of ``growth`` until ``f(L) < L``, then bisects
-    (two roots within one factor of ``growth`` would be missed; coverage is concave, so that
-    needs a contrived increment).
+    (two roots within one factor of ``growth`` would be missed: with 1.5 a posterior draw of an
+    unseen GPU had its least root in a dip of g narrower than that, which predict's Newton
+    kernel found), and stops where the utilisation ``λ C2(B)`` reaches 1 above ``f(L) > L``:
+    no root lies beyond (saturated).
     """
     arrays = np.broadcast_arrays(
         *(np.asarray(c, dtype=float) for c in (*unsaturated, *increment)),
@@ -555,13 +557,14 @@ def moe_open_loop_latency(
     base1 = unsat.c1p + phi_p * incr.c1p + cycles * (unsat.c1v + sd * unsat.c1s + k * unsat.c1d)
     base2 = unsat.c2p + phi_p * incr.c2p + cycles * (unsat.c2v + sd * unsat.c2s + k * unsat.c2d)
 
-    def excess(lat: np.ndarray) -> np.ndarray:  # f(L) − L with B = λL
+    def excess(lat: np.ndarray, util: bool = False):  # f(L) − L with B = λL (and λ C2(B))
         batch = np.maximum(rate * lat, 1.0)
         phi_v = 1.0 - np.exp(batch * (k + 1.0) * log_q)
         phi_d = 1.0 - np.exp(batch * log_q)
         c1 = base1 + cycles * (phi_v * (incr.c1v + sd * incr.c1s) + k * phi_d * incr.c1d)
         c2 = base2 + cycles * (phi_v * (incr.c2v + sd * incr.c2s) + k * phi_d * incr.c2d)
-        return c1 + rate * lat * c2 - lat
+        g = c1 + rate * lat * c2 - lat
+        return (g, rate * c2) if util else g
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lower = open_loop_latency(base1, base2, rate)  # no coverage in v and d: a lower bound
@@ -571,15 +574,21 @@ def moe_open_loop_latency(
         hi = np.where(finite, lower, np.nan)
         lo = hi.copy()
         found = ~finite  # saturated even without coverage: nothing to search
+        saturated = ~finite
         for _ in range(max_growth_steps):
             todo = ~found
             if not todo.any():
                 break
             cand = np.where(todo, hi * growth, hi)
-            below = todo & (excess(cand) <= 0.0)
+            g, util = excess(cand, util=True)
+            below = todo & (g <= 0.0)
+            # λ C2(B) >= 1 with f(L) > L: f(L') − L' >= C1 > 0 for all L' >= L (C1, C2 grow
+            # with B), so no root lies above: saturated, nothing more to walk
+            over = todo & ~below & (util >= 1.0)
             lo = np.where(todo & ~below, cand, lo)
             hi = np.where(todo, cand, hi)
-            found |= below
+            found |= below | over
+            saturated |= over
         for _ in range(bisection_steps):
             mid = 0.5 * (lo + hi)
             above = excess(mid) > 0.0
@@ -588,4 +597,4 @@ def moe_open_loop_latency(
             # per element: a tolerance relative to the largest latency stopped short rows early
             if not np.any(hi - lo > 1e-13 * hi):  # NaN (nothing to search) compares False
                 break
-    return np.where(found & finite, hi, np.inf)
+    return np.where(found & ~saturated, hi, np.inf)

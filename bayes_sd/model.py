@@ -1026,9 +1026,12 @@ class LatencyModel:
                 )
                 incr[j] = coef[j] * ratio
         # series shifts act on the level-2 ("per request in flight") coefficients only
-        f_sd = np.exp(self._draw_shifts("series", configs["series"], flat, draws, rng)[1])
-        f_base = np.exp(self._draw_shifts("series", configs["base_series"], flat, draws, rng)[1])
-        return coef, incr, f_sd, f_base
+        # one call for both: an unseen series that is one row's own and another's (or its
+        # own) baseline gets one draw (two calls drew it twice: a baseline row's speedup
+        # against itself was not 1)
+        labels = np.concatenate([configs["series"].to_numpy(), configs["base_series"].to_numpy()])
+        factor = np.exp(self._draw_shifts("series", labels, flat, draws, rng)[1])
+        return coef, incr, factor[:, :n], factor[:, n:]
 
     def _row_arrays(self, rows, flat) -> dict[str, np.ndarray]:
         """Per-row inputs of the prediction kernel; checks latent acceptance is available."""

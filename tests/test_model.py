@@ -422,6 +422,17 @@ def test_unseen_gpu_and_size_draw_new_effects(fitted):
     # prior draws leave even seen systems unconstrained)
 
 
+def test_unseen_baseline_row_has_speedup_one(fitted):
+    """A k = 0 row of an unseen configuration is its own baseline: one draw of its series
+    shift serves both (drawn twice, its speedup against itself was not 1)."""
+    rows = fitted.design.rows
+    base = rows[rows["k"] == 0].head(3).assign(gpu="B200", request_rate=0.05)
+    pred = fitted.predict(base, random_seed=5).draws
+    speedup = pred["speedup"].values
+    assert np.isfinite(speedup).all()
+    np.testing.assert_array_equal(speedup, 1.0)
+
+
 def test_predict_input_errors(fitted):
     with pytest.raises(DataError, match="need column"):
         fitted.predict(pd.DataFrame([{"gpu": "H100-SXM-80GB"}]))
