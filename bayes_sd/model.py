@@ -80,11 +80,12 @@ SAMPLERS = ("nutpie", "pymc", "numpyro")
 # nutpie's mass-matrix adaptation; the key applies to nutpie only (PyMC's and numpyro's NUTS
 # always adapt from draw variances). "auto" (the default) follows the residuals' form, by
 # measurement (docs/model.md, Benchmark): hierarchically centred (large, dense sweeps) get
-# "draw_diag" (draw variances, as Stan and PyMC): on the demo, 4 x 1,000 draws, R-hat 1.005 and
-# min bulk ESS 1,381 against 1.030 and 236 for nutpie's own "diag" (draw and gradient
-# variances), 3.3x the ESS per second. Non-centred (sparse or small sweeps) get "diag": on the
-# demo's sparse split, 4 x 500 draws, "draw_diag" left R-hat 1.54 and ESS 7 where "diag" reached
-# 1.027 and 166; SBC and the recovery tests were measured with "diag".
+# "draw_diag" (draw variances, as Stan and PyMC): on the demo, 4 x 1,000 draws, R-hat 1.0085 and
+# min bulk ESS 700 in 58 s of sampling against 1.0145 and 223 in 27 s for nutpie's own "diag"
+# (draw and gradient variances), 1.7x the ESS per second. Non-centred (sparse or small sweeps)
+# get "diag": on the demo's sparse split, 4 x 500 draws, "draw_diag" left R-hat 2.11 and ESS 5
+# where "diag" reached 1.017 and 167 (1.54 / 7 against 1.027 / 166 before the shared GPU
+# spread); SBC and the recovery tests were measured with "diag".
 ADAPTATIONS = ("auto", "draw_diag", "diag", "low_rank")
 # "auto" centring: hierarchically centred residuals for sweeps of many configurations each
 # measured at several rates; non-centred otherwise. Measured: the demo (48 systems, 7.6 runs
@@ -531,7 +532,6 @@ class LatencyModel:
             p_len = pm.Data("prefill_len", rows["prefill_len"].to_numpy(dtype=float), dims="run")
             rate_d = pm.Data("rate", rate, dims="run")
             conc_d = pm.Data("concurrency", conc, dims="run")
-            batch_d = pm.Data("batch", batch, dims="run")
             open_d = pm.Data("open_loop", is_open.astype(float), dims="run")
             # observed as data, so a compiled model can be refitted to new measurements of the
             # same design (nutpie's with_data; used by simulation-based calibration)
@@ -540,12 +540,20 @@ class LatencyModel:
             intercept = self.priors["intercept"].create_variable("intercept")
             size_slope = self.priors["size_slope"].create_variable("size_slope")[COEF_SLOPE]
             length_slope = self.priors["length_slope"].create_variable("length_slope")
-            # GPU effects sum to zero over the fitted GPUs (no ridge against the intercept)
+            # GPU effects sum to zero over the fitted GPUs (no ridge against the intercept).
+            # One spread for all coefficients by default (a prior with dims "coef" gives one
+            # per coefficient): with few GPUs, one contrast per coefficient cannot inform a
+            # spread of its own, and per-coefficient spreads left a banana (small gpu_sd, large
+            # z) that made the demo's divergences and doubled its trajectories (docs/model.md)
             gpu_sd = self.priors["gpu_sd"].create_variable("gpu_sd")
-            if len(design.gpus) > 1:  # non-centred: a spread from a few GPUs is weakly known
+            sd_col = gpu_sd[:, None] if gpu_sd.ndim else gpu_sd
+            if len(design.gpus) > 1 and self.centred:  # the data pin the effects: centred
+                level_gpu = pm.ZeroSumNormal("level_gpu", sigma=sd_col, dims=("coef", "gpu"))
+                gpu_effect = pm.Deterministic("gpu_effect", level_gpu.T, dims=("gpu", "coef"))
+            elif len(design.gpus) > 1:  # non-centred, with the residuals (sparse, small sweeps)
                 gpu_z = pm.ZeroSumNormal("gpu_z", sigma=1.0, dims=("coef", "gpu"))
                 gpu_effect = pm.Deterministic(
-                    "gpu_effect", (gpu_sd[:, None] * gpu_z).T, dims=("gpu", "coef")
+                    "gpu_effect", (sd_col * gpu_z).T, dims=("gpu", "coef")
                 )
             else:
                 gpu_effect = pm.Deterministic(
@@ -605,9 +613,16 @@ class LatencyModel:
             else:
                 e_run = e_known
             cycles = d_len / e_run
-            if moe_rows:  # coverage of verification at the run's measured batch
-                in_batch = pt.maximum(batch_d, 1.0)
-                phi_v = latency.expert_coverage(in_batch * (k_d + 1.0), 1.0, m_over[sys_idx])
+            if moe_rows:  # coverage of verification at the run's measured batch: data, as
+                # the batch is measured (B = λ L open loop, N closed): not recomputed per step
+                tokens = np.maximum(batch, 1.0) * (k + 1.0)
+                phi_v = pm.Data(
+                    "coverage_v",
+                    latency.expert_coverage(
+                        tokens, cov["experts"][sys_idx], cov["experts_per_token"][sys_idx]
+                    ),
+                    dims="run",
+                )
 
             # demand (docs/model.md §2) per series, then per run: C1 = A1 + cycles (B1 + φ_v G1),
             # C2 = A2 + cycles (B2 + φ_v G2), cycles = D / e. Everything but cycles and the
@@ -657,17 +672,30 @@ class LatencyModel:
             g1, g2, phi_run = (t[4], t[5], phi_v) if moe_rows else (None, None, None)
             c1 = level(t[0], t[1], g1, cycles, phi_run)
             c2 = level(t[2], t[3], g2, cycles, phi_run)
-            open_lat = latency.open_loop_latency_smooth(c1, c2, rate_d)
-            closed_lat = latency.closed_loop_latency(c1, c2, conc_d)
-            mu = pt.log(pt.switch(open_d > 0.5, open_lat, closed_lat))
-            pm.Deterministic("latency", pt.exp(mu), dims="run")
             # noise: the mean latency of a finite run near saturation is much noisier than at
             # light load (queueing waits are long and correlated), so the scale grows with the
             # queueing share of latency, (λ C2)/(1 − λ C2) open loop and N C2 / C1 closed loop
-            # (capped at QUEUE_SHARE_CAP)
-            queue_share = pt.minimum(
-                pt.switch(open_d > 0.5, open_lat / c1 - 1.0, conc_d * c2 / c1), QUEUE_SHARE_CAP
-            )
+            # (capped at QUEUE_SHARE_CAP). A load mode absent from the sweep is not computed
+            # (the demo, open loop only: with the coverage as data, 0.199 → 0.174 ms per
+            # gradient)
+            modes = []
+            if is_open.any():
+                open_lat = latency.open_loop_latency_smooth(c1, c2, rate_d)
+                modes.append((open_lat, open_lat / c1 - 1.0))
+            if not is_open.all():
+                modes.append((latency.closed_loop_latency(c1, c2, conc_d), conc_d * c2 / c1))
+            if len(modes) == 2:
+                (o_lat, o_share), (c_lat, c_share) = modes
+                modes = [
+                    (
+                        pt.switch(open_d > 0.5, o_lat, c_lat),
+                        pt.switch(open_d > 0.5, o_share, c_share),
+                    )
+                ]
+            lat, queue_share = modes[0]
+            mu = pt.log(lat)
+            pm.Deterministic("latency", lat, dims="run")
+            queue_share = pt.minimum(queue_share, QUEUE_SHARE_CAP)
             sigma = self.priors["sigma"].create_variable("sigma")
             load_noise = self.priors["load_noise"].create_variable("load_noise")
             nu = self.priors["nu"].create_variable("nu")
@@ -807,7 +835,7 @@ class LatencyModel:
             other = "diag" if backend == "nutpie:draw_diag" else "draw_diag"
             advice += (
                 f" nutpie's other mass-matrix adaptation (sampler_config adaptation={other!r}) "
-                "may mix better: on the simulated demo sweep 'draw_diag' had 3x the ESS per "
+                "may mix better: on the simulated demo sweep 'draw_diag' had 1.7x the ESS per "
                 "second of 'diag' (centred), on its sparse split 'diag' mixed, 'draw_diag' not "
                 "(non-centred)."
             )
@@ -998,7 +1026,8 @@ class LatencyModel:
             names, inverse = np.unique(
                 configs["gpu_key"].to_numpy()[unseen_gpu], return_inverse=True
             )
-            new = rng.normal(size=(draws, len(names), nc)) * flat["gpu_sd"][:, None, :]
+            sd = flat["gpu_sd"].reshape(draws, 1, -1)  # one spread, or one per coefficient
+            new = rng.normal(size=(draws, len(names), nc)) * sd
             gpu_new = np.moveaxis(new[:, inverse], 2, 0)  # (coef, draw, unseen config)
         shift = self._draw_shifts("system", configs["system"], flat, draws, rng)
         dshift = self._draw_shifts("draft", configs["draft_system"], flat, draws, rng)

@@ -16,10 +16,12 @@ the model doing the work and a 1,024-token length.
   of 14 nutpie chains in short runs; 0 of 16 with the positive prior.)
 * ``length_slope``: prefill grows with the prompt, per-token verification with the context;
   Normal(0.8, 0.5).
-* ``gpu_sd``: spread of the per-GPU effects on each coefficient, HalfNormal(0.3) — GPUs of one
-  generation differ by tens of percent, not by factors; an unseen GPU gets this spread. The
-  effects themselves sum to zero over the fitted GPUs (a ZeroSumNormal, non-centred), so they
-  do not trade off against the intercept.
+* ``gpu_sd``: spread of the per-GPU effects, one for all coefficients, HalfNormal(0.3) — GPUs
+  of one generation differ by tens of percent, not by factors; an unseen GPU gets this spread on
+  each coefficient. One spread because a sweep on few GPUs has one contrast per coefficient
+  (two GPUs) — too little for a spread of its own (give the prior ``dims="coef"`` for one per
+  coefficient). The effects themselves sum to zero over the fitted GPUs (a ZeroSumNormal,
+  centred or not with the residuals), so they do not trade off against the intercept.
 * ``system_sd`` (per level) and ``draft_sd``: spreads of the configuration residuals — one
   log-scale shift per level on the target's coefficients of a system, and one on the drafter's
   load-independent cost ``c1d`` of a draft system (its per-request cost is carried by the series
@@ -67,7 +69,7 @@ def _defaults() -> dict[str, Prior]:
         "intercept": Prior("Normal", mu=np.array(centre), sigma=1.5, dims="coef"),
         "size_slope": Prior("LogNormal", mu=float(np.log(0.8)), sigma=0.5, dims="slope_coef"),
         "length_slope": Prior("Normal", mu=0.8, sigma=0.5, dims="length_coef"),
-        "gpu_sd": Prior("HalfNormal", sigma=0.3, dims="coef"),
+        "gpu_sd": Prior("HalfNormal", sigma=0.3),
         "system_sd": Prior("HalfNormal", sigma=0.3, dims="level"),
         "draft_sd": Prior("HalfNormal", sigma=0.3),
         "series_sd": Prior("HalfNormal", sigma=0.1),

@@ -74,7 +74,8 @@ def test_structure_names_dims_and_finite_gradient(sweep):
         "intercept",
         "size_slope",
         "length_slope",
-        "gpu_z",
+        "gpu_sd",
+        "level_gpu",  # centred: the GPU effects themselves
         "system_sd",
         "draft_sd",
         "series_sd",
@@ -87,6 +88,8 @@ def test_structure_names_dims_and_finite_gradient(sweep):
         "nu",
     } <= free
     assert model.named_vars_to_dims["moe_excess"] == ("coef_pv",)
+    assert model["gpu_sd"].ndim == 0  # one GPU spread for all coefficients
+    assert model.named_vars_to_dims["gpu_effect"] == ("gpu", "coef")
     assert list(model.coords["coef"]) == ["c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d"]
     assert len(model.coords["system"]) == 3 and len(model.coords["draft_system"]) == 3
     assert set(model.coords["gpu"]) == {"H100-SXM-80GB", "H200-SXM-141GB"}
@@ -98,6 +101,29 @@ def test_structure_names_dims_and_finite_gradient(sweep):
     point = model.initial_point()
     assert np.isfinite(model.compile_logp()(point))
     assert np.all(np.isfinite(model.compile_dlogp()(point)))
+
+
+def test_load_modes_mixed_or_alone_give_the_same_latency(sweep):
+    """The graph computes only the load modes a sweep has: at the same parameters, a run's
+    modelled latency is the same whether the sweep mixes open- and closed-loop runs or has
+    one mode only (non-centred: the initial point is the population laws in every build)."""
+    closed = sweep.assign(
+        load_mode="concurrency", concurrency=np.round(sweep["request_rate"] * 0.05) + 1
+    )
+    mixed = sweep.copy()
+    pick = np.arange(len(sweep)) % 2 == 1
+    mixed.loc[pick] = closed.loc[pick]
+
+    def latency_at_start(data):
+        m = LatencyModel(model_config={"centred": False}).build_model(data)
+        point = m.initial_point()
+        assert np.isfinite(m.compile_logp()(point))
+        return _evaluate(m, ["latency"], point)["latency"]
+
+    lat_open, lat_closed, lat_mixed = map(latency_at_start, (sweep, closed, mixed))
+    np.testing.assert_allclose(lat_mixed[~pick], lat_open[~pick], rtol=1e-12)
+    np.testing.assert_allclose(lat_mixed[pick], lat_closed[pick], rtol=1e-12)
+    assert not np.allclose(lat_open, lat_closed)
 
 
 def test_saturated_runs_are_left_out_and_counted(sweep):
@@ -216,18 +242,24 @@ def test_hierarchical_centring_is_a_reparametrisation(sweep):
     coefficient and modelled latency is the same, so both are one model."""
     centred = LatencyModel(model_config={"centred": True}).build_model(sweep)
     non = LatencyModel(model_config={"centred": False}).build_model(sweep)
-    assert {"level_system", "level_draft", "level_series"} <= {v.name for v in centred.free_RVs}
+    assert {"level_system", "level_draft", "level_series", "level_gpu"} <= {
+        v.name for v in centred.free_RVs
+    }
+    assert "gpu_z" in {v.name for v in non.free_RVs}
     assert centred.named_vars_to_dims["shift_draft"] == ("draft_system",)  # level 1 only
     rng = np.random.default_rng(0)
     point = {k: v + rng.normal(0, 0.2, np.shape(v)) for k, v in centred.initial_point().items()}
     outs = ["shift_system", "shift_draft", "shift_series", "system_sd", "draft_sd", "series_sd"]
+    outs += ["gpu_sd"]
     values = _evaluate(centred, [*outs, "moe_excess"], point)
     assert "moe_level" in point  # the sweep has an MoE target: moe_excess is centred too
     mapped = {k: v for k, v in point.items() if not k.startswith(("level_", "moe_level"))}
     mapped["moe_excess"] = values["moe_excess"]
     for group in ("system", "draft", "series"):
         mapped[f"shift_{group}_z"] = values[f"shift_{group}"] / values[f"{group}_sd"]
-    names = ["c_system", "c_draft", "latency"]
+    # the zero-sum transform is linear: z's transformed value is the effects' over the spread
+    mapped["gpu_z_zerosum__"] = point["level_gpu_zerosum__"] / values["gpu_sd"]
+    names = ["c_system", "c_draft", "gpu_effect", "latency"]
     a, b = _evaluate(centred, names, point), _evaluate(non, names, mapped)
     for name in names:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-10)
@@ -431,6 +463,28 @@ def test_unseen_baseline_row_has_speedup_one(fitted):
     speedup = pred["speedup"].values
     assert np.isfinite(speedup).all()
     np.testing.assert_array_equal(speedup, 1.0)
+
+
+@pytest.mark.parametrize("centred", [True, False])
+def test_gpu_spread_per_coefficient_on_request(sweep, mocked, centred):
+    """A gpu_sd prior with dims "coef" gives each coefficient its own GPU spread (the default
+    is one for all): the model builds with a finite gradient in both forms, and an unseen
+    GPU's effects are drawn with each coefficient's spread."""
+    priors = {"gpu_sd": Prior("HalfNormal", sigma=0.3, dims="coef")}
+    model = LatencyModel(
+        model_config={"priors": priors, "centred": centred}, sampler_config={"draws": 20}
+    )
+    m = model.build_model(sweep)
+    assert m.named_vars_to_dims["gpu_sd"] == ("coef",)
+    point = m.initial_point()
+    assert np.all(np.isfinite(m.compile_dlogp()(point)))
+    with pytest.warns(ConvergenceWarning):
+        model.fit(sweep, random_seed=2)
+    rows = sweep.head(1).assign(gpu="B200", request_rate=0.05)
+    both = pd.concat([sweep.head(1).assign(request_rate=0.05), rows])
+    lat = model.predict(both, random_seed=1).draws["latency"].values.reshape(-1, 2)
+    ratio = np.log(lat[:, 1] / lat[:, 0])  # the unseen GPU's fresh effects, draw by draw
+    assert np.all(np.isfinite(ratio)) and ratio.std() > 0.01
 
 
 def test_predict_input_errors(fitted):
