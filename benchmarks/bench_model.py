@@ -3,8 +3,8 @@
 Run (on 2 cores the defaults take about 15–25 minutes)::
 
     .venv/bin/python benchmarks/bench_model.py [--data demo] [--draws 1000 --tune 1000 --chains 4]
-        [--backends nutpie,nutpie:diag,pymc,numpyro] [--target-accept 0.9] [--skip-backends]
-        [--skip-accuracy]
+        [--backends nutpie,nutpie:diag,pymc,numpyro] [--target-accept 0.9] [--seed 1]
+        [--skip-backends] [--skip-accuracy] [--accuracy-backend nutpie]
         [--out benchmarks/results/model.json]
 
 Three parts, each printed as a table and written to the JSON file:
@@ -78,7 +78,7 @@ def backends(sweep, args) -> list[dict]:
         runs.append(("nutpie", bayes_sd.load_example("stepcost")))
     for backend, steps in runs:
         try:
-            model, wall = fit(sweep, backend, args, steps=steps)
+            model, wall = fit(sweep, backend, args, seed=args.seed, steps=steps)
         except (ImportError, ModuleNotFoundError) as err:
             out.append({"backend": backend, "error": f"not installed: {err}"})
             print_rows(out[-1:])
@@ -134,7 +134,7 @@ def split_sparse(sweep: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
 
 def accuracy(sweep, args) -> dict:
     train, held_rates, held_series = split_sparse(sweep)
-    model, wall = fit(train, "nutpie", args)
+    model, wall = fit(train, args.accuracy_backend, args, seed=args.seed)
     base = fit_baseline(train)
     out = {
         "train_runs": len(train),
@@ -269,6 +269,12 @@ def main() -> None:
     parser.add_argument(
         "--target-accept", type=float, default=None, help="default: the package's (0.9)"
     )
+    parser.add_argument("--seed", type=int, default=1, help="random seed of every fit")
+    parser.add_argument(
+        "--accuracy-backend",
+        default="nutpie",
+        help="backend of the sparse-data fit (default: the package's; e.g. nutpie:draw_diag)",
+    )
     parser.add_argument("--skip-backends", action="store_true")
     parser.add_argument(
         "--steps", action="store_true", help="also fit nutpie with the joint step-level likelihood"
@@ -291,6 +297,7 @@ def main() -> None:
         "tune": args.tune,
         "chains": args.chains,
         "target_accept": args.target_accept or LatencyModel().sampler_config["target_accept"],
+        "seed": args.seed,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "bayes_sd": bayes_sd.__version__,

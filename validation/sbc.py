@@ -1,7 +1,7 @@
 """Simulation-based calibration of the hierarchical latency model (bayes_sd.calibration).
 
 Run: ``.venv/bin/python validation/sbc.py [--reps 100] [--draws 500] [--tune 500]``
-(about 3–7 s per replication on 2 cores after a ~1 min compile; 12 min for 100).
+(about 1–3 s per replication on 2 cores after a ~1 min compile; 5 min for 100).
 
 Design (a reduced configuration of the simulated demo sweep's design; its latencies are
 replaced by the model's own simulations): three dense targets (Llama-3.2-1B, Llama-3.1-8B,
