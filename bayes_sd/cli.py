@@ -128,12 +128,17 @@ def _demo_bayes(sweep: pd.DataFrame, out: Path, args: argparse.Namespace) -> lis
     from bayes_sd.model import LatencyModel
 
     print(
-        "  Bayesian fit of the real sweep (nutpie, 2 chains x 500 draws; the first compile "
-        "takes a minute) ...",
+        f"  Bayesian fit of the real sweep (nutpie, {args.chains} chains x {args.draws} draws; "
+        "the first compile takes a minute) ...",
         file=sys.stderr,
     )
     model = LatencyModel(
-        sampler_config={"draws": args.draws, "tune": args.draws, "chains": 2, "progressbar": False}
+        sampler_config={
+            "draws": args.draws,
+            "tune": args.draws,
+            "chains": args.chains,
+            "progressbar": False,
+        }
     )
     t0 = time.perf_counter()
     model.fit(sweep, random_seed=1)
@@ -471,7 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also fit the Bayesian model to the real sweep (default: on)",
     )
-    demo.add_argument("--draws", type=int, default=500, help="posterior draws per chain")
+    demo.add_argument(
+        "--draws", type=int, default=1000, help="posterior draws (and tuning steps) per chain"
+    )
+    demo.add_argument("--chains", type=int, default=4)
     demo.add_argument("--slo", type=float, default=3.0, help="latency SLO in seconds")
     demo.set_defaults(func=cmd_demo)
 

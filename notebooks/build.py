@@ -1,10 +1,12 @@
 """Write the example notebooks from the cell sources below and execute them in place.
 
     .venv/bin/python notebooks/build.py            # full budget (outputs committed)
-    BAYES_SD_NB_DRAWS=100 .venv/bin/python notebooks/build.py --out /tmp/nb   # CI smoke run
+    BAYES_SD_NB_DRAWS=100 BAYES_SD_NB_CHAINS=2 .venv/bin/python notebooks/build.py --out /tmp/nb
 
 Every notebook reads its sampling budget from ``BAYES_SD_NB_DRAWS`` (draws and tuning steps
-per chain, 2 chains), so CI executes them quickly and the committed outputs use a real budget.
+per chain) and ``BAYES_SD_NB_CHAINS``, so CI executes them quickly (100, 2) and the committed
+outputs use the package's default budget (4 chains × 1,000 draws after 1,000 tuning steps:
+at 2 × 500 the quickstart fit's R-hat ranged 1.011–1.07 between seeds).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import bayes_sd
 from bayes_sd import planning
-DRAWS = int(os.environ.get("BAYES_SD_NB_DRAWS", "500"))
-SAMPLER = {"draws": DRAWS, "tune": DRAWS, "chains": 2, "progressbar": False}"""
+DRAWS = int(os.environ.get("BAYES_SD_NB_DRAWS", "1000"))
+CHAINS = int(os.environ.get("BAYES_SD_NB_CHAINS", "4"))
+SAMPLER = {"draws": DRAWS, "tune": DRAWS, "chains": CHAINS, "progressbar": False}"""
 
 NOTEBOOKS = {
     "01-quickstart-demo-sweep.ipynb": [

@@ -66,7 +66,7 @@ def demo_fit(tmp_path_factory):
     from bayes_sd.model import ConvergenceWarning
 
     with pytest.warns(ConvergenceWarning):  # 2 x 150 draws: ESS < 400 by design
-        assert main(["demo", "--out", str(out), "--draws", "150"]) == EXIT_OK
+        assert main(["demo", "--out", str(out), "--draws", "150", "--chains", "2"]) == EXIT_OK
     return out
 
 

@@ -1,7 +1,8 @@
 """The example notebooks execute from a clean kernel (small sampling budget in CI).
 
 The committed notebooks hold the outputs of a full-budget run (``notebooks/build.py``); this
-test re-executes every notebook into a temporary folder with ``BAYES_SD_NB_DRAWS=100``.
+test re-executes every notebook into a temporary folder with ``BAYES_SD_NB_DRAWS=100`` and
+``BAYES_SD_NB_CHAINS=2``.
 """
 
 import json
@@ -19,7 +20,7 @@ from build import NOTEBOOKS  # noqa: E402
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_executes(name, tmp_path):
-    env = {**os.environ, "BAYES_SD_NB_DRAWS": "100"}
+    env = {**os.environ, "BAYES_SD_NB_DRAWS": "100", "BAYES_SD_NB_CHAINS": "2"}
     subprocess.run(
         [sys.executable, str(ROOT / "notebooks" / "build.py"), "--only", name,
          "--out", str(tmp_path)],
