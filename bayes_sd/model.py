@@ -529,7 +529,6 @@ class LatencyModel:
             k_d = pm.Data("k", k, dims="run")
             e_known = pm.Data("acceptance_known", np.nan_to_num(known_e, nan=1.0), dims="run")
             d_len = pm.Data("decode_len", rows["decode_len"].to_numpy(dtype=float), dims="run")
-            p_len = pm.Data("prefill_len", rows["prefill_len"].to_numpy(dtype=float), dims="run")
             rate_d = pm.Data("rate", rate, dims="run")
             conc_d = pm.Data("concurrency", conc, dims="run")
             open_d = pm.Data("open_loop", is_open.astype(float), dims="run")
@@ -605,7 +604,14 @@ class LatencyModel:
                     pt.exp(size_slope[None, :NPV] * cov["log_total_over_active"][:, None]) - 1.0
                 )
                 inc = c_pv * ratio  # (system, coef_pv); zero for dense systems
-                m_over = cov["experts_per_token"] / cov["experts"]
+
+                # coverage φ(T) of the runs' measured loads: data (the prompt and the batch are
+                # measured, B = λ L open loop, N closed), computed once, not per gradient
+                def coverage(tokens, idx):
+                    return latency.expert_coverage(
+                        tokens, cov["experts"][idx], cov["experts_per_token"][idx]
+                    )
+
             # acceptance: measured, from alpha, or latent per draft system
             if latent_e.any():
                 accept = self.priors["acceptance"].create_variable("acceptance")
@@ -613,16 +619,9 @@ class LatencyModel:
             else:
                 e_run = e_known
             cycles = d_len / e_run
-            if moe_rows:  # coverage of verification at the run's measured batch: data, as
-                # the batch is measured (B = λ L open loop, N closed): not recomputed per step
+            if moe_rows:  # coverage of verification at the run's measured batch
                 tokens = np.maximum(batch, 1.0) * (k + 1.0)
-                phi_v = pm.Data(
-                    "coverage_v",
-                    latency.expert_coverage(
-                        tokens, cov["experts"][sys_idx], cov["experts_per_token"][sys_idx]
-                    ),
-                    dims="run",
-                )
+                phi_v = pm.Data("coverage_v", coverage(tokens, sys_idx), dims="run")
 
             # demand (docs/model.md §2) per series, then per run: C1 = A1 + cycles (B1 + φ_v G1),
             # C2 = A2 + cycles (B2 + φ_v G2), cycles = D / e. Everything but cycles and the
@@ -648,7 +647,8 @@ class LatencyModel:
             ]
             if moe_rows:  # MoE coverage: φ · c_u · ρ on p and v coefficients; G1, G2
                 inc = inc[ser_sys]  # (series, coef_pv)
-                phi_p = latency.expert_coverage(p_len[ser_first], 1.0, m_over[ser_sys])
+                prefill = rows["prefill_len"].to_numpy(dtype=float)[ser_first]
+                phi_p = pm.Data("coverage_p", coverage(prefill, ser_sys), dims="series")
                 terms[0] = terms[0] + phi_p * inc[:, PV.index("c1p")]
                 terms[2] = terms[2] + phi_p * inc[:, PV.index("c2p")]
                 terms += [
@@ -672,30 +672,27 @@ class LatencyModel:
             g1, g2, phi_run = (t[4], t[5], phi_v) if moe_rows else (None, None, None)
             c1 = level(t[0], t[1], g1, cycles, phi_run)
             c2 = level(t[2], t[3], g2, cycles, phi_run)
+
             # noise: the mean latency of a finite run near saturation is much noisier than at
             # light load (queueing waits are long and correlated), so the scale grows with the
             # queueing share of latency, (λ C2)/(1 − λ C2) open loop and N C2 / C1 closed loop
-            # (capped at QUEUE_SHARE_CAP). A load mode absent from the sweep is not computed
-            # (the demo, open loop only: with the coverage as data, 0.199 → 0.174 ms per
-            # gradient)
-            modes = []
-            if is_open.any():
-                open_lat = latency.open_loop_latency_smooth(c1, c2, rate_d)
-                modes.append((open_lat, open_lat / c1 - 1.0))
-            if not is_open.all():
-                modes.append((latency.closed_loop_latency(c1, c2, conc_d), conc_d * c2 / c1))
-            if len(modes) == 2:
-                (o_lat, o_share), (c_lat, c_share) = modes
-                modes = [
-                    (
-                        pt.switch(open_d > 0.5, o_lat, c_lat),
-                        pt.switch(open_d > 0.5, o_share, c_share),
-                    )
-                ]
-            lat, queue_share = modes[0]
+            # (capped at QUEUE_SHARE_CAP). Only the load modes the sweep has enter the graph
+            # (an expression nothing uses is not compiled; on the demo, open loop only, with
+            # the coverage as data: 0.199 → 0.174 ms per gradient)
+            def by_mode(open_value, closed_value):
+                if is_open.all():
+                    return open_value
+                if not is_open.any():
+                    return closed_value
+                return pt.switch(open_d > 0.5, open_value, closed_value)
+
+            open_lat = latency.open_loop_latency_smooth(c1, c2, rate_d)
+            lat = by_mode(open_lat, latency.closed_loop_latency(c1, c2, conc_d))
             mu = pt.log(lat)
             pm.Deterministic("latency", lat, dims="run")
-            queue_share = pt.minimum(queue_share, QUEUE_SHARE_CAP)
+            queue_share = pt.minimum(
+                by_mode(open_lat / c1 - 1.0, conc_d * c2 / c1), QUEUE_SHARE_CAP
+            )
             sigma = self.priors["sigma"].create_variable("sigma")
             load_noise = self.priors["load_noise"].create_variable("load_noise")
             nu = self.priors["nu"].create_variable("nu")
