@@ -274,14 +274,26 @@ else:  # pragma: no cover
     _baselines_jit = _predict_jit = None
 
 
-def predict(coef, incr, f_sd, f_base, cfg, moe, log_q, rows: dict, acc, base_of, with_demand=True):
+def _moe_shape(experts, experts_per_token):
+    """Per configuration: MoE flag and log(1 − m/M) (−inf for dense targets, never used)."""
+    experts = np.asarray(experts, dtype=float)
+    experts_per_token = np.asarray(experts_per_token, dtype=float)
+    with np.errstate(divide="ignore"):
+        return experts > 1, np.log1p(-experts_per_token / experts)
+
+
+def predict(coef, incr, f_sd, f_base, cfg, experts, experts_per_token, rows: dict, acc, base_of,
+            with_demand=True, chunk_rows=None):  # fmt: skip
     """Latency, speedup, and C1 and C2 (``with_demand``) or the saturation rate: an array
-    (4 or 3, rows, draws) (see :func:`_predict`).
+    (4 or 3, rows, draws) (see :func:`_predict`); ``experts``, ``experts_per_token`` per
+    configuration.
 
     ``rows``: ``k``, ``e_known``, ``d_idx``, ``decode_len``, ``prefill_len``, ``rate``,
     ``conc`` (NaN where not given), ``is_open``. ``base_of``: per row, an id of its baseline
     (MoE rows with the same id have the same baseline series, target sizes and load), −1 for
-    dense rows."""
+    dense rows. ``chunk_rows`` is the NumPy path's (:func:`predict_numpy`); the kernel does
+    not need it."""
+    moe, log_q = _moe_shape(experts, experts_per_token)
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     i64 = lambda x: np.ascontiguousarray(x, dtype=np.int64)  # noqa: E731
     ids, rep, inverse, count = np.unique(
@@ -319,3 +331,89 @@ def predict(coef, incr, f_sd, f_base, cfg, moe, log_q, rows: dict, acc, base_of,
             common[0], common[1], common[3], common[4], common[6], *per_row[4:], rep
         )
         return _predict_jit(*common, *per_row, base_lat, base_of, bool(with_demand))
+
+
+def predict_numpy(coef, incr, f_sd, f_base, cfg, experts, experts_per_token, rows: dict, acc,
+                  base_of, with_demand=True, chunk_rows=None):  # fmt: skip
+    """:func:`predict` by the NumPy algebra of :mod:`bayes_sd.latency` (the kernel's oracle,
+    and its fallback without numba), in chunks of ``chunk_rows`` rows (~500,000 row-draws);
+    every row solves its own baseline (``base_of`` is not needed)."""
+    draws, n = f_sd.shape[0], len(cfg)
+    out = np.empty((4, draws, n))
+    chunk_rows = chunk_rows or max(1000, 500_000 // max(draws, 1))
+    for start in range(0, n, chunk_rows):
+        part = slice(start, start + chunk_rows)
+        out[:, :, part] = _numpy_chunk(
+            coef, incr, f_sd, f_base, cfg[part], np.asarray(experts, dtype=float),
+            np.asarray(experts_per_token, dtype=float),
+            {key: v[part] for key, v in rows.items()}, acc,
+        )  # fmt: skip
+    if not with_demand:
+        with np.errstate(divide="ignore"):
+            out[2] = 1.0 / out[3]
+        out = out[:3]
+    return out.transpose(0, 2, 1)  # (plane, row, draw), as the kernel
+
+
+def _numpy_chunk(coef, incr, f_sd, f_base, cfg, experts, experts_per_token, rows, acc):
+    from bayes_sd import latency
+    from bayes_sd.coefs import LEVEL, Coefficients
+
+    draws, n = f_sd.shape[0], len(cfg)
+    k = rows["k"]
+    e = np.broadcast_to(rows["e_known"], (draws, n)).copy()
+    latent = np.isnan(rows["e_known"])
+    if latent.any():
+        e[:, latent] = 1.0 + k[latent] * acc[:, rows["d_idx"][latent]]
+    moe = (experts > 1)[cfg]
+    unsat = np.take(coef, cfg, axis=2)
+    inc = np.take(incr, cfg, axis=2) if moe.any() else np.zeros_like(unsat)
+    fsd, fbase = np.take(f_sd, cfg, axis=1), np.take(f_base, cfg, axis=1)
+    rate = np.where(rows["is_open"], rows["rate"], np.nan)
+    conc = np.where(rows["is_open"], np.nan, rows["conc"])
+    shape = dict(
+        decode_len=rows["decode_len"],
+        experts=experts[cfg],
+        experts_per_token=experts_per_token[cfg],
+        prefill_len=rows["prefill_len"],
+    )
+
+    def scaled(values, factor):  # the series factor on level 2
+        return Coefficients.from_values(c * factor if LEVEL[j] else c for j, c in enumerate(values))
+
+    unsat_sd, incr_sd = scaled(unsat, fsd), scaled(inc, fsd)
+    lat = _numpy_latency(unsat_sd, incr_sd, k, e, rate, conc, moe, **shape)
+    base = _numpy_latency(scaled(unsat, fbase), scaled(inc, fbase), np.zeros(n),
+                          np.ones((draws, n)), rate, conc, moe, **shape)  # fmt: skip
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speedup = base / lat
+    c1, c2 = latency.demand(unsat_sd.map(lambda u, s: u + s, incr_sd), k, e, rows["decode_len"])
+    return np.stack([lat, speedup, np.broadcast_to(c1, lat.shape), np.broadcast_to(c2, lat.shape)])
+
+
+def _numpy_latency(unsat, incr, k, e, rate, conc, moe, *, decode_len, experts, experts_per_token,
+                   prefill_len) -> np.ndarray:  # fmt: skip
+    from bayes_sd import latency
+    from bayes_sd.coefs import Coefficients
+
+    draws, n = e.shape
+    dense = ~moe
+    is_open = ~np.isnan(rate)
+    out = np.empty((draws, n))
+    if dense.any():
+        pick = (lambda x: x) if dense.all() else (lambda x: np.asarray(x)[..., dense])
+        c1, c2 = latency.demand(unsat.map(pick), pick(k), pick(e), pick(decode_len))
+        lat = latency.open_loop_latency(c1, c2, np.nan_to_num(pick(rate)))
+        if not pick(is_open).all():
+            closed = latency.closed_loop_latency(c1, c2, np.nan_to_num(pick(conc)))
+            lat = np.where(pick(is_open), lat, closed)
+        out[:, dense] = lat
+    if moe.any():
+        sel = lambda c: Coefficients.from_values(np.asarray(x)[:, moe] for x in c)  # noqa: E731
+        u, s = sel(unsat), sel(incr)
+        shared = (k[moe], e[:, moe], decode_len[moe])
+        tail = (experts[moe], experts_per_token[moe], prefill_len[moe])
+        open_l = latency.moe_open_loop_latency(u, s, *shared, np.nan_to_num(rate[moe]), *tail)
+        closed_l = latency.moe_closed_loop_latency(u, s, *shared, np.nan_to_num(conc[moe]), *tail)
+        out[:, moe] = np.where(is_open[moe], open_l, closed_l)
+    return out

@@ -17,12 +17,13 @@ import pandas as pd
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from bayes_sd import latency
+from bayes_sd.coefs import REQUIRED
 from bayes_sd.schema import acceptance_of, validate_sweep
 
 __all__ = ["BaselineFit", "fit_baseline"]
 
 KEYS = ("source", "dataset", "gpu", "num_gpus", "target", "prefill_len", "decode_len")
-SIX = latency.Coefficients._fields[:6]  # the published model's coefficients (no premium)
+SIX = REQUIRED  # the published model's coefficients: c1p c2p c1v c2v c1d c2d (no premium)
 
 
 def _key(row) -> tuple:
@@ -30,7 +31,7 @@ def _key(row) -> tuple:
 
 
 def _predict(theta: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
-    coefs = latency.Coefficients(*np.exp(theta))
+    coefs = latency.Coefficients(**dict(zip(SIX, np.exp(theta), strict=True)))
     k = rows["k"].to_numpy(dtype=float)
     c1, c2 = latency.demand(coefs, k, acceptance_of(rows), rows["decode_len"].to_numpy(dtype=float))
     rate = rows["request_rate"].astype(float).to_numpy()

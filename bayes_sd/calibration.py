@@ -15,7 +15,6 @@ Run it with ``validation/sbc.py`` (100+ replications, rank histograms, uniformit
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from bayes_sd.model import POPULATION_PARAMS, LatencyModel
+from bayes_sd.sampling import compile_nutpie, convergence_summary, sample_compiled
 
 __all__ = ["SBCResult", "rank_of_truth", "simulation_based_calibration", "uniformity"]
 
@@ -136,7 +136,6 @@ def simulation_based_calibration(
     ``model_config["priors"]``: the simulation and the fits use the same prior.
     """
     import arviz as az
-    import nutpie
     import pymc as pm
 
     lm = LatencyModel(model_config=model_config)
@@ -170,22 +169,21 @@ def simulation_based_calibration(
         .isel(sample=chosen)
     )
     truth = pd.DataFrame(_elements(prior_ds, params))
-    compiled = nutpie.compile_pymc_model(model)
-    cores = cores or os.cpu_count() or 1
+    compiled = compile_nutpie(model)
     rank_rows, diag_rows = [], []
     total = chains * draws
     keep = np.linspace(0, total - 1, thin_to).round().astype(int)
     for i in range(reps):
         y = y_sim.isel(sample=i).to_numpy()
         start = time.perf_counter()
-        idata = nutpie.sample(
-            compiled.with_data(log_latency_obs=y),
+        idata = sample_compiled(
+            compiled,
+            {"log_latency_obs": y},
             draws=draws,
             tune=tune,
             chains=chains,
-            cores=min(cores, chains),
+            cores=cores,
             seed=seed * 100_003 + i + 1,
-            progress_bar=False,
         )
         seconds = time.perf_counter() - start
         post = idata["posterior"].dataset
@@ -195,11 +193,12 @@ def simulation_based_calibration(
         ess = pd.Series(
             {k: float(v) for k, v in _ess_elements(az.ess(post[names], method="bulk")).items()}
         )
+        summary = convergence_summary(idata, names)
         info = {
             "rep": i,
             "seconds": seconds,
-            "divergences": int(idata["sample_stats"].dataset["diverging"].sum()),
-            "max_rhat": float(az.rhat(post[names]).to_array().max()),
+            "divergences": summary["divergences"],
+            "max_rhat": summary["max_rhat"],
             "min_ess_bulk": float(ess.min()),
             "worst_ess": str(ess.idxmin()),
             "max_latency_s": float(np.max(np.exp(y))),

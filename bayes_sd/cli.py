@@ -19,66 +19,35 @@ from bayes_sd.errors import DataError
 EXIT_OK, EXIT_INTERNAL, EXIT_DATA = 0, 1, 2
 
 
-def _markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    if df.empty:
-        return "_(none)_\n"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            if isinstance(v, float):
-                cells.append(format(v, floatfmt))
-            else:
-                cells.append("" if pd.isna(v) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def _markdown_table(df: pd.DataFrame) -> str:
+    from bayes_sd.report import markdown_table
+
+    return markdown_table(df)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Summarise the embedded data: the real vLLM sweep and the measured step costs."""
-    from bayes_sd import datasets, summaries
+    from bayes_sd import demo
     from bayes_sd.schema import atomic_write
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    print("bayes-sd demo: loading embedded examples ...", file=sys.stderr)
-    sweep = datasets.load_example("vllm-blog-2024")
-    steps = datasets.load_example("stepcost")
-    print(
-        f"  vllm-blog-2024: {len(sweep)} runs; stepcost: {len(steps)} timed passes", file=sys.stderr
-    )
-    print(
-        "  fitting C1/(1 - rate*C2) per series and a + b*B*q + c*B*ctx per model ...",
-        file=sys.stderr,
-    )
-    series = summaries.fit_open_loop_series(sweep)
-    pairs = summaries.break_even_table(series)
-    step_fit = summaries.fit_step_costs(steps)
-    overview = summaries.sweep_overview(sweep)
-
-    show_series = series[
+    print("bayes-sd demo: loading embedded examples; fitting C1/(1 - rate*C2) per series and "
+          "a + b*B*q + c*B*ctx per model ...", file=sys.stderr)  # fmt: skip
+    look = demo.first_look()
+    print(f"  vllm-blog-2024: {look.counts['runs']} runs; stepcost: {look.counts['steps']} "
+          "timed passes", file=sys.stderr)  # fmt: skip
+    show_series = look.series[
         ["dataset", "method", "k", "C1_s", "C2_s", "saturation_rate", "rms_rel_error", "n_runs"]
     ]
-    show_pairs = pairs[
-        [
-            "dataset",
-            "method",
-            "k",
-            "speedup_at_zero_load",
-            "C1R",
-            "C2R",
-            "break_even_rate",
-            "sustainable_rate_ratio",
-        ]
-    ]
+    show_pairs = look.pairs[["dataset", "method", "k", "speedup_at_zero_load", "C1R", "C2R",
+                             "break_even_rate", "sustainable_rate_ratio"]]  # fmt: skip
     text = [
         "# bayes_sd demo: what the embedded data says\n\n",
         f"bayes_sd {__version__}. Point estimates by least squares (no intervals): a first look "
         "before the Bayesian model. Data provenance: `bayes_sd.datasets.data_dir()` READMEs.\n",
         "## Real vLLM sweep (Llama-3-70B, 4×H100, vLLM blog 2024-10-17)\n\n",
-        _markdown_table(overview.drop(columns=["source", "gpu", "target"])),
+        _markdown_table(look.overview.drop(columns=["source", "gpu", "target"])),
         "\n### Open-loop fit per series: L = C1 / (1 − λ·C2)\n\n",
         _markdown_table(show_series),
         "\n### SD against no SD\n\n",
@@ -87,15 +56,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _markdown_table(show_pairs),
         "\n## Measured step costs (H100, H200): t = a + b·B·q + c·B·ctx (decode, ms)\n\n",
         "MoE targets fit worse: their weight reads grow with the experts touched.\n\n",
-        _markdown_table(step_fit),
+        _markdown_table(look.step_fit),
     ]
     if args.fit:
-        text += _demo_bayes(sweep, out, args)
+        text += _demo_bayes(out, args)
     report = "".join(text)
     atomic_write(out / "summary.md", lambda p: p.write_text(report, encoding="utf-8"))
-    atomic_write(out / "series_fits.csv", lambda p: series.to_csv(p, index=False))
-    atomic_write(out / "step_cost_fits.csv", lambda p: step_fit.to_csv(p, index=False))
-    for _, row in pairs.iterrows():
+    atomic_write(out / "series_fits.csv", lambda p: look.series.to_csv(p, index=False))
+    atomic_write(out / "step_cost_fits.csv", lambda p: look.step_fit.to_csv(p, index=False))
+    for _, row in look.pairs.iterrows():
         print(
             f"  {row['dataset']}: SD ({row['method']}, k={row['k']}) speedup "
             f"{row['speedup_at_zero_load']:.2f}x at zero load, break-even at "
@@ -106,85 +75,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-BLOG_CONFIGS = {
-    "ShareGPT": {"drafter": "turboderp/Qwama-0.5B-Instruct", "method": "draft_model"},
-    "CNN/DailyMail": {"method": "ngram"},
-}
-
-
-def blog_config(sweep: pd.DataFrame, dataset: str) -> dict:
-    """The SD configuration of one dataset of the vLLM blog sweep (for predict and planning)."""
-    first = sweep[sweep["dataset"] == dataset].iloc[0]
-    keys = ("gpu", "num_gpus", "target", "prefill_len", "decode_len")
-    return {**{k: first[k] for k in keys}, "dataset": dataset, **BLOG_CONFIGS[dataset]}
-
-
-def _demo_bayes(sweep: pd.DataFrame, out: Path, args: argparse.Namespace) -> list[str]:
-    """Fit the hierarchical model to the real vLLM sweep; break-even and SLO answers with
-    credibility; predicted against measured speedup at every rate."""
-    import numpy as np
-
-    from bayes_sd import planning
-    from bayes_sd.model import LatencyModel
+def _demo_bayes(out: Path, args: argparse.Namespace) -> list[str]:
+    """The Bayesian section of the demo report (see :func:`bayes_sd.demo.bayesian_fit`)."""
+    from bayes_sd import demo
 
     print(
         f"  Bayesian fit of the real sweep (nutpie, {args.chains} chains x {args.draws} draws; "
         "the first compile takes a minute) ...",
         file=sys.stderr,
     )
-    model = LatencyModel(
-        sampler_config={
-            "draws": args.draws,
-            "tune": args.draws,
-            "chains": args.chains,
-            "progressbar": False,
-        }
-    )
-    t0 = time.perf_counter()
-    model.fit(sweep, random_seed=1)
-    d = model.diagnostics
-    fit_s = time.perf_counter() - t0
-    model.save(out / "vllm-blog-model.nc")
-    _write_report(model, out / "report", "Posterior report: real vLLM sweep (vLLM blog 2024)")
-    diag = pd.DataFrame([{k: d[k] for k in ("max_rhat", "min_ess_bulk", "min_ess_tail",
-                                             "divergences", "draws", "runs_fitted")}])  # fmt: skip
-    text = [
-        "\n## Bayesian model of the real sweep (posterior, 90% intervals)\n\n",
-        f"Fitted in {fit_s:.0f} s (compile included). Sampler diagnostics:\n\n",
-        _markdown_table(diag),
-    ]
-    rows, breaks, slo_rows = [], [], []
-    for dataset in BLOG_CONFIGS:
-        part = sweep[sweep["dataset"] == dataset]
-        cfg = blog_config(sweep, dataset)
-        rates = sorted(part["request_rate"].unique())
-        sd_rows = pd.DataFrame([{**cfg, "k": 4, "request_rate": r} for r in rates])
-        summ = model.predict(sd_rows, random_seed=0).summary
-        for r, (_, p) in zip(rates, summ.iterrows(), strict=True):
-            m_sd = part[(part["k"] == 4) & (part["request_rate"] == r)]["latency_mean_s"]
-            m_0 = part[(part["k"] == 0) & (part["request_rate"] == r)]["latency_mean_s"]
-            measured = float(m_0.iloc[0] / m_sd.iloc[0]) if len(m_sd) and len(m_0) else np.nan
-            rows.append({"dataset": dataset, "rate": r, "measured_speedup": measured,
-                         "speedup_median": p["speedup_median"], "speedup_lo": p["speedup_lo"],
-                         "speedup_hi": p["speedup_hi"],
-                         "p_speedup_gt_1": p["p_speedup_gt_1"]})  # fmt: skip
-        be = planning.break_even(model, cfg, k=4).summary()
-        breaks.append({"dataset": dataset, **be})
-        sus = planning.sustainable_rate(model, cfg, slo_s=args.slo, credibility=0.9, ks=(0, 4))
-        slo_rows += [{"dataset": dataset, **r} for r in sus.to_dict("records")]
+    res = demo.bayesian_fit(draws=args.draws, chains=args.chains, slo_s=args.slo)
+    res.model.save(out / "vllm-blog-model.nc")
+    _write_report(res.model, out / "report", "Posterior report: real vLLM sweep (vLLM blog 2024)")
+    for _, be in res.break_even.iterrows():
         print(
-            f"  {dataset}: break-even {be['break_even_median']:.1f} req/s "
+            f"  {be['dataset']}: break-even {be['break_even_median']:.1f} req/s "
             f"(90%: {be['break_even_lo']:.1f}-{be['break_even_hi']:.1f})",
             file=sys.stderr,
         )
-    text += [
-        "\n### Predicted against measured speedup (k = 4)\n\n",
-        _markdown_table(pd.DataFrame(rows)),
+    return [
+        "\n## Bayesian model of the real sweep (posterior, 90% intervals)\n\n",
+        f"Fitted in {res.fit_seconds:.0f} s (compile included). Sampler diagnostics:\n\n",
+        _markdown_table(res.diagnostics),
+        f"\n### Predicted against measured speedup (k = {demo.BLOG_K})\n\n",
+        _markdown_table(res.speedup),
         "\n### Break-even rate (SD stops paying)\n\n",
         "The blog saw SD stop paying near 8 QPS on ShareGPT.\n\n",
-        _markdown_table(pd.DataFrame(breaks)),
+        _markdown_table(res.break_even),
         f"\n### Highest rate with P(mean latency <= {args.slo:g} s) >= 0.9\n\n",
-        _markdown_table(pd.DataFrame(slo_rows)),
+        _markdown_table(res.sustainable),
         "\nFigures, coefficient tables with intervals and fit quality: `report/report.md`, "
         "`report/report.html` (one file) and `report/latex/` (booktabs tables, PDF figures).\n",
         "\nThe fitted model is saved as `vllm-blog-model.nc`: try "
@@ -194,7 +113,6 @@ def _demo_bayes(sweep: pd.DataFrame, out: Path, args: argparse.Namespace) -> lis
         "--config drafter=turboderp/Qwama-0.5B-Instruct --config method=draft_model "
         "--ks 0,2,4 --slo 3s`.\n",
     ]
-    return text
 
 
 def _write_report(model, folder: Path, title: str) -> None:
@@ -335,7 +253,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from bayes_sd import datasets
     from bayes_sd.io import read_step_costs
     from bayes_sd.model import LatencyModel
+    from bayes_sd.priors import load_model_config
 
+    model_config = load_model_config(args.model_config) if args.model_config else None
     sweep = _sweep_from_args(args)
     steps = None
     if args.steps == "example":
@@ -343,6 +263,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     elif args.steps:
         steps = read_step_costs(args.steps)
     model = LatencyModel(
+        model_config=model_config,
         sampler_config={
             "draws": args.draws,
             "tune": args.tune,
@@ -350,7 +271,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             "nuts_sampler": args.sampler,
             "adaptation": args.adaptation,
             "progressbar": not args.quiet,
-        }
+        },
     )
     print(
         f"bayes-sd fit: {len(sweep)} runs, {args.chains} chains x {args.draws} draws "
@@ -466,9 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bayesian latency models of speculative decoding in LLM serving.",
     )
     parser.add_argument("--version", action="version", version=f"bayes_sd {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of internal errors"
+    )
+    # --debug is also accepted after the command (bayes-sd fit ... --debug)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of internal errors")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="summarise the embedded example data into a report")
+    def add(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[debug], **kw)
+
+    demo = add("demo", help="summarise the embedded example data into a report")
     demo.add_argument("--out", default="reports/demo", help="output folder (default: %(default)s)")
     demo.add_argument(
         "--fit",
@@ -483,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--slo", type=float, default=3.0, help="latency SLO in seconds")
     demo.set_defaults(func=cmd_demo)
 
-    ingest = sub.add_parser(
+    ingest = add(
         "ingest",
         help="read vLLM bench JSON, GuideLLM reports or tidy tables into a canonical CSV",
         description="Read result files, folders or tables and write the validated canonical "
@@ -501,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=cmd_ingest)
 
-    sim = sub.add_parser(
+    sim = add(
         "simulate",
         help="simulate a sweep of a continuous-batching server with SD (simulated data)",
         description="Simulate configurations x rates with the discrete-event simulator driven by "
@@ -545,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(func=cmd_simulate)
 
-    fit = sub.add_parser(
+    fit = add(
         "fit",
         help="fit the hierarchical Bayesian model to a sweep and save it (NetCDF)",
         description="Read a sweep (any supported input, or --example) and sample the posterior "
@@ -556,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--example", help="an embedded sweep instead: demo or vllm-blog-2024")
     fit.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
     fit.add_argument("--out", required=True, help="model file to write (.nc)")
+    fit.add_argument(
+        "--model-config",
+        default=None,
+        metavar="FILE.yaml",
+        help="priors (by name, as {dist, kwargs, dims}), centred, residuals and coverage "
+        "from a YAML file (docs/model.md, 'Changing a prior')",
+    )
     fit.add_argument(
         "--steps",
         default=None,
@@ -576,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=cmd_fit)
 
-    pred = sub.add_parser(
+    pred = add(
         "predict",
         help="posterior predictive latency and speedup for new rows",
         description="Rows (CSV or Parquet): gpu, target, k, prefill_len, decode_len, "
@@ -590,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--seed", type=int, default=0)
     pred.set_defaults(func=cmd_predict)
 
-    plan = sub.add_parser(
+    plan = add(
         "plan",
         help="capacity planning: sustainable rate under an SLO, break-even, best k",
         description="Answers for one configuration, computed over posterior draws: the highest "
@@ -612,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", default=None, help="folder for plan.md and CSV tables")
     plan.set_defaults(func=cmd_plan)
 
-    report = sub.add_parser(
+    report = add(
         "report",
         help="posterior report of a saved model (Markdown + PNG, HTML, LaTeX)",
         description="Coefficients with credible intervals, sampler diagnostics, fit quality "
@@ -642,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bayes-sd: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # one clear line; the traceback only on request
-        if "--debug" in sys.argv:
+        if args.debug:
             raise
         print(
             f"bayes-sd: internal error: {type(err).__name__}: {err} "

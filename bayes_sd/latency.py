@@ -4,7 +4,10 @@ Plain functions on NumPy arrays, which broadcast over posterior draws, and on Py
 so one formula serves the PyMC model and the posterior-draw predictions alike. A function is in
 PyTensor mode when any argument is a PyTensor variable; it then builds a graph and does no input
 checks (the model's priors keep values in range). In NumPy mode inputs are checked and bad
-values raise ``ValueError``.
+values raise ``ValueError`` (:mod:`bayes_sd._backend`).
+
+The demand coefficients (:class:`~bayes_sd.coefs.Coefficients`) are named in
+:data:`bayes_sd.coefs.COEFS`.
 
 Notation (per request): ``k`` draft length, ``E`` expected tokens committed per draft–verify
 cycle (vLLM's acceptance length, bonus token included), ``D`` output tokens (decode length),
@@ -21,9 +24,14 @@ system follow IEEE division (finite/inf = 0, inf/finite = inf, inf/inf = nan).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
+
+from bayes_sd._backend import check as _check
+from bayes_sd._backend import numeric as _numeric
+from bayes_sd._backend import ops as _ops
+from bayes_sd.coefs import COEFS, Coefficients
 
 __all__ = [
     "Coefficients",
@@ -33,6 +41,8 @@ __all__ = [
     "closed_loop_latency",
     "closed_loop_speedup",
     "closed_loop_throughput",
+    "coverage_weighted",
+    "cycle_terms",
     "demand",
     "expert_coverage",
     "max_rate_under_slo",
@@ -42,6 +52,7 @@ __all__ = [
     "moe_saturation_rate",
     "open_loop_latency",
     "open_loop_latency_smooth",
+    "per_request",
     "saturation_rate",
     "speedup",
     "speedup_from_ratios",
@@ -50,101 +61,6 @@ __all__ = [
     "tokens_per_cycle_from_rate",
     "tokens_per_cycle_positional",
 ]
-
-
-class Coefficients(NamedTuple):
-    """The demand coefficients of one system (seconds).
-
-    ``1`` = load-independent, ``2`` = load-dependent (per request in flight);
-    ``p`` prefill, ``v`` one verification pass (a plain decode step when k = 0), ``d`` one
-    drafting step. These six are the published model's. ``s`` (default 0) is bayes_sd's
-    extension: the premium of verifying several tokens over a plain one-token decode pass, paid
-    per cycle only when k > 0 — measured step costs jump from q = 1 to q = 2 and are nearly flat
-    beyond (docs/science.md). Fields may be floats, arrays (e.g. posterior draws) or PyTensor
-    tensors.
-    """
-
-    c1p: Any
-    c2p: Any
-    c1v: Any
-    c2v: Any
-    c1d: Any
-    c2d: Any
-    c1s: Any = 0.0
-    c2s: Any = 0.0
-
-
-# --------------------------------------------------------------------------------------------
-# NumPy / PyTensor dispatch
-
-
-def _is_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("pytensor")
-
-
-class _NumpyOps:
-    tensor = False
-    where = staticmethod(np.where)
-    abs = staticmethod(np.abs)
-
-    @staticmethod
-    def asarray(x):
-        return np.asarray(x, dtype=float)
-
-    @staticmethod
-    def cumprod(x, axis):
-        return np.cumprod(x, axis=axis)
-
-    @staticmethod
-    def sum(x, axis):
-        return np.sum(x, axis=axis)
-
-
-class _TensorOps:
-    tensor = True
-
-    def __init__(self) -> None:
-        import pytensor.tensor as pt
-
-        self.pt = pt
-        self.abs = pt.abs
-
-    def where(self, cond, a, b):
-        return self.pt.switch(
-            self.pt.as_tensor_variable(np.asarray(cond) if not _is_tensor(cond) else cond), a, b
-        )
-
-    def convert(self, *xs):
-        return [self.pt.as_tensor_variable(x) for x in xs]
-
-    def asarray(self, x):
-        return self.pt.as_tensor_variable(x)
-
-    def cumprod(self, x, axis):
-        return self.pt.cumprod(x, axis=axis)
-
-    def sum(self, x, axis):
-        return self.pt.sum(x, axis=axis)
-
-
-def _ops(*xs: Any):
-    return _TensorOps() if any(_is_tensor(x) for x in xs) else _NumpyOps()
-
-
-def _check(ok: Any, message: str) -> None:
-    if not bool(np.all(ok)):
-        raise ValueError(message)
-
-
-def _numeric(name: str, x: Any, *, low: float | None = None, high: float | None = None):
-    """Float array with a range check (NumPy mode only); NaN passes through unchecked."""
-    arr = np.asarray(x, dtype=float)
-    # NaN compares False: no masked copy of large posterior-draw arrays is needed
-    if low is not None and np.any(arr < low):
-        raise ValueError(f"{name} must be >= {low}; got {np.nanmin(arr)}")
-    if high is not None and np.any(arr > high):
-        raise ValueError(f"{name} must be <= {high}; got {np.nanmax(arr)}")
-    return arr
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,23 +156,43 @@ def alpha_from_tokens_per_cycle(tokens: Any, k: Any) -> np.ndarray:
 # Demand and latency
 
 
-def demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any) -> tuple[Any, Any]:
-    """Combine the six coefficients into ``(C1, C2)`` for draft length ``k``.
+def cycle_terms(coefs: Coefficients, k: Any) -> tuple[Any, Any, Any, Any]:
+    """``(A1, B1, A2, B2)``: per request ``A`` (prefill) and per cycle ``B`` (one draft–verify
+    cycle) at each level, so that ``C = A + cycles · B``:
+    ``A = c_p``, ``B = c_v + [k>0] c_s + k c_d`` (no input checks: see :func:`demand`)."""
+    ops = _ops(*coefs, k)
+    sd = ops.where(k > 0, 1.0, 0.0)  # the verification premium is paid only with drafts
+    b1 = coefs.c1v + sd * coefs.c1s + k * coefs.c1d
+    b2 = coefs.c2v + sd * coefs.c2s + k * coefs.c2d
+    return coefs.c1p, b1, coefs.c2p, b2
 
-    ``tokens`` is the expected tokens per cycle (1 for k = 0), ``decode_len`` the output tokens.
+
+def per_request(a: Any, b: Any, cycles: Any) -> Any:
+    """``A + cycles · B``: a level of demand from its per-request and per-cycle terms."""
+    return a + cycles * b
+
+
+def _demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any) -> tuple[Any, Any]:
+    a1, b1, a2, b2 = cycle_terms(coefs, k)
+    cycles = decode_len / tokens
+    return per_request(a1, b1, cycles), per_request(a2, b2, cycles)
+
+
+def demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any) -> tuple[Any, Any]:
+    """Combine the coefficients into ``(C1, C2)`` for draft length ``k``.
+
+    ``tokens`` is the expected tokens per cycle (1 for k = 0), ``decode_len`` the output tokens:
+    ``C = A + (D / E) B`` with the terms of :func:`cycle_terms`. The one implementation of the
+    demand formula (the prediction kernel, :mod:`bayes_sd._kernels`, is its compiled copy).
     """
     ops = _ops(*coefs, k, tokens, decode_len)
     if not ops.tensor:
-        for name, value in zip(Coefficients._fields, coefs, strict=True):
+        for name, value in zip(COEFS, coefs, strict=True):
             _numeric(name, value, low=0.0)
         k = _numeric("k", k, low=0.0)
         tokens = _numeric("tokens per cycle", tokens, low=1.0)
         decode_len = _numeric("decode_len", decode_len, low=0.0)
-    cycles = decode_len / tokens
-    sd = ops.where(k > 0, 1.0, 0.0)  # the verification premium is paid only with drafts
-    c1 = coefs.c1p + cycles * (coefs.c1v + sd * coefs.c1s + k * coefs.c1d)
-    c2 = coefs.c2p + cycles * (coefs.c2v + sd * coefs.c2s + k * coefs.c2d)
-    return c1, c2
+    return _demand(coefs, k, tokens, decode_len)
 
 
 def open_loop_latency(c1: Any, c2: Any, rate: Any) -> Any:
@@ -436,6 +372,13 @@ def expert_coverage(tokens: Any, experts: Any, experts_per_token: Any) -> Any:
     return 1.0 - (1.0 - experts_per_token / experts) ** tokens
 
 
+def coverage_weighted(increment: Coefficients, phi_p: Any, phi_v: Any, phi_d: Any):
+    """The MoE coverage part ``φ · c_s`` of each coefficient (model.md §4): the prefill's at
+    ``φ_p``, verification's and its premium's at ``φ_v``, drafting's at ``φ_d``."""
+    phi = {"p": phi_p, "v": phi_v, "s": phi_v, "d": phi_d}
+    return Coefficients(**{c: phi[c[-1]] * getattr(increment, c) for c in COEFS})
+
+
 def moe_demand(
     unsaturated: Coefficients,
     increment: Coefficients,
@@ -462,13 +405,7 @@ def moe_demand(
     phi_v = expert_coverage(in_batch * (k + 1.0), experts, experts_per_token)
     phi_p = expert_coverage(prefill_len, experts, experts_per_token)
     phi_d = expert_coverage(in_batch, experts, experts_per_token)
-    phis = {"p": phi_p, "v": phi_v, "s": phi_v, "d": phi_d}
-    coefs = Coefficients(
-        *(
-            u + phis[name[-1]] * s
-            for name, u, s in zip(Coefficients._fields, unsaturated, increment, strict=True)
-        )
-    )
+    coefs = unsaturated.map(lambda u, s: u + s, coverage_weighted(increment, phi_p, phi_v, phi_d))
     return demand(coefs, k, tokens, decode_len)
 
 
@@ -502,8 +439,7 @@ def moe_saturation_rate(
     unsaturated: Coefficients, increment: Coefficients, k: Any, tokens: Any, decode_len: Any
 ) -> Any:
     """Sustainable open-loop rate of an MoE target: ``1 / C2`` with every expert read (φ = 1)."""
-    full = Coefficients(*(u + s for u, s in zip(unsaturated, increment, strict=True)))
-    _, c2 = demand(full, k, tokens, decode_len)
+    _, c2 = demand(unsaturated.map(lambda u, s: u + s, increment), k, tokens, decode_len)
     return saturation_rate(c2)
 
 
@@ -540,29 +476,29 @@ def moe_open_loop_latency(
             for v in (k, tokens, decode_len, rate, experts, experts_per_token, prefill_len)
         ),
     )
-    nc = len(Coefficients._fields)
-    unsat, incr = Coefficients(*arrays[:nc]), Coefficients(*arrays[nc : 2 * nc])
+    nc = len(COEFS)
+    unsat = Coefficients.from_values(arrays[:nc])
+    incr = Coefficients.from_values(arrays[nc : 2 * nc])
     k, tokens, decode_len, rate, experts, experts_per_token, prefill_len = arrays[2 * nc :]
     _numeric("rate", rate, low=0.0)
-    for name, value in zip(Coefficients._fields * 2, (*unsat, *incr), strict=True):
+    for name, value in zip(COEFS * 2, (*unsat, *incr), strict=True):
         _numeric(name, value, low=0.0)
     expert_coverage(prefill_len, experts, experts_per_token)  # checks the MoE shape
 
     # Everything but the coverage of verification and drafting is constant in B: precompute it.
-    cycles = decode_len / tokens
     with np.errstate(divide="ignore"):  # dense (m = M): log q = −inf, φ = 1 for T > 0
         log_q = np.log1p(-experts_per_token / experts)  # φ(T) = 1 − exp(T log q)
     phi_p = 1.0 - np.exp(prefill_len * log_q)
-    sd = np.where(k > 0, 1.0, 0.0)
-    base1 = unsat.c1p + phi_p * incr.c1p + cycles * (unsat.c1v + sd * unsat.c1s + k * unsat.c1d)
-    base2 = unsat.c2p + phi_p * incr.c2p + cycles * (unsat.c2v + sd * unsat.c2s + k * unsat.c2d)
+    zero = np.zeros_like(phi_p)
+    fixed = unsat.map(lambda u, s: u + s, coverage_weighted(incr, phi_p, zero, zero))
+    base1, base2 = _demand(fixed, k, tokens, decode_len)
 
     def excess(lat: np.ndarray, util: bool = False):  # f(L) − L with B = λL (and λ C2(B))
         batch = np.maximum(rate * lat, 1.0)
         phi_v = 1.0 - np.exp(batch * (k + 1.0) * log_q)
         phi_d = 1.0 - np.exp(batch * log_q)
-        c1 = base1 + cycles * (phi_v * (incr.c1v + sd * incr.c1s) + k * phi_d * incr.c1d)
-        c2 = base2 + cycles * (phi_v * (incr.c2v + sd * incr.c2s) + k * phi_d * incr.c2d)
+        extra1, extra2 = _demand(coverage_weighted(incr, zero, phi_v, phi_d), k, tokens, decode_len)
+        c1, c2 = base1 + extra1, base2 + extra2
         g = c1 + rate * lat * c2 - lat
         return (g, rate * c2) if util else g
 

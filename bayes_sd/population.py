@@ -27,13 +27,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayes_sd import latency
+from bayes_sd import latency, laws
+from bayes_sd.coefs import COEFS, LENGTH_COEFS
 from bayes_sd.registry import lookup_model
 from bayes_sd.schema import validate_sweep
 
 __all__ = ["COEFS", "DEFAULT_POPULATION", "Population", "simulate_from_model"]
 
-COEFS = latency.Coefficients._fields  # c1p c2p c1v c2v c1d c2d c1s c2s
+# the order random effects are drawn in: seeded sweeps stay those of earlier versions
+DRAW_ORDER = ("c1p", "c2p", "c1v", "c2v", "c1d", "c2d", "c1s", "c2s")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Population:
     )
     gpu_effect: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
-            "H100-SXM-80GB": dict.fromkeys(COEFS, 0.0),
+            "H100-SXM-80GB": dict.fromkeys(DRAW_ORDER, 0.0),
             "H200-SXM-141GB": {
                 "c1p": -0.05,
                 "c2p": -0.05,
@@ -97,7 +99,7 @@ def _draw_gpu_effects(pop: Population, gpus: list[str], rng) -> dict[str, dict[s
         if gpu in pop.gpu_effect:
             out[gpu] = dict(pop.gpu_effect[gpu])
         else:  # an unseen GPU: drawn from the partially pooled law
-            out[gpu] = {c: float(rng.normal(0.0, pop.gpu_sd)) for c in COEFS}
+            out[gpu] = {c: float(rng.normal(0.0, pop.gpu_sd)) for c in DRAW_ORDER}
     return out
 
 
@@ -112,28 +114,24 @@ def coefficients(
     decode_len: float,
     residual: dict[str, float] | None = None,
 ) -> latency.Coefficients:
-    """The six coefficients (seconds) of one configuration from the population law."""
+    """The coefficients (seconds) of one configuration from the population law
+    (:func:`bayes_sd.laws.log_coefficients`, intercepts at 1 B parameters)."""
     residual = residual or dict.fromkeys(COEFS, 0.0)
-    lengths = {
-        "c1p": np.log(prefill_len / 1024),
-        "c2p": np.log(prefill_len / 1024),
-        "c2v": np.log((prefill_len + decode_len / 2) / 1024),
-    }
-    values = {}
-    for c in COEFS:
-        worker = drafter_params if c.endswith("d") else target_params
-        if worker is None:  # no drafter: drafting costs nothing (k = 0 anyway)
-            values[c] = 0.0
-            continue
-        log_c = (
-            pop.intercept[c]
-            + pop.slope[c] * np.log(worker / 1e9)
-            + gpu_effects[gpu][c]
-            + pop.length_slope.get(c, 0.0) * lengths.get(c, 0.0)
-            + residual[c]
-        )
-        values[c] = float(np.exp(log_c))
-    return latency.Coefficients(**values)
+    vector = lambda d: np.array([d[c] for c in COEFS])  # noqa: E731
+    # no drafter: drafting costs nothing (k = 0 anyway)
+    worker = np.array([drafter_params or 1e9 if c.endswith("d") else target_params for c in COEFS])
+    log_c = laws.log_coefficients(
+        vector(pop.intercept),
+        vector(pop.slope),
+        np.log(worker / 1e9),
+        vector(gpu_effects[gpu]),
+        np.array([pop.length_slope.get(c, 0.0) for c in LENGTH_COEFS]),
+        laws.length_covariates(prefill_len, decode_len),
+    ) + vector(residual)
+    values = np.exp(log_c)
+    if drafter_params is None:
+        values[[COEFS.index(c) for c in ("c1d", "c2d")]] = 0.0
+    return latency.Coefficients.from_values(float(v) for v in values)
 
 
 def simulate_from_model(
@@ -162,7 +160,7 @@ def simulate_from_model(
         if t_info is None:
             raise ValueError(f"unknown target {cfg['target']!r}: register_model it first")
         d_info = lookup_model(cfg["drafter"]) if cfg.get("drafter") else None
-        resid = {c: float(rng.normal(0.0, population.config_sd)) for c in COEFS}
+        resid = {c: float(rng.normal(0.0, population.config_sd)) for c in DRAW_ORDER}
         kw = dict(
             gpu=cfg["gpu"],
             drafter_params=d_info.params if d_info else None,
@@ -173,14 +171,12 @@ def simulate_from_model(
         unsat = coefficients(population, gpu_effects, target_params=t_info.active_params, **kw)
         if t_info.moe:
             full = coefficients(population, gpu_effects, target_params=t_info.params, **kw)
-            incr = latency.Coefficients(
-                *(
-                    max(f - u, 0.0) if c[-1] in "pvs" else 0.0
-                    for c, f, u in zip(COEFS, full, unsat, strict=True)
-                )
+            incr = latency.Coefficients.from_values(
+                max(f - u, 0.0) if c[-1] in "pvs" else 0.0
+                for c, f, u in zip(COEFS, full, unsat, strict=True)
             )
         else:
-            incr = latency.Coefficients(*([0.0] * len(COEFS)))
+            incr = latency.Coefficients.from_values([0.0] * len(COEFS))
         truth_configs.append(
             {
                 "config": ci,

@@ -1,7 +1,12 @@
-"""Default priors of the latency model, as configuration (``pymc_extras.prior.Prior``).
+"""Every default prior and likelihood of the models, as configuration (``pymc_extras.prior.Prior``).
 
-How they were chosen (docs/model.md): coefficients are on the log scale, at 1 B parameters of
-the model doing the work and a 1,024-token length.
+Change a default here, or override any prior by name without touching code:
+``LatencyModel(model_config={"priors": {"sigma": Prior("HalfNormal", sigma=0.05,
+dims="source")}})``, ``StepLevelModel(priors={...})``, or a YAML file (:func:`load_model_config`,
+``bayes-sd fit --model-config FILE.yaml``). Unknown names are an error listing them all.
+
+How the latency model's were chosen (docs/model.md): coefficients are on the log scale, at the
+reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
 
 * ``intercept``: centred on what the embedded H100 step costs imply — e.g. the load-independent
   verification cost ``c1v`` is one decode pass that reads the weights, 6.3 ms for an 8 B model,
@@ -26,40 +31,58 @@ the model doing the work and a 1,024-token length.
   log-scale shift per level on the target's coefficients of a system, and one on the drafter's
   load-independent cost ``c1d`` of a draft system (its per-request cost is carried by the series
   shifts) — HalfNormal(0.3).
-* ``series_sd``: spread of the per-series shifts of ``C1`` and ``C2`` (a series is one draft
-  system at one draft length, or a system's baseline) — what the coefficient laws do not
-  explain of one (k, acceptance) curve; HalfNormal(0.1): the closed form describes a series to
-  a few percent.
+* ``series_sd``: spread of the per-series shifts of ``C2`` (a series is one draft system at
+  one draft length, or a system's baseline) — what the coefficient laws do not explain of one
+  (k, acceptance) curve; HalfNormal(0.1): the closed form describes a series to a few percent.
 * ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
-  what a dense model of the total size would", Normal(0, 0.5).
+  what a dense model of the total size would", Normal(0, 0.5). Hierarchically centred with the
+  residuals when the prior is a location family (its ``mu`` shifted by the anchor).
 * ``acceptance``: per drafter configuration where the data carry no acceptance, Beta(2, 2) on
   the acceptance rate (E − 1)/k.
 * ``sigma``: measurement noise on log mean latency per source, HalfNormal(0.1) (a few percent is
-  typical of benchmark means); ``nu``: Student-t degrees of freedom, Gamma(2, 0.1).
+  typical of benchmark means); ``load_noise``: its growth with the queueing share of latency,
+  HalfNormal(1); ``nu``: Student-t degrees of freedom, Gamma(2, 0.1), used when the
+  ``likelihood`` family has one (Student-t, the default: robust to the odd digitised point).
+* Joint step likelihood (``fit(steps=...)``): ``step_overhead``, the log serving overhead per
+  level that an isolated forward pass does not pay, Normal(0.1, 0.3); ``step_sigma``,
+  HalfNormal(0.1); ``step_likelihood`` Student-t with ν = 4 (``step_nu``, Gamma(2, 0.1), when
+  a family without a fixed ν is given).
 
-Override any of them by name: ``LatencyModel(model_config={"priors": {"sigma":
-Prior("HalfNormal", sigma=0.05, dims="source")}})``. Unknown names are an error listing them all.
+:data:`STEP_PRIORS` are :class:`bayes_sd.stepfit.StepLevelModel`'s, in milliseconds at 1 B
+active parameters on the reference GPU: ``mu`` (a ~ 2 ms for weights and launches, b ~ 5 µs per
+token, c ~ 40 ns per cached token of 128 KiB, a multi-token premium s ~ 0.5 ms, e ~ 10 ns per
+new × cached token at 8B's width), ``beta`` (size and width slopes), ``gpu_effect`` (against the
+reference GPU), ``model_sd`` and ``pair_sd`` (model and model × GPU residual spreads),
+``moe_excess``, ``sigma``, ``nu`` and the ``likelihood``.
 """
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pymc_extras.prior import Prior, deserialize
 
-from bayes_sd.population import DEFAULT_POPULATION
+from bayes_sd.coefs import COEFS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS
+from bayes_sd.errors import DataError
 
-__all__ = ["COEFS", "DEFAULT_PRIORS", "LENGTH_COEFS", "SLOPE_COEFS", "resolve_priors"]
+__all__ = [
+    "DEFAULT_PRIORS",
+    "MODEL_CONFIG_KEYS",
+    "STEP_PRIORS",
+    "load_model_config",
+    "make_likelihood",
+    "resolve_priors",
+]
 
-COEFS = ("c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d")
-LENGTH_COEFS = ("c1p", "c2p", "c2v")
-SLOPE_COEFS = ("c1p", "c2p", "c1v", "c2v", "c1d", "c2d")  # c1s, c2s take c1v's and c2v's
-REF_TARGET_PARAMS = 4e9  # intercepts are at these sizes (docs/model.md)
-REF_DRAFTER_PARAMS = 0.25e9
+MODEL_CONFIG_KEYS = ("priors", "coverage", "residuals", "centred")
 
 
-def _defaults() -> dict[str, Prior]:
+def _latency_defaults() -> dict[str, Prior]:
+    from bayes_sd.population import DEFAULT_POPULATION
+
     pop = DEFAULT_POPULATION
     ref = {c: REF_DRAFTER_PARAMS if c.endswith("d") else REF_TARGET_PARAMS for c in COEFS}
     centre = [
@@ -78,15 +101,38 @@ def _defaults() -> dict[str, Prior]:
         "sigma": Prior("HalfNormal", sigma=0.1, dims="source"),
         "load_noise": Prior("HalfNormal", sigma=1.0),
         "nu": Prior("Gamma", alpha=2.0, beta=0.1),
+        "likelihood": Prior("StudentT"),
+        "step_overhead": Prior("Normal", mu=0.1, sigma=0.3, dims="level"),
+        "step_sigma": Prior("HalfNormal", sigma=0.1),
+        "step_likelihood": Prior("StudentT", nu=4.0),
+        "step_nu": Prior("Gamma", alpha=2.0, beta=0.1),
     }
 
 
-DEFAULT_PRIORS: dict[str, Prior] = _defaults()
+def _step_defaults() -> dict[str, Prior]:
+    return {
+        "mu": Prior("Normal", mu=np.log([2.0, 5e-3, 4e-5, 0.5, 1e-5]), sigma=1.5, dims="term"),
+        "beta": Prior("Normal", mu=np.array([0.7, 1.0, 1.0, 0.7, 1.0]), sigma=0.3, dims="term"),
+        "gpu_effect": Prior("Normal", mu=0.0, sigma=0.5, dims=("other_gpu", "kind", "term")),
+        "model_sd": Prior("HalfNormal", sigma=0.5, dims="term"),
+        "pair_sd": Prior("HalfNormal", sigma=0.1),
+        "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="moe_model"),
+        "sigma": Prior("HalfNormal", sigma=0.1),
+        "nu": Prior("Gamma", alpha=2.0, beta=0.1),
+        "likelihood": Prior("StudentT"),
+    }
 
 
-def resolve_priors(overrides: dict[str, Any] | None) -> dict[str, Prior]:
-    """Defaults updated by ``overrides`` (Prior objects or their ``to_dict()`` form)."""
-    priors = dict(_defaults())
+DEFAULT_PRIORS: dict[str, Prior] = _latency_defaults()
+STEP_PRIORS: dict[str, Prior] = _step_defaults()
+
+
+def resolve_priors(
+    overrides: dict[str, Any] | None, defaults: dict[str, Prior] | None = None
+) -> dict[str, Prior]:
+    """``defaults`` (the latency model's when not given) updated by ``overrides`` (Prior
+    objects or their ``to_dict()`` form). Unknown names are a ``ValueError`` listing them."""
+    priors = dict(_latency_defaults() if defaults is None else defaults)
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(priors))
     if unknown:
@@ -97,5 +143,78 @@ def resolve_priors(overrides: dict[str, Any] | None) -> dict[str, Prior]:
     if bad:
         raise ValueError(f"prior(s) {', '.join(bad)} must be pymc_extras.prior.Prior objects")
     for name, value in overrides.items():
-        priors[name] = deserialize(value) if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            try:
+                value = deserialize(value)
+            except Exception as err:  # pymc_extras raises several kinds
+                raise ValueError(f"prior {name}: cannot read {value!r} as a Prior ({err})") from err
+        priors[name] = value
     return priors
+
+
+def make_likelihood(spec: Prior, name: str, *, mu, sigma, observed, dims, nu=None):
+    """The observed variable ``name`` of the family ``spec`` (a Prior without ``mu``): ``mu``,
+    ``sigma`` and ``observed`` are filled in, and ``nu()`` (a callable creating the
+    degrees-of-freedom variable) when the family takes a ``nu`` the spec does not fix."""
+    dist = spec.deepcopy()
+    params = inspect.signature(dist.pymc_distribution.dist).parameters
+    for key in ("mu", "sigma"):
+        if key not in params:
+            raise ValueError(f"the likelihood {spec.distribution} has no {key!r} parameter")
+    dist.parameters.update(mu=mu, sigma=sigma, observed=observed)
+    if "nu" in params and "nu" not in dist.parameters and nu is not None:
+        dist.parameters["nu"] = nu()
+    dist.dims = dims
+    return dist.create_variable(name)
+
+
+def load_model_config(path: str | Path) -> dict[str, Any]:
+    """A ``model_config`` dict from a YAML (or JSON) file, read with ``yaml.safe_load`` under a
+    size limit: ``priors`` (name → ``{dist, kwargs, dims}``, the ``Prior.to_dict`` form),
+    ``centred`` (true, false or auto), ``residuals`` (a list), ``coverage`` (true or false).
+    Errors are :class:`~bayes_sd.DataError` naming the file and the key."""
+    from bayes_sd.io._safe import MAX_SIDECAR_BYTES, load_yaml, read_text
+
+    file = str(path)
+    data = load_yaml(read_text(Path(path), max_bytes=MAX_SIDECAR_BYTES), file)
+    if not isinstance(data, dict):
+        raise DataError("a model configuration is a mapping of keys to values", file=file)
+    unknown = sorted(str(k) for k in data if k not in MODEL_CONFIG_KEYS)
+    if unknown:
+        raise DataError(
+            f"unknown key(s) {', '.join(unknown)}; known: {', '.join(MODEL_CONFIG_KEYS)}",
+            file=file,
+            field=unknown[0],
+        )
+    config = dict(data)
+    priors = config.get("priors") or {}
+    if not isinstance(priors, dict):
+        raise DataError("priors must map names to priors", file=file, field="priors")
+    known = _latency_defaults()
+    out = {}
+    for name, spec in priors.items():
+        where = f"priors.{name}"
+        if name not in known:
+            raise DataError(
+                f"unknown prior; known: {', '.join(sorted(known))}", file=file, field=where
+            )
+        if not isinstance(spec, dict) or "dist" not in spec:
+            raise DataError(
+                "give a prior as {dist: Normal, kwargs: {mu: 0, sigma: 1}, dims: coef}",
+                file=file,
+                field=where,
+            )
+        try:
+            out[name] = resolve_priors({name: spec})[name]
+        except ValueError as err:
+            raise DataError(str(err), file=file, field=where) from err
+    config["priors"] = out
+    if "centred" in config:
+        centred = config["centred"]
+        if centred not in (True, False, "auto"):
+            raise DataError("centred must be true, false or auto", file=file, field="centred")
+    if "residuals" in config and not isinstance(config["residuals"], list):
+        raise DataError("residuals must be a list", file=file, field="residuals")
+    if "coverage" in config and not isinstance(config["coverage"], bool):
+        raise DataError("coverage must be true or false", file=file, field="coverage")
+    return config

@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayes_sd.model import POPULATION_PARAMS
 from bayes_sd.schema import atomic_write
 
-__all__ = ["Report", "build_report"]
+__all__ = ["Report", "build_report", "markdown_table"]
 
 MAX_PANELS = 12
 
@@ -52,7 +51,7 @@ class Report:
             parts.append(f"\n## {name.replace('_', ' ').capitalize()}\n\n")
             if name in self.notes:
                 parts.append(self.notes[name] + "\n\n")
-            parts.append(_markdown(table))
+            parts.append(markdown_table(table, index=True))
             atomic_write(folder / "tables" / f"{name}.csv", lambda p, t=table: t.to_csv(p))
         for name, fig in self.figures.items():
             png = _png(fig)
@@ -162,6 +161,8 @@ def build_report(model, *, interval: float = 0.9, title: str | None = None) -> R
 
 def coefficient_table(model, interval: float = 0.9) -> pd.DataFrame:
     import arviz as az
+
+    from bayes_sd.model import POPULATION_PARAMS
 
     post = model.idata["posterior"].dataset
     names = [n for n in POPULATION_PARAMS if n in post]
@@ -457,11 +458,15 @@ def _png(fig) -> bytes:
 def _fmt(v) -> str:
     if isinstance(v, float | np.floating):
         return "" if np.isnan(v) else f"{v:.4g}"
-    return str(v)
+    return "" if v is None or v is pd.NA else str(v)
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    d = df.reset_index()
+def markdown_table(df: pd.DataFrame, index: bool = False) -> str:
+    """A Markdown table of ``df`` (floats to 4 significant digits; the index as the first
+    column with ``index=True``); ``_(none)_`` for an empty table."""
+    if df.empty:
+        return "_(none)_\n"
+    d = df.reset_index() if index else df
     lines = ["| " + " | ".join(map(str, d.columns)) + " |", "|" + "---|" * len(d.columns)]
     for row in d.itertuples(index=False):
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")

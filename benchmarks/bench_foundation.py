@@ -84,8 +84,12 @@ def bench_validate(n_rows: int) -> list[dict]:
 
 def bench_algebra(n_rows: int) -> list[dict]:
     rng = np.random.default_rng(0)
-    unsat = latency.Coefficients(*(rng.uniform(1e-4, 1e-2, n_rows) for _ in range(6)))
-    incr = latency.Coefficients(0.0, 0.0, rng.uniform(0, 1e-2, n_rows), 1e-4, 0.0, 0.0)
+    unsat = latency.Coefficients(
+        **{c: rng.uniform(1e-4, 1e-2, n_rows) for c in ("c1p", "c2p", "c1v", "c2v", "c1d", "c2d")}
+    )
+    incr = latency.Coefficients(
+        c1p=0.0, c2p=0.0, c1v=rng.uniform(0, 1e-2, n_rows), c2v=1e-4, c1d=0.0, c2d=0.0
+    )
     sat = latency.moe_saturation_rate(unsat, incr, 3, 2.5, 256)
     rate = rng.uniform(0, 1, n_rows) * sat
     c1, c2 = latency.demand(unsat, 3, 2.5, 256)

@@ -40,7 +40,8 @@ import pandas as pd
 
 import bayes_sd
 from bayes_sd.baseline import fit_baseline
-from bayes_sd.model import ConvergenceWarning, LatencyModel, _label_systems
+from bayes_sd.design import label_systems
+from bayes_sd.model import ConvergenceWarning, LatencyModel
 
 
 def _inputs(rows: pd.DataFrame) -> pd.DataFrame:
@@ -116,7 +117,7 @@ def split_sparse(sweep: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     """(train, held-out rates of training series, held-out whole series)."""
     rows = sweep[~sweep["saturated"].astype(bool)].copy()
     rows["dataset"] = rows["dataset"].fillna("")
-    _label_systems(rows)
+    label_systems(rows)
     series = sorted(rows["series"].unique())
     whole = set(series[::10])
     held_series = rows[rows["series"].isin(whole)]
@@ -226,9 +227,9 @@ def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
 
 def _distinct_baselines(model, sample) -> int:
     """How many distinct baseline (k = 0) solves the MoE rows of ``sample`` need per draw."""
-    from bayes_sd.model import _moe_baselines
+    from bayes_sd.predict import _moe_baselines, prediction_rows
 
-    rows = model._prediction_rows(sample)
+    rows = prediction_rows(model.design, sample)
     return int(_moe_baselines(rows, (rows["target_experts"] > 1).to_numpy()).max() + 1)
 
 

@@ -15,8 +15,21 @@ alphas = st.floats(0.0, 1.0, allow_nan=False)
 ks = st.integers(0, 10)
 
 
+PAPER_ORDER = ("c1p", "c2p", "c1v", "c2v", "c1d", "c2d", "c1s", "c2s")
+
+
+def paper(values):
+    """Coefficients from values in the paper's order: the published six, then the premium."""
+    return L.Coefficients(**dict(zip(PAPER_ORDER, values, strict=False)))
+
+
+def six(c1p, c2p, c1v, c2v, c1d, c2d, **premium):
+    """The published six coefficients in the paper's order (and the premium by keyword)."""
+    return L.Coefficients(c1p=c1p, c2p=c2p, c1v=c1v, c2v=c2v, c1d=c1d, c2d=c2d, **premium)
+
+
 def coefs_strategy():
-    return st.builds(L.Coefficients, small, small, small, small, small, small, c1s=small, c2s=small)
+    return st.builds(six, small, small, small, small, small, small, c1s=small, c2s=small)
 
 
 # ---------------------------------------------------------------- acceptance
@@ -155,8 +168,8 @@ def test_coverage_limits(tokens, experts, m):
 
 
 def moe_coefs():
-    unsat = L.Coefficients(0.02, 0.001, 0.004, 0.0001, 0.0004, 0.00005)
-    incr = L.Coefficients(0.0, 0.0, 0.012, 0.0002, 0.0, 0.0)
+    unsat = six(0.02, 0.001, 0.004, 0.0001, 0.0004, 0.00005)
+    incr = six(0.0, 0.0, 0.012, 0.0002, 0.0, 0.0)
     return unsat, incr
 
 
@@ -178,10 +191,12 @@ def test_moe_latency_solves_each_element_whatever_the_others_scale():
     when solved together with long ones (as posterior draws of many systems are)."""
     rng = np.random.default_rng(0)
     n = 400
-    unsat = L.Coefficients(*rng.lognormal(-5, 1, size=(8, n)))
+    unsat = paper(rng.lognormal(-5, 1, size=(8, n)))
     scale = rng.uniform(0, 5, size=(8, n))
     scale[4:6] = 0.0  # c1d, c2d: a dense drafter
-    incr = L.Coefficients(*(c * f for c, f in zip(unsat, scale, strict=True)))
+    incr = paper(
+        c * f for c, f in zip((getattr(unsat, c) for c in PAPER_ORDER), scale, strict=True)
+    )
     k = rng.integers(0, 5, n).astype(float)
     tokens, rates = 1 + 0.7 * k, rng.uniform(0, 1, n)
     lat = L.moe_open_loop_latency(unsat, incr, k, tokens, 256, rates, 64, 8, 512)
@@ -192,7 +207,8 @@ def test_moe_latency_solves_each_element_whatever_the_others_scale():
     one = [i for i in np.flatnonzero(ok)[:20]]
     alone = [
         L.moe_open_loop_latency(
-            L.Coefficients(*(c[i] for c in unsat)), L.Coefficients(*(c[i] for c in incr)),
+            L.Coefficients.from_values(c[i] for c in unsat),
+            L.Coefficients.from_values(c[i] for c in incr),
             k[i], tokens[i], 256, rates[i], 64, 8, 512,
         )
         for i in one
@@ -202,7 +218,7 @@ def test_moe_latency_solves_each_element_whatever_the_others_scale():
 
 def test_moe_with_zero_increment_equals_dense():
     unsat, _ = moe_coefs()
-    zero = L.Coefficients(*([0.0] * 6))
+    zero = L.Coefficients.from_values([0.0] * 8)
     rates = np.array([0.0, 1.0, 3.0])
     moe = L.moe_open_loop_latency(unsat, zero, 3, 2.5, 256, rates, 64, 8, 512)
     dense = L.open_loop_latency(*L.demand(unsat, 3, 2.5, 256), rates)
@@ -214,7 +230,7 @@ def test_moe_coverage_raises_latency_at_load():
     low = L.moe_closed_loop_latency(unsat, incr, 0, 1.0, 256, 1, 128, 8, 512)
     high = L.moe_closed_loop_latency(unsat, incr, 0, 1.0, 256, 64, 128, 8, 512)
     c1_full, c2_full = L.demand(
-        L.Coefficients(*(u + s for u, s in zip(unsat, incr, strict=True))), 0, 1, 256
+        L.Coefficients.from_values(u + s for u, s in zip(unsat, incr, strict=True)), 0, 1, 256
     )
     # at one request most experts are idle; at 64 almost all are read
     assert low < c1_full + c2_full
@@ -227,7 +243,7 @@ def test_moe_coverage_raises_latency_at_load():
 def test_pytensor_matches_numpy_and_has_finite_gradient():
     a = pt.dvector("alpha")
     lam = pt.dscalar("rate")
-    coefs = L.Coefficients(0.02, 0.001, 0.007, 0.0002, 0.0004, 0.0001)
+    coefs = six(0.02, 0.001, 0.007, 0.0002, 0.0004, 0.0001)
     tokens = L.tokens_per_cycle(a, 3)
     c1, c2 = L.demand(coefs, 3, tokens, 256)
     lat = L.open_loop_latency(c1, c2, lam)
@@ -273,8 +289,8 @@ def test_pytensor_tokens_per_cycle_near_one(tokens_fn, alpha):
 @settings(max_examples=30)
 @given(st.floats(0.05, 0.9), st.integers(0, 5), st.floats(0.0, 0.05))
 def test_moe_solver_finds_the_least_root(frac, k, s1v):
-    unsat = L.Coefficients(0.02, 0.001, 0.004, 0.0001, 0.0004, 0.00005)
-    incr = L.Coefficients(0.0, 0.0, s1v, 0.0002, 0.0, 0.0)
+    unsat = six(0.02, 0.001, 0.004, 0.0001, 0.0004, 0.00005)
+    incr = six(0.0, 0.0, s1v, 0.0002, 0.0, 0.0)
     tokens = float(L.tokens_per_cycle(0.7, k))
     rate = frac * L.moe_saturation_rate(unsat, incr, k, tokens, 256)
     solved = L.moe_open_loop_latency(unsat, incr, k, tokens, 256, rate, 64, 8, 512)
@@ -290,7 +306,7 @@ def test_moe_solver_finds_the_least_root(frac, k, s1v):
 
 
 def test_verification_premium_is_paid_only_with_drafts():
-    coefs = L.Coefficients(0.02, 0.001, 0.007, 0.0002, 0.0004, 0.0001, c1s=0.001, c2s=0.00005)
+    coefs = six(0.02, 0.001, 0.007, 0.0002, 0.0004, 0.0001, c1s=0.001, c2s=0.00005)
     plain = coefs._replace(c1s=0.0, c2s=0.0)
     assert L.demand(coefs, 0, 1.0, 256) == L.demand(plain, 0, 1.0, 256)
     c1, c2 = L.demand(coefs, 3, 2.5, 256)

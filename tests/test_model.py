@@ -386,7 +386,7 @@ def test_moe_rows_share_their_baseline_solves(fitted, monkeypatch):
     rows of the same target with other sizes, or at another rate, get their own baseline, and
     a row whose baseline no other row shares solves it in its own pass."""
     from bayes_sd import _kernels
-    from bayes_sd.model import _moe_baselines
+    from bayes_sd.predict import _moe_baselines, prediction_rows
 
     if not _kernels.AVAILABLE:
         pytest.skip("numba is not installed")
@@ -405,7 +405,7 @@ def test_moe_rows_share_their_baseline_solves(fitted, monkeypatch):
     other["target_active_params"] = other["target_active_params"] * 1.5  # other sizes
     lone = grid.iloc[[2]].assign(request_rate=0.33)  # a baseline no other row shares
     table = pd.concat([grid, other, lone], ignore_index=True)
-    base_of = _moe_baselines(fitted._prediction_rows(table), np.ones(len(table), dtype=bool))
+    base_of = _moe_baselines(prediction_rows(fitted.design, table), np.ones(len(table), dtype=bool))
     assert len(np.unique(base_of)) == 7  # 3 rates x 2 sizes + 1, not one per row
     assert len(np.unique(base_of[:12])) == 3 and not set(base_of[:12]) & set(base_of[12:])
     fused = fitted.predict(table, random_seed=5).draws
@@ -601,7 +601,7 @@ def test_report_draws_the_moe_coverage_of_moe_targets(fitted, tmp_path):
 @pytest.mark.parametrize("chunk_bytes", [1 << 22, 8 * 300 * 7])  # one block; blocks of 7
 @pytest.mark.parametrize("layout", ["C", "transposed"])
 def test_nan_quantiles_match_numpy_and_keep_saturated_draws(layout, chunk_bytes):
-    from bayes_sd.model import nan_quantiles
+    from bayes_sd.predict import nan_quantiles
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 40))

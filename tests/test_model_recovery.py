@@ -9,7 +9,7 @@ scale. Larger recovery runs are in test_model_sampling.py (marked slow).
 import numpy as np
 import pytest
 
-from bayes_sd.priors import COEFS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS, SLOPE_COEFS
+from bayes_sd.coefs import COEFS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS, SLOPE_COEFS
 
 
 @pytest.fixture(scope="module")

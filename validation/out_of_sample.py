@@ -35,7 +35,8 @@ import pandas as pd
 
 import bayes_sd
 from bayes_sd.baseline import fit_baseline
-from bayes_sd.model import ConvergenceWarning, LatencyModel, _label_systems
+from bayes_sd.design import label_systems
+from bayes_sd.model import ConvergenceWarning, LatencyModel
 
 FOLDS = ("series", "gpu", "size")
 LABELS = ["gpu_key", "system", "draft_system", "series", "base_series"]
@@ -44,7 +45,7 @@ LABELS = ["gpu_key", "system", "draft_system", "series", "base_series"]
 def prepare(sweep: pd.DataFrame) -> pd.DataFrame:
     rows = sweep[~sweep["saturated"].astype(bool)].copy()
     rows["dataset"] = rows["dataset"].fillna("")
-    _label_systems(rows)
+    label_systems(rows)
     rank = rows.groupby("series")["request_rate"].rank(method="first")
     rows["train_rate"] = (rank % 2) == 1
     return rows

@@ -29,7 +29,7 @@ import pandas as pd
 
 import bayes_sd
 from bayes_sd import planning
-from bayes_sd.cli import BLOG_CONFIGS, blog_config
+from bayes_sd.demo import BLOG_CONFIGS, blog_config
 from bayes_sd.model import LatencyModel
 
 K = 4

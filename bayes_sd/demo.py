@@ -1,0 +1,111 @@
+"""The main job on the embedded data (``bayes-sd demo``, ``make demo``), as tables.
+
+:func:`first_look` summarises the real vLLM sweep and the measured step costs with
+least-squares point estimates; :func:`bayesian_fit` fits the hierarchical model to the real
+sweep and answers with intervals: predicted against measured speedup at every rate, the
+break-even rate, the highest rate meeting a latency SLO. Both return data; the CLI renders it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["BLOG_CONFIGS", "BayesianDemo", "FirstLook", "bayesian_fit", "blog_config", "first_look"]
+
+# the SD configuration of each dataset of the vLLM blog sweep (data/vllm-blog-2024/README.md)
+BLOG_CONFIGS = {
+    "ShareGPT": {"drafter": "turboderp/Qwama-0.5B-Instruct", "method": "draft_model"},
+    "CNN/DailyMail": {"method": "ngram"},
+}
+BLOG_K = 4
+
+
+def blog_config(sweep: pd.DataFrame, dataset: str) -> dict:
+    """The SD configuration of one dataset of the vLLM blog sweep (for predict and planning)."""
+    first = sweep[sweep["dataset"] == dataset].iloc[0]
+    keys = ("gpu", "num_gpus", "target", "prefill_len", "decode_len")
+    return {**{k: first[k] for k in keys}, "dataset": dataset, **BLOG_CONFIGS[dataset]}
+
+
+@dataclass
+class FirstLook:
+    """Least-squares summaries of the embedded real data (no intervals)."""
+
+    overview: pd.DataFrame  # the vLLM sweep, per series
+    series: pd.DataFrame  # C1, C2 per series of the open-loop sweep
+    pairs: pd.DataFrame  # SD against no SD: speedup at zero load, break-even
+    step_fit: pd.DataFrame  # a + b·B·q + c·B·ctx per model and GPU
+    counts: dict = field(default_factory=dict)
+
+
+def first_look() -> FirstLook:
+    from bayes_sd import datasets, summaries
+
+    sweep = datasets.load_example("vllm-blog-2024")
+    steps = datasets.load_example("stepcost")
+    series = summaries.fit_open_loop_series(sweep)
+    return FirstLook(
+        overview=summaries.sweep_overview(sweep),
+        series=series,
+        pairs=summaries.break_even_table(series),
+        step_fit=summaries.fit_step_costs(steps),
+        counts={"runs": len(sweep), "steps": len(steps)},
+    )
+
+
+@dataclass
+class BayesianDemo:
+    """The hierarchical model of the real sweep and its answers (90% intervals)."""
+
+    model: object
+    fit_seconds: float
+    diagnostics: pd.DataFrame
+    speedup: pd.DataFrame  # predicted against measured speedup per dataset and rate
+    break_even: pd.DataFrame
+    sustainable: pd.DataFrame  # highest rate with P(mean latency <= SLO) >= 0.9, per k
+
+
+def bayesian_fit(*, draws: int, chains: int, slo_s: float, seed: int = 1) -> BayesianDemo:
+    """Fit :class:`~bayes_sd.LatencyModel` to the real vLLM sweep (``draws`` per chain after
+    as many tuning steps) and tabulate its answers."""
+    from bayes_sd import datasets, planning
+    from bayes_sd.model import LatencyModel
+
+    sweep = datasets.load_example("vllm-blog-2024")
+    config = {"draws": draws, "tune": draws, "chains": chains, "progressbar": False}
+    model = LatencyModel(sampler_config=config)
+    t0 = time.perf_counter()
+    model.fit(sweep, random_seed=seed)
+    fit_s = time.perf_counter() - t0
+    d = model.diagnostics
+    keys = ("max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "draws", "runs_fitted")
+    rows, breaks, slo_rows = [], [], []
+    for dataset in BLOG_CONFIGS:
+        part = sweep[sweep["dataset"] == dataset]
+        cfg = blog_config(sweep, dataset)
+        rates = sorted(part["request_rate"].unique())
+        sd_rows = pd.DataFrame([{**cfg, "k": BLOG_K, "request_rate": r} for r in rates])
+        summ = model.predict(sd_rows, random_seed=0).summary
+        for r, (_, p) in zip(rates, summ.iterrows(), strict=True):
+            m_sd = part[(part["k"] == BLOG_K) & (part["request_rate"] == r)]["latency_mean_s"]
+            m_0 = part[(part["k"] == 0) & (part["request_rate"] == r)]["latency_mean_s"]
+            measured = float(m_0.iloc[0] / m_sd.iloc[0]) if len(m_sd) and len(m_0) else np.nan
+            rows.append({"dataset": dataset, "rate": r, "measured_speedup": measured,
+                         "speedup_median": p["speedup_median"], "speedup_lo": p["speedup_lo"],
+                         "speedup_hi": p["speedup_hi"],
+                         "p_speedup_gt_1": p["p_speedup_gt_1"]})  # fmt: skip
+        breaks.append({"dataset": dataset, **planning.break_even(model, cfg, k=BLOG_K).summary()})
+        sus = planning.sustainable_rate(model, cfg, slo_s=slo_s, credibility=0.9, ks=(0, BLOG_K))
+        slo_rows += [{"dataset": dataset, **r} for r in sus.to_dict("records")]
+    return BayesianDemo(
+        model=model,
+        fit_seconds=fit_s,
+        diagnostics=pd.DataFrame([{k: d[k] for k in keys}]),
+        speedup=pd.DataFrame(rows),
+        break_even=pd.DataFrame(breaks),
+        sustainable=pd.DataFrame(slo_rows),
+    )

@@ -1,0 +1,289 @@
+"""From a sweep table to the model's design: labels, indices and covariates, computed once.
+
+A *system* is one target served on one GPU type and count with one workload (source, dataset,
+prompt and output lengths); its target coefficients are shared by its baseline (k = 0) and SD
+runs. A *draft system* is a system with one drafter (or method, for n-gram lookup). A *series*
+is one draft system at one draft length (and acceptance α when the sweep gives it), or a
+system's baseline: the runs of one curve over load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from bayes_sd.coefs import NGRAM_PARAMS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS
+from bayes_sd.errors import DataError
+from bayes_sd.laws import length_covariates
+from bayes_sd.schema import acceptance_of, validate_sweep
+
+__all__ = [
+    "CONFIG_SIZE_COLUMNS",
+    "SYSTEM_KEYS",
+    "Design",
+    "drafter_log_size",
+    "label_systems",
+    "step_design",
+    "system_covariates",
+]
+
+SYSTEM_KEYS = ("source", "dataset", "gpu", "num_gpus", "target", "prefill_len", "decode_len")
+# columns besides the series label that fix a prediction row's coefficients
+CONFIG_SIZE_COLUMNS = (
+    "target_params",
+    "target_active_params",
+    "target_experts",
+    "target_experts_per_token",
+    "drafter_params",
+)
+
+
+def gpu_key(gpu: str, num_gpus: float) -> str:
+    n = int(num_gpus)
+    return gpu if n == 1 else f"{n}x{gpu}"
+
+
+def _label(values: tuple) -> str:
+    return "|".join(
+        "" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else str(v)) for v in values
+    )
+
+
+def label_systems(rows: pd.DataFrame) -> None:
+    """Add ``gpu_key``, ``system`` and ``draft_system`` (drafter, or method for n-gram) labels,
+    ``series`` and ``base_series``. Labels are built once per distinct configuration (a
+    prediction table of 10^5 rates of a few configurations costs a few label builds)."""
+    cols = [*SYSTEM_KEYS, "drafter", "method", "k", "alpha"]
+    group = rows.groupby(cols, dropna=False, sort=False).ngroup().to_numpy()
+    _, first = np.unique(group, return_index=True)
+    uniq = rows.iloc[first][cols].copy()
+    uniq["gpu_key"] = [gpu_key(g, n) for g, n in zip(uniq["gpu"], uniq["num_gpus"], strict=True)]
+    uniq["system"] = [_label(t) for t in uniq[list(SYSTEM_KEYS)].itertuples(index=False)]
+    uniq["draft_system"] = [
+        s + "|" + (str(d) if isinstance(d, str) else str(m)) if k > 0 else ""
+        for s, d, m, k in zip(
+            uniq["system"], uniq["drafter"], uniq["method"], uniq["k"], strict=True
+        )
+    ]
+    # a series: one draft system at one draft length (and α when the sweep gives it)
+    uniq["base_series"] = uniq["system"] + "|k0"
+    uniq["series"] = [
+        f"{d}|k{k:g}" + ("" if pd.isna(a) else f"|a{a:g}") if k > 0 else b
+        for d, k, a, b in zip(
+            uniq["draft_system"], uniq["k"], uniq["alpha"], uniq["base_series"], strict=True
+        )
+    ]
+    for col in ("gpu_key", "system", "draft_system", "base_series", "series"):
+        # object dtype: converting 10^5 labels to Arrow strings took 0.13 s of a predict
+        labels = uniq[col].to_numpy(dtype=object)[group]
+        rows[col] = pd.Series(labels, index=rows.index, dtype=object)
+
+
+def system_covariates(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per row of ``table`` (systems or prediction configurations): log target size over its
+    reference, log total over active parameters (MoE), length covariates, expert counts."""
+    active = table["target_active_params"].to_numpy(dtype=float)
+    total = table["target_params"].to_numpy(dtype=float)
+    return {
+        "log_size": np.log(active / REF_TARGET_PARAMS),
+        "log_total_over_active": np.log(total / active),
+        "lengths": length_covariates(table["prefill_len"], table["decode_len"]),
+        "experts": table["target_experts"].to_numpy(dtype=float),
+        "experts_per_token": table["target_experts_per_token"].to_numpy(dtype=float),
+    }
+
+
+def drafter_log_size(table: pd.DataFrame) -> np.ndarray:
+    """Log drafter size over its reference (n-gram lookup: a negligible model)."""
+    params = table["drafter_params"].astype(float).to_numpy()
+    return np.log(np.where(np.isnan(params), NGRAM_PARAMS, params) / REF_DRAFTER_PARAMS)
+
+
+@dataclass
+class Design:
+    """Numeric arrays for the model, derived from a sweep (rows = unsaturated runs)."""
+
+    sweep: pd.DataFrame  # the validated input, saturated runs included
+    rows: pd.DataFrame
+    systems: list[str]
+    draft_systems: list[str]
+    gpus: list[str]
+    sources: list[str]
+    series: list[str]
+    sys_table: pd.DataFrame
+    draft_table: pd.DataFrame
+    n_saturated: int
+
+    @classmethod
+    def from_sweep(cls, sweep: pd.DataFrame) -> Design:
+        sweep = validate_sweep(sweep)
+        sat = sweep["saturated"].astype(bool).to_numpy()
+        rows = sweep[~sat & (sweep["load_mode"] != "burst")].reset_index(drop=True).copy()
+        if rows.empty:
+            raise DataError("no unsaturated open- or closed-loop runs to fit")
+        rows["dataset"] = rows["dataset"].fillna("")
+        label_systems(rows)
+        systems = sorted(rows["system"].unique())
+        draft_systems = sorted(d for d in rows["draft_system"].unique() if d)
+        sys_table = rows.groupby("system").first().loc[systems]
+        draft_table = (
+            rows[rows["draft_system"] != ""].groupby("draft_system").first().reindex(draft_systems)
+        )
+        return cls(
+            sweep,
+            rows,
+            systems,
+            draft_systems,
+            sorted(rows["gpu_key"].unique()),
+            sorted(rows["source"].unique()),
+            sorted(rows["series"].unique()),
+            sys_table,
+            draft_table,
+            int(sat.sum()),
+        )
+
+    # ------------------------------------------------------------------ per run
+
+    @cached_property
+    def k(self) -> np.ndarray:
+        return self.rows["k"].to_numpy(dtype=float)
+
+    @cached_property
+    def acceptance(self) -> np.ndarray:
+        """Tokens per cycle of each run: measured, from α, 1 at k = 0; NaN where latent."""
+        return acceptance_of(self.rows)
+
+    @cached_property
+    def is_open(self) -> np.ndarray:
+        return (self.rows["load_mode"] == "rate").to_numpy()
+
+    @cached_property
+    def rate(self) -> np.ndarray:
+        rate = self.rows["request_rate"].astype(float).fillna(0.0)
+        return np.where(self.is_open, rate, 0.0)
+
+    @cached_property
+    def concurrency(self) -> np.ndarray:
+        conc = self.rows["concurrency"].astype(float).fillna(1.0)
+        return np.where(self.is_open, 0.0, conc)
+
+    @cached_property
+    def log_latency(self) -> np.ndarray:
+        return np.log(self.rows["latency_mean_s"].to_numpy(dtype=float))
+
+    @cached_property
+    def batch(self) -> np.ndarray:
+        """Measured requests in flight: ``B = λ L`` open loop, ``N`` closed loop."""
+        return np.where(self.is_open, self.rate * np.exp(self.log_latency), self.concurrency)
+
+    @cached_property
+    def decode_len(self) -> np.ndarray:
+        return self.rows["decode_len"].to_numpy(dtype=float)
+
+    @cached_property
+    def source_idx(self) -> np.ndarray:
+        return pd.Index(self.sources).get_indexer(self.rows["source"])
+
+    @cached_property
+    def system_idx(self) -> np.ndarray:
+        return pd.Index(self.systems).get_indexer(self.rows["system"])
+
+    @cached_property
+    def draft_idx(self) -> np.ndarray:
+        """Draft system of each run (0 for baseline runs: their drafting costs nothing)."""
+        idx = pd.Index(self.draft_systems or ["none"]).get_indexer(self.rows["draft_system"])
+        return np.where(idx < 0, 0, idx)
+
+    @cached_property
+    def series_idx(self) -> np.ndarray:
+        return pd.Index(self.series).get_indexer(self.rows["series"])
+
+    @cached_property
+    def series_first(self) -> np.ndarray:
+        """A run of each series (its first), in series order."""
+        return np.unique(self.series_idx, return_index=True)[1]
+
+    @cached_property
+    def series_most_loaded(self) -> np.ndarray:
+        """The most loaded run of each series (the run that pins its C2), in series order."""
+        ser = self.series_idx
+        order = np.lexsort((self.batch, ser))
+        return order[np.r_[np.flatnonzero(np.diff(ser[order])), len(ser) - 1]]
+
+    @cached_property
+    def system_representative(self) -> np.ndarray:
+        """Per system, in system order: its first baseline run, else its first run."""
+        sys_idx = self.system_idx
+        order = np.lexsort((np.arange(len(self.rows)), self.rows["k"].to_numpy() > 0, sys_idx))
+        _, first = np.unique(sys_idx[order], return_index=True)
+        return order[first]
+
+    # ------------------------------------------------------------------ per system
+
+    @cached_property
+    def system_covariates(self) -> dict[str, np.ndarray]:
+        return system_covariates(self.sys_table)
+
+    @cached_property
+    def system_gpu(self) -> np.ndarray:
+        return pd.Index(self.gpus).get_indexer(self.sys_table["gpu_key"])
+
+    @cached_property
+    def draft_gpu_and_size(self) -> tuple[np.ndarray, np.ndarray]:
+        """GPU index and log drafter size per draft system (one dummy without drafters)."""
+        if not self.draft_systems:
+            return np.zeros(1, dtype=int), np.zeros(1)
+        gpus = pd.Index(self.gpus).get_indexer(self.draft_table["gpu_key"])
+        return gpus, drafter_log_size(self.draft_table)
+
+    @cached_property
+    def has_moe(self) -> bool:
+        return bool(np.any(self.system_covariates["experts"] > 1))
+
+    @cached_property
+    def runs_per_series(self) -> float:
+        return len(self.rows) / max(len(self.series), 1)
+
+
+def step_design(steps: pd.DataFrame, design: Design) -> pd.DataFrame:
+    """Median step time per (model, GPU, phase, batch, ctx, tokens) of the sweep's dense
+    targets on its (single-GPU) GPU types: decode passes of one token per sequence and
+    one-sequence prefills."""
+    from bayes_sd.registry import normalize_model_name
+
+    need = {"gpu", "model", "phase", "batch", "q", "ctx", "time_ms", "params_active", "experts"}
+    missing = sorted(need - set(steps.columns))
+    if missing:
+        raise DataError(
+            f"the step table lacks column(s) {', '.join(missing)} (read it with "
+            "bayes_sd.io.read_step_costs)",
+            field=missing[0],
+        )
+    st = steps.copy()
+    if "tokens" not in st:
+        st["tokens"] = st["batch"] * st["q"]
+    targets = {normalize_model_name(t) for t in design.rows["target"]}
+    st["norm"] = [normalize_model_name(str(m)) for m in st["model"]]
+    keep = (
+        st["norm"].isin(targets)
+        & st["gpu"].isin(design.gpus)
+        & (st["experts"].astype(float) <= 1)
+        & (
+            ((st["phase"] == "decode") & (st["q"] == 1))
+            | ((st["phase"] == "prefill") & (st["batch"] == 1))
+        )
+    )
+    st = st[keep]
+    if st.empty:
+        raise DataError(
+            "the step table has no timings of the sweep's dense targets on its GPUs "
+            f"(targets: {', '.join(sorted(targets))}; GPUs: {', '.join(design.gpus)})",
+            field="model",
+        )
+    keys = ["model", "gpu", "phase", "batch", "ctx", "tokens", "params_active"]
+    out = st.groupby(keys, as_index=False)["time_ms"].median()
+    out["time_s"] = out["time_ms"].astype(float) / 1e3
+    return out

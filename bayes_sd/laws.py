@@ -1,0 +1,102 @@
+"""The model's laws, written once for PyTensor (inside the model) and NumPy (posterior draws,
+simulated truth): the population law of the coefficients, the MoE coverage increment and the
+noise scale of a measured mean latency.
+
+**Coefficient law** (docs/model.md): for each coefficient ``c`` of :data:`~bayes_sd.coefs.COEFS`
+
+    log c = intercept + slope · log size + gpu effect + length slope · length + shift
+
+with ``size`` the parameters of the model doing the work over its reference (the target for
+``p v s``, the drafter for ``d``), ``length`` ``log(P/1024)`` for prefill and
+``log((P + D/2)/1024)`` for ``c2v`` and ``shift`` the configuration's residual.
+
+**MoE increment**: a coefficient of an MoE target is ``c_u + φ(T) c_u ρ`` with
+``ρ = e^excess ((N/N_active)^slope − 1)``: reading every expert costs what a dense model of the
+total size would, times ``e^excess``.
+
+**Noise**: the measured log mean latency scatters with scale ``σ (1 + load_noise · share)``,
+``share`` the queueing share of latency (``L/C1 − 1``, or ``N C2 / C1`` closed loop), capped at
+:data:`QUEUE_SHARE_CAP` (utilisation 0.99): a finite run near saturation is much noisier.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bayes_sd._backend import ops as _ops
+from bayes_sd.coefs import COEFS, LENGTH_COEFS
+
+__all__ = [
+    "QUEUE_SHARE_CAP",
+    "length_covariates",
+    "log_coefficients",
+    "moe_ratio",
+    "noise_scale",
+    "queue_share_closed",
+    "queue_share_open",
+]
+
+# The noise scale grows with the queueing share of latency, capped at utilisation 0.99 so
+# far-off starting points of the sampler stay finite (likelihood and predict(noise=True)).
+QUEUE_SHARE_CAP = 100.0
+
+
+def length_covariates(prefill_len: Any, decode_len: Any) -> np.ndarray:
+    """``(..., 3)`` length covariates in :data:`~bayes_sd.coefs.LENGTH_COEFS` order:
+    ``log(P/1024)`` for ``c1p`` and ``c2p``, ``log((P + D/2)/1024)`` for ``c2v``."""
+    p = np.asarray(prefill_len, dtype=float)
+    d = np.asarray(decode_len, dtype=float)
+    return np.stack(np.broadcast_arrays(np.log(p / 1024), np.log(p / 1024),
+                                        np.log((p + d / 2) / 1024)), axis=-1)  # fmt: skip
+
+
+def log_coefficients(
+    intercept: Any,
+    slope: Any,
+    log_size: Any,
+    gpu: Any,
+    length_slope: Any = None,
+    lengths: Any = None,
+    names: tuple[str, ...] = COEFS,
+) -> Any:
+    """The population law (before residual shifts) of the coefficients ``names`` on the last
+    axis: ``intercept + slope · log_size + gpu + length_slope · lengths``.
+
+    ``intercept``, ``slope``, ``log_size`` and ``gpu`` broadcast against ``(..., len(names))``;
+    ``length_slope`` and ``lengths`` against ``(..., 3)``, in ``LENGTH_COEFS`` order (only the
+    coefficients in ``LENGTH_COEFS`` take a length term; not needed when ``names`` has none).
+    NumPy or PyTensor alike."""
+    ops = _ops(intercept, slope, log_size, gpu, length_slope, lengths)
+    base = intercept + slope * log_size + gpu
+    terms = {
+        c: length_slope[..., i] * lengths[..., i] for i, c in enumerate(LENGTH_COEFS) if c in names
+    }
+    if not terms:  # no coefficient of ``names`` has a length covariate
+        return base
+    zero = ops.zeros_like(next(iter(terms.values())))
+    return base + ops.stack([terms.get(c, zero) for c in names], axis=-1)
+
+
+def moe_ratio(excess: Any, slope: Any, log_total_over_active: Any) -> Any:
+    """``ρ = e^excess ((N/N_active)^slope − 1)``: the MoE coverage increment per unit of the
+    unsaturated coefficient (0 for a dense target, N = N_active)."""
+    ops = _ops(excess, slope, log_total_over_active)
+    return ops.exp(excess) * (ops.exp(slope * log_total_over_active) - 1.0)
+
+
+def queue_share_open(latency: Any, c1: Any) -> Any:
+    """Queueing share of open-loop latency: ``L / C1 − 1`` (``λ C2 / (1 − λ C2)``)."""
+    return latency / c1 - 1.0
+
+
+def queue_share_closed(concurrency: Any, c1: Any, c2: Any) -> Any:
+    """Queueing share of closed-loop latency: ``N C2 / C1``."""
+    return concurrency * c2 / c1
+
+
+def noise_scale(sigma: Any, load_noise: Any, share: Any) -> Any:
+    """Scale of the noise on log mean latency: ``σ (1 + load_noise · min(share, cap))``."""
+    ops = _ops(sigma, load_noise, share)
+    return sigma * (1.0 + load_noise * ops.minimum(share, QUEUE_SHARE_CAP))

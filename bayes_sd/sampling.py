@@ -1,0 +1,188 @@
+"""Sampling for every model of the package: backends, the compiled nutpie path, diagnostics.
+
+``sample`` runs NUTS on a built ``pm.Model`` with one of three backends (nutpie — the default,
+fastest by measurement —, PyMC's own NUTS, numpyro) and the starts and adaptations measured for
+them (docs/model.md, Benchmark). ``compile_nutpie`` / ``sample_compiled`` compile a model once
+and refit it to new data (simulation-based calibration, tests). ``convergence_summary`` and
+``warn_if_unreliable`` report R-hat, ESS and divergences the same way for
+:class:`~bayes_sd.LatencyModel`, :class:`~bayes_sd.stepfit.StepLevelModel` and calibration.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+from typing import Any
+
+__all__ = [
+    "ADAPTATIONS",
+    "DEFAULT_SAMPLER",
+    "SAMPLERS",
+    "ConvergenceWarning",
+    "check_sampler_config",
+    "compile_nutpie",
+    "convergence_summary",
+    "sample",
+    "sample_compiled",
+    "warn_if_unreliable",
+]
+
+DEFAULT_SAMPLER = {
+    "draws": 1000,
+    "tune": 1000,
+    "chains": 4,
+    "target_accept": 0.9,
+    "nuts_sampler": "nutpie",
+    "adaptation": "auto",
+    "progressbar": True,
+}
+EXTRA_KEYS = ("cores",)
+SAMPLERS = ("nutpie", "pymc", "numpyro")
+# the package that provides each backend, and the extra that installs it
+BACKEND_PACKAGES = {"nutpie": ("nutpie", None), "pymc": ("pymc", None),
+                    "numpyro": ("numpyro", "numpyro")}  # fmt: skip
+# nutpie's mass-matrix adaptation; the key applies to nutpie only (PyMC's and numpyro's NUTS
+# always adapt from draw variances). "auto" (the LatencyModel default) follows the residuals'
+# form, by measurement (docs/model.md, Benchmark): hierarchically centred (large, dense sweeps)
+# get "draw_diag" (draw variances, as Stan and PyMC): on the demo, 4 x 1,000 draws, R-hat
+# 1.0085 and min bulk ESS 700 in 58 s of sampling against 1.0145 and 223 in 27 s for nutpie's
+# own "diag" (draw and gradient variances), 1.7x the ESS per second. Non-centred (sparse or
+# small sweeps) get "diag": on the demo's sparse split, 4 x 500 draws, "draw_diag" left R-hat
+# 2.11 and ESS 5 where "diag" reached 1.017 and 167; SBC and the recovery tests were measured
+# with "diag".
+ADAPTATIONS = ("auto", "draw_diag", "diag", "low_rank")
+
+
+class ConvergenceWarning(UserWarning):
+    """R-hat, ESS or divergences say the posterior may not be trustworthy."""
+
+
+def check_sampler_config(config: dict | None, defaults: dict = DEFAULT_SAMPLER) -> dict:
+    """``defaults`` updated by ``config``; unknown keys, backends or adaptations are a
+    ``ValueError`` that lists what is known."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(defaults) - set(EXTRA_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown sampler_config key(s): {', '.join(unknown)}; "
+            f"known: {', '.join([*defaults, *EXTRA_KEYS])}"
+        )
+    out = {**defaults, **config}
+    if out.get("nuts_sampler", "nutpie") not in SAMPLERS:
+        raise ValueError(f"nuts_sampler must be one of {', '.join(SAMPLERS)}")
+    if out.get("adaptation", "auto") not in ADAPTATIONS:
+        raise ValueError(
+            f"sampler_config adaptation must be one of {', '.join(ADAPTATIONS)} "
+            f"(nutpie's mass-matrix adaptation), not {out['adaptation']!r}"
+        )
+    for key in ("draws", "tune", "chains"):
+        value = out.get(key, 1)
+        if (
+            not isinstance(value, numbers.Integral)
+            or isinstance(value, bool)
+            or value < (key != "tune")
+        ):
+            raise ValueError(f"sampler_config {key} must be a positive whole number")
+    return out
+
+
+def _missing_backend(backend: str, err: ImportError) -> ImportError:
+    package, extra = BACKEND_PACKAGES[backend]
+    hint = f"pip install 'bayes_sd[{extra}]'" if extra else f"pip install {package}"
+    return ImportError(f"the {backend} sampler needs the {package} package ({err}): {hint}")
+
+
+def sample(model, config: dict, *, random_seed=None, adaptation: str | None = None):
+    """NUTS on ``model`` with ``config`` (see :data:`DEFAULT_SAMPLER`); ``adaptation`` is
+    nutpie's mass matrix (``None``: nutpie's own default). Returns the ``DataTree``.
+
+    PyMC's and numpyro's NUTS start from the initial point without jitter: measured on the demo
+    (2026-11-23), jittered starts left every PyMC chain divergent at tree depth 1 (step size
+    collapsed) and 3 of 4 numpyro chains stuck; unjittered, PyMC's chains sampled without
+    divergences. nutpie keeps its own (jittered) initialisation."""
+    import pymc as pm
+
+    backend = config.get("nuts_sampler", "nutpie")
+    cores = config.get("cores") or os.cpu_count() or 1
+    start = {
+        "pymc": {"init": "adapt_diag"},
+        "numpyro": {"nuts": {"jitter": False}},
+        "nutpie": {"nuts": {"adaptation": adaptation}} if adaptation else {},
+    }[backend]
+    with model:
+        try:
+            return pm.sample(
+                draws=config["draws"],
+                tune=config["tune"],
+                chains=config["chains"],
+                cores=min(cores, config["chains"]),
+                target_accept=config["target_accept"],
+                nuts_sampler=backend,
+                random_seed=random_seed,
+                progressbar=config.get("progressbar", True),
+                compute_convergence_checks=False,
+                **start,
+            )
+        except ImportError as err:  # an optional backend that is not installed
+            raise _missing_backend(backend, err) from err
+
+
+def compile_nutpie(model):
+    """The model compiled once for nutpie; refit it to new data with :func:`sample_compiled`."""
+    import nutpie
+
+    return nutpie.compile_pymc_model(model)
+
+
+def sample_compiled(compiled, data: dict, *, draws: int, tune: int, chains: int, seed: int,
+                    cores: int | None = None):  # fmt: skip
+    """nutpie on a compiled model with its ``pm.Data`` replaced by ``data`` (no recompile)."""
+    import nutpie
+
+    cores = cores or os.cpu_count() or 1
+    return nutpie.sample(
+        compiled.with_data(**data),
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        cores=min(cores, chains),
+        seed=seed,
+        progress_bar=False,
+    )
+
+
+def convergence_summary(idata, names) -> dict[str, Any]:
+    """Max R-hat, min bulk/tail ESS over the named parameters (every element), divergences."""
+    import arviz as az
+
+    post = idata["posterior"].dataset
+    names = [n for n in names if n in post]
+    return {
+        "max_rhat": float(az.rhat(post[names]).to_array().max()),
+        "min_ess_bulk": float(az.ess(post[names], method="bulk").to_array().min()),
+        "min_ess_tail": float(az.ess(post[names], method="tail").to_array().min()),
+        "divergences": int(idata["sample_stats"].dataset["diverging"].sum()),
+        "draws": int(post.sizes["chain"] * post.sizes["draw"]),
+    }
+
+
+def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3, advice: str = "") -> list[str]:
+    """Warn (:class:`ConvergenceWarning`) with advice when R-hat > 1.01, bulk ESS < 400 or any
+    divergence; returns the problems found. ``advice`` is appended to the message."""
+    problems = []
+    if diag["max_rhat"] > 1.01:
+        problems.append(f"max R-hat {diag['max_rhat']:.3f} > 1.01 (chains disagree)")
+    if diag["min_ess_bulk"] < 400:
+        problems.append(f"min bulk ESS {diag['min_ess_bulk']:.0f} < 400")
+    if diag["divergences"]:
+        problems.append(f"{diag['divergences']} divergent transitions")
+    if problems:
+        warnings.warn(
+            "posterior may not be reliable: " + "; ".join(problems) + ". Try more tuning "
+            "and draws (sampler_config draws/tune), target_accept=0.95, or check that "
+            "saturated runs are flagged." + (f" {advice}" if advice else ""),
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
+    return problems
