@@ -162,23 +162,34 @@ def simulation_based_calibration(
         )
     chosen = stable[:reps]
     prior_ds = pool["prior"].dataset.stack(sample=["chain", "draw"]).isel(sample=chosen)
-    y_sim = (
-        pool["prior_predictive"]
-        .dataset["log_latency"]
-        .stack(sample=["chain", "draw"])
-        .isel(sample=chosen)
-    )
+    # every observed metric (E2E, or TTFT and TPOT) is simulated, and goes back into its data
+    # container at its runs (a metric measured for a subset of the runs has its own dims)
+    simulated = pool["prior_predictive"].dataset.stack(sample=["chain", "draw"]).isel(sample=chosen)
+    run_ids = lm.design.rows["run_id"].astype(str).to_numpy()
+    observed = {}
+    for rv in model.observed_RVs:
+        if not rv.name.startswith("log_") or rv.name == "log_step_time":
+            continue
+        dims = model.named_vars_to_dims[rv.name][0]
+        where = pd.Index(run_ids).get_indexer(list(map(str, model.coords[dims])))
+        observed[f"{rv.name}_obs"] = (where, simulated[rv.name])
     truth = pd.DataFrame(_elements(prior_ds, params))
     compiled = compile_nutpie(model)
     rank_rows, diag_rows = [], []
     total = chains * draws
     keep = np.linspace(0, total - 1, thin_to).round().astype(int)
+    template = {name: model[name].get_value() for name in observed}
     for i in range(reps):
-        y = y_sim.isel(sample=i).to_numpy()
+        data = {}
+        for name, (where, values) in observed.items():
+            full = np.array(template[name], dtype=float, copy=True)
+            full[where] = values.isel(sample=i).to_numpy()
+            data[name] = full
+        y = data.get("log_latency_obs", next(iter(data.values())))
         start = time.perf_counter()
         idata = sample_compiled(
             compiled,
-            {"log_latency_obs": y},
+            data,
             draws=draws,
             tune=tune,
             chains=chains,

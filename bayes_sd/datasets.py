@@ -19,6 +19,15 @@ EXAMPLES = {
         "MoE; 3 drafters; H100 and H200; k 0-7; acceptance 0.6-0.9), from the discrete-event "
         "simulator driven by the measured step costs.",
     ),
+    "inferencex": (
+        "inferencex/benchmarks.json",
+        "Real closed-loop serving benchmarks of DeepSeek-R1 (MoE) on 7 GPU types, 4 engines, "
+        "MTP on and off: TTFT, TPOT and E2E mean and percentiles (SemiAnalysis InferenceX).",
+    ),
+    "inferencex-history": (
+        "inferencex/benchmarks-history.json",
+        "The InferenceX points measured on earlier dates (medians and p99 only).",
+    ),
     "vllm-blog-2024": (
         "vllm-blog-2024/sweep.csv",
         "Real open-loop vLLM sweep, Llama-3-70B on 4xH100, with and without SD (vLLM blog, "
@@ -44,7 +53,8 @@ def list_examples() -> dict[str, str]:
 
 
 def load_example(name: str) -> pd.DataFrame:
-    """Load an embedded example: ``"demo"``, ``"stepcost"`` or ``"vllm-blog-2024"``.
+    """Load an embedded example: ``"demo"``, ``"stepcost"``, ``"vllm-blog-2024"``,
+    ``"inferencex"`` or ``"inferencex-history"``.
 
     ``"stepcost"`` returns the validated step-time table (see :func:`bayes_sd.read_step_costs`);
     sweeps return the validated canonical sweep table. Each dataset's provenance is in the

@@ -30,7 +30,12 @@ __all__ = [
     "system_covariates",
 ]
 
-SYSTEM_KEYS = ("source", "dataset", "gpu", "num_gpus", "target", "prefill_len", "decode_len")
+SYSTEM_KEYS = ("source", "dataset", "gpu", "num_gpus", "target", "prefill_len", "decode_len",
+               "engine", "precision", "layout")  # fmt: skip
+# categorical effects beside the population laws: one per GPU (type and count), engine and
+# weight precision, partially pooled (docs/model.md)
+EFFECTS = ("gpu", "engine", "precision")
+UNKNOWN = "unknown"
 # columns besides the series label that fix a prediction row's coefficients
 CONFIG_SIZE_COLUMNS = (
     "target_params",
@@ -50,6 +55,16 @@ def _label(values: tuple) -> str:
     return "|".join(
         "" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else str(v)) for v in values
     )
+
+
+def fill_labels(rows: pd.DataFrame) -> None:
+    """Blank labels as the model names them: no dataset, layout ``""``; engine and precision
+    ``unknown``; one engine."""
+    rows["dataset"] = rows["dataset"].fillna("")
+    rows["layout"] = rows["layout"].fillna("")
+    for col in ("engine", "precision"):
+        rows[col] = rows[col].fillna(UNKNOWN)
+    rows["engines"] = rows["engines"].astype(float).fillna(1.0)
 
 
 def label_systems(rows: pd.DataFrame) -> None:
@@ -116,15 +131,33 @@ class Design:
     sys_table: pd.DataFrame
     draft_table: pd.DataFrame
     n_saturated: int
+    left_out: dict  # runs not fitted, by reason (saturated ones in n_saturated)
 
     @classmethod
     def from_sweep(cls, sweep: pd.DataFrame) -> Design:
         sweep = validate_sweep(sweep)
         sat = sweep["saturated"].astype(bool).to_numpy()
-        rows = sweep[~sat & (sweep["load_mode"] != "burst")].reset_index(drop=True).copy()
+        excluded = sweep["excluded"].fillna(False).astype(bool).to_numpy()
+        unknown_k = sweep["k"].isna().to_numpy()
+        has_mean = (
+            sweep["latency_mean_s"].notna()
+            | (sweep["ttft_mean_s"].notna() & sweep["tpot_mean_s"].notna())
+        ).to_numpy()
+        fit = ~sat & ~excluded & ~unknown_k & has_mean & (sweep["load_mode"] != "burst")
+        rows = sweep[fit].reset_index(drop=True).copy()
+        left_out = {
+            "excluded (see excluded_reason)": int((~sat & excluded).sum()),
+            "draft length unknown": int((~sat & ~excluded & unknown_k).sum()),
+            "no mean latency (percentiles only)": int(
+                (~sat & ~excluded & ~unknown_k & ~has_mean).sum()
+            ),
+        }
         if rows.empty:
-            raise DataError("no unsaturated open- or closed-loop runs to fit")
-        rows["dataset"] = rows["dataset"].fillna("")
+            raise DataError(
+                "no runs to fit: every run is saturated, excluded, of unknown draft length or "
+                f"without a mean latency ({sum(left_out.values()) + int(sat.sum())} runs)"
+            )
+        fill_labels(rows)
         label_systems(rows)
         systems = sorted(rows["system"].unique())
         draft_systems = sorted(d for d in rows["draft_system"].unique() if d)
@@ -143,6 +176,7 @@ class Design:
             sys_table,
             draft_table,
             int(sat.sum()),
+            {k: v for k, v in left_out.items() if v},
         )
 
     # ------------------------------------------------------------------ per run
@@ -170,14 +204,29 @@ class Design:
         conc = self.rows["concurrency"].astype(float).fillna(1.0)
         return np.where(self.is_open, 0.0, conc)
 
+    def log_mean(self, metric: str) -> np.ndarray:
+        """Log of the measured mean ``latency`` (E2E), ``ttft`` or ``tpot``; NaN where absent."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.rows[f"{metric}_mean_s"].to_numpy(dtype=float))
+
     @cached_property
     def log_latency(self) -> np.ndarray:
-        return np.log(self.rows["latency_mean_s"].to_numpy(dtype=float))
+        """Log mean E2E: measured, else mean TTFT + (D − 1) mean TPOT."""
+        e2e = self.rows["latency_mean_s"].to_numpy(dtype=float)
+        composed = self.rows["ttft_mean_s"].to_numpy(dtype=float) + (
+            self.decode_len - 1.0
+        ) * self.rows["tpot_mean_s"].to_numpy(dtype=float)
+        return np.log(np.where(np.isnan(e2e), composed, e2e))  # fmt: skip
+
+    @cached_property
+    def engines(self) -> np.ndarray:
+        return self.rows["engines"].to_numpy(dtype=float)
 
     @cached_property
     def batch(self) -> np.ndarray:
-        """Measured requests in flight: ``B = λ L`` open loop, ``N`` closed loop."""
-        return np.where(self.is_open, self.rate * np.exp(self.log_latency), self.concurrency)
+        """Measured requests in flight per engine: ``λ L / n`` open loop, ``N / n`` closed."""
+        in_flight = np.where(self.is_open, self.rate * np.exp(self.log_latency), self.concurrency)
+        return in_flight / self.engines
 
     @cached_property
     def decode_len(self) -> np.ndarray:
@@ -230,6 +279,39 @@ class Design:
     @cached_property
     def system_gpu(self) -> np.ndarray:
         return pd.Index(self.gpus).get_indexer(self.sys_table["gpu_key"])
+
+    def levels(self, effect: str) -> list[str]:
+        """The fitted levels of a categorical effect (``gpu``: GPU type and count)."""
+        if effect == "gpu":
+            return self.gpus
+        return sorted(self.rows[effect].unique())
+
+    def effect_index(self, effect: str, table: pd.DataFrame) -> np.ndarray:
+        """Index of each row of ``table`` (systems or draft systems) in ``levels(effect)``."""
+        column = "gpu_key" if effect == "gpu" else effect
+        return pd.Index(self.levels(effect)).get_indexer(table[column])
+
+    @cached_property
+    def covariate_centre(self) -> dict[str, np.ndarray]:
+        """Mean covariates of the design: log size per coefficient (the targets' for the
+        target's coefficients, the drafters' for drafting) and the three lengths."""
+        from bayes_sd.coefs import COEFS, DRAFT_COEFS
+
+        cov = self.system_covariates
+        d_size = self.draft_gpu_and_size[1] if self.draft_systems else np.zeros(1)
+        log_size = np.array([float(np.mean(d_size)) if c in DRAFT_COEFS
+                             else float(np.mean(cov["log_size"])) for c in COEFS])  # fmt: skip
+        return {"log_size": log_size, "lengths": cov["lengths"].mean(axis=0)}
+
+    @cached_property
+    def closed_loop(self) -> bool:
+        return bool((~self.is_open).any())
+
+    @cached_property
+    def active_share(self) -> np.ndarray:
+        """Per system: active over total parameters (1 for dense targets)."""
+        t = self.sys_table
+        return (t["target_active_params"] / t["target_params"]).to_numpy(dtype=float)
 
     @cached_property
     def draft_gpu_and_size(self) -> tuple[np.ndarray, np.ndarray]:

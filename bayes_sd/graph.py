@@ -1,10 +1,12 @@
 """The PyMC graph of :class:`~bayes_sd.LatencyModel`, built from short term builders.
 
-:func:`build_graph` reads as the model does (docs/model.md): data → population laws → GPU
-effects → configuration residuals → MoE coverage → acceptance → demand per series and run →
-latency → likelihood (→ joint step likelihood). Each builder owns its priors (from
-:mod:`bayes_sd.priors`) and dims; the algebra comes from :mod:`bayes_sd.latency` and
-:mod:`bayes_sd.laws`, so no formula is written here twice.
+:func:`build_graph` reads as the model does (docs/model.md): data → population laws →
+categorical effects (GPU, engine, precision) → configuration residuals → MoE coverage →
+acceptance → the terms of each series → TTFT, TPOT and E2E of each run (the load law of
+:mod:`bayes_sd.phases`) → one likelihood per measured metric (→ joint step likelihood). Each
+builder owns its priors (from :mod:`bayes_sd.priors`) and dims; the algebra comes from
+:mod:`bayes_sd.latency`, :mod:`bayes_sd.laws` and :mod:`bayes_sd.phases`, so no formula is
+written here twice.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
-from bayes_sd import latency, laws
+from bayes_sd import latency, laws, phases
 from bayes_sd.coefs import (
     COEF_SLOPE,
     COEFS,
@@ -28,13 +30,18 @@ from bayes_sd.coefs import (
     SLOPE_COEFS,
     TARGET_COEFS,
 )
-from bayes_sd.design import Design
+from bayes_sd.design import EFFECTS, Design
 from bayes_sd.priors import make_likelihood
 
 __all__ = ["GraphOptions", "build_graph"]
 
 NPV = len(TARGET_COEFS)
 PV_LEVEL = LEVEL[:NPV]
+OPEN_FLOOR = 0.02  # the smooth floor on 1 − λ C2 of the open-loop likelihood
+# which metric's mean enters the likelihood: TTFT and TPOT where both are measured (E2E is
+# then their sum, TTFT + (D − 1) TPOT, to a few percent: counting it too would count the TPOT
+# twice and narrow every interval); E2E where one of them is missing
+METRICS = ("latency", "ttft", "tpot")
 
 
 @dataclass(frozen=True)
@@ -47,36 +54,39 @@ class GraphOptions:
 
 
 def build_graph(design: Design, priors: dict, options: GraphOptions, step_rows=None) -> pm.Model:
-    """The ``pm.Model`` of ``design`` (saturated runs already left out)."""
+    """The ``pm.Model`` of ``design`` (saturated and excluded runs already left out)."""
     with pm.Model(coords=_coords(design)) as model:
         b = _Builder(design, priors, options)
         data = b.data()
-        pop = b.population()  # intercepts, slopes, GPU effects
+        pop = b.population()  # intercepts, slopes, GPU / engine / precision effects
         c_pv, c_d = b.configuration_coefficients(pop)  # laws + residual shifts
-        inc = b.moe_increments(pop, c_pv)  # φ-weighted cost of the experts (MoE targets)
-        cycles = data["decode_len"] / b.acceptance(data)  # D / E per run
-        c1, c2 = b.demand(c_pv, c_d, inc, cycles)  # per series, then per run
-        b.likelihood(data, c1, c2)
+        inc = b.moe_increments(pop, c_pv)  # cost of the experts a step touches (MoE targets)
+        tokens = b.acceptance(data)  # E per run
+        terms = b.series_terms(c_pv, c_d, inc, data, tokens)  # per series, then per run
+        predicted = b.phases(data, terms, tokens)  # TTFT, TPOT, E2E per run
+        b.likelihoods(data, predicted)
         if step_rows is not None:
             b.step_likelihood(step_rows, pop)
     return model
 
 
 def _coords(design: Design) -> dict:
-    return {
+    coords = {
         "coef": list(COEFS),
         "coef_pv": list(TARGET_COEFS),
         "coef_d": list(DRAFT_COEFS),
         "length_coef": list(LENGTH_COEFS),
         "slope_coef": list(SLOPE_COEFS),
         "level": ["1", "2"],
-        "gpu": design.gpus,
         "system": design.systems,
         "draft_system": design.draft_systems or ["none"],
         "series": design.series,
         "source": design.sources,
         "run": design.rows["run_id"].astype(str).tolist(),
     }
+    for effect in EFFECTS:
+        coords[effect] = design.levels(effect)
+    return coords
 
 
 class _Builder:
@@ -85,56 +95,108 @@ class _Builder:
         self.priors = priors
         self.opt = options
         self.moe = options.coverage and design.has_moe
+        self.open = design.is_open
+        self.measured = {m: ~np.isnan(design.log_mean(m)) for m in METRICS}
+        both = self.measured["ttft"] & self.measured["tpot"]
+        self.fit = {"ttft": both, "tpot": both, "latency": self.measured["latency"] & ~both}
 
     def prior(self, name: str):
+        """The variable of the prior ``name`` (created on first use, then reused)."""
+        model = pm.modelcontext(None)
+        if name in model.named_vars:
+            return model[name]
         return self.priors[name].create_variable(name)
+
+    def by_mode(self, open_value, closed_value):
+        """Only the load modes the sweep has enter the graph (an unused expression is not
+        compiled: on the open-loop demo, 0.199 → 0.174 ms per gradient)."""
+        if self.open.all():
+            return open_value
+        if not self.open.any():
+            return closed_value
+        return pt.switch(self.open, open_value, closed_value)
 
     # ------------------------------------------------------------------ data
 
     def data(self) -> dict:
         d = self.d
         known = d.acceptance
-        return {
+        out = {
             "k": pm.Data("k", d.k, dims="run"),
             "e_known": pm.Data("acceptance_known", np.nan_to_num(known, nan=1.0), dims="run"),
             "decode_len": pm.Data("decode_len", d.decode_len, dims="run"),
             "rate": pm.Data("rate", d.rate, dims="run"),
             "conc": pm.Data("concurrency", d.concurrency, dims="run"),
-            "open": pm.Data("open_loop", d.is_open.astype(float), dims="run"),
-            # observed as data, so a compiled model can be refitted to new measurements of the
-            # same design (nutpie's with_data; used by simulation-based calibration)
-            "log_lat": pm.Data("log_latency_obs", d.log_latency, dims="run"),
+            "engines": pm.Data("engines", d.engines, dims="run"),
+            # the measured batch per engine, where the open-loop likelihood takes the
+            # load-dependent terms (the coverage and the roofline)
+            "batch": pm.Data("batch", np.maximum(d.batch, 1e-3), dims="run"),
         }
+        # observed as data, so a compiled model can be refitted to new measurements of the same
+        # design (nutpie's with_data; used by simulation-based calibration)
+        for metric in METRICS:
+            name = "log_latency_obs" if metric == "latency" else f"log_{metric}_obs"
+            out[metric] = pm.Data(name, np.nan_to_num(d.log_mean(metric)), dims="run")
+        return out
 
     # ------------------------------------------------------------------ population
 
     def population(self) -> dict:
-        intercept = self.prior("intercept")
         size_slope = self.prior("size_slope")[COEF_SLOPE]
         length_slope = self.prior("length_slope")
-        return {
-            "intercept": intercept,
-            "size_slope": size_slope,
-            "length_slope": length_slope,
-            "gpu_effect": self.gpu_effects(),
-        }
+        intercept = self.intercept(size_slope, length_slope)
+        effects = {e: self.effects(e) for e in EFFECTS}
+        return {"intercept": intercept, "size_slope": size_slope, "length_slope": length_slope,
+                "effects": effects}  # fmt: skip
 
-    def gpu_effects(self):
-        """GPU effects sum to zero over the fitted GPUs (no ridge against the intercept). One
-        spread for all coefficients by default (a prior with dims "coef" gives one per
-        coefficient): with few GPUs, one contrast per coefficient cannot inform a spread of its
-        own, and per-coefficient spreads left a banana (small gpu_sd, large z) that made the
-        demo's divergences and doubled its trajectories (docs/model.md). Centred with the
-        residuals (the data pin the effects), non-centred otherwise."""
-        gpu_sd = self.prior("gpu_sd")
-        sd_col = gpu_sd[:, None] if gpu_sd.ndim else gpu_sd
-        if len(self.d.gpus) > 1 and self.opt.centred:
-            level_gpu = pm.ZeroSumNormal("level_gpu", sigma=sd_col, dims=("coef", "gpu"))
-            return pm.Deterministic("gpu_effect", level_gpu.T, dims=("gpu", "coef"))
-        if len(self.d.gpus) > 1:
-            gpu_z = pm.ZeroSumNormal("gpu_z", sigma=1.0, dims=("coef", "gpu"))
-            return pm.Deterministic("gpu_effect", (sd_col * gpu_z).T, dims=("gpu", "coef"))
-        return pm.Deterministic("gpu_effect", pt.zeros((1, len(COEFS))), dims=("gpu", "coef"))
+    def intercept(self, size_slope, length_slope):
+        """The intercepts (log coefficients at the reference sizes and 1,024-token lengths),
+        sampled where the data are: ``intercept_centre`` is the log coefficient at the
+        design's mean covariates (log sizes, lengths), ``intercept`` = ``intercept_centre`` −
+        slopes · means. The same prior (a unit-Jacobian shift of its location given the
+        slopes), without the ridge that sizes or lengths far from the references make: with
+        one target (InferenceX: 37 B active against the 4 B reference) the data pin only
+        intercept + slope · 2.2, and the two moved along a line (bulk ESS 111 of 600)."""
+        d = self.d
+        centre = d.covariate_centre
+        where = {c: i for i, c in enumerate(LENGTH_COEFS)}
+        lengths = [length_slope[where[c]] * centre["lengths"][where[c]] if c in where
+                   else pt.constant(0.0) for c in COEFS]  # fmt: skip
+        shift = size_slope * centre["log_size"] + pt.stack(lengths)
+        prior = self.priors["intercept"]
+        mu = prior.parameters.get("mu")
+        centred = prior.deepcopy()
+        centred.parameters["mu"] = np.asarray(mu, dtype=float) + shift
+        at_centre = centred.create_variable("intercept_centre")
+        return pm.Deterministic("intercept", at_centre - shift, dims="coef")
+
+    def effects(self, effect: str):
+        """(level, coef) effects of a GPU (type and count), engine or weight precision: they
+        sum to zero over the fitted levels (no ridge against the intercept). One spread for all
+        coefficients by default (a prior with dims "coef" gives one per coefficient): with few
+        levels, one contrast per coefficient cannot inform a spread of its own, and
+        per-coefficient spreads left a banana (small sd, large z) that made the demo's
+        divergences and doubled its trajectories (docs/model.md). Centred with the residuals
+        (the data pin the effects), non-centred otherwise; none with one level."""
+        levels = self.d.levels(effect)
+        name = f"{effect}_effect"
+        if len(levels) < 2:
+            return pm.Deterministic(name, pt.zeros((1, len(COEFS))), dims=(effect, "coef"))
+        sd = self.prior(f"{effect}_sd")
+        sd_col = sd[:, None] if sd.ndim else sd
+        if self.opt.centred:
+            level = pm.ZeroSumNormal(f"level_{effect}", sigma=sd_col, dims=("coef", effect))
+            return pm.Deterministic(name, level.T, dims=(effect, "coef"))
+        z = pm.ZeroSumNormal(f"{effect}_z", sigma=1.0, dims=("coef", effect))
+        return pm.Deterministic(name, (sd_col * z).T, dims=(effect, "coef"))
+
+    def effect_sum(self, pop, table: pd.DataFrame, cols: slice):
+        """Sum of the categorical effects for the rows of ``table`` (systems, draft systems)."""
+        total = 0.0
+        for effect in EFFECTS:
+            idx = self.d.effect_index(effect, table)
+            total = total + pop["effects"][effect][idx, cols]
+        return total
 
     # ------------------------------------------------------------------ configurations
 
@@ -147,17 +209,18 @@ class _Builder:
             pop["intercept"][None, :NPV],
             pop["size_slope"][None, :NPV],
             cov["log_size"][:, None],
-            pop["gpu_effect"][d.system_gpu, :NPV],
+            self.effect_sum(pop, d.sys_table, slice(0, NPV)),
             pop["length_slope"][None, :],
             cov["lengths"],
             TARGET_COEFS,
         )
-        d_gpu, d_size = d.draft_gpu_and_size
+        _, d_size = d.draft_gpu_and_size
+        d_table = d.draft_table if d.draft_systems else d.sys_table.iloc[:1]
         law_d = laws.log_coefficients(
             pop["intercept"][None, NPV:],
             pop["size_slope"][None, NPV:],
             d_size[:, None],
-            pop["gpu_effect"][d_gpu, NPV:],
+            self.effect_sum(pop, d_table, slice(NPV, None)),
             names=DRAFT_COEFS,
         )
         # centred on the system's target demand and on the drafting law (hierarchical
@@ -192,17 +255,17 @@ class _Builder:
         """Log-scale shifts (size, level) of a residual group, zeros when the group is off.
 
         Systems shift both levels of the target's coefficients, draft systems level 1 of the
-        drafter's (``c1d``), series level 2 (``C2``). Drafting's level 2 (``c2d``, per request
-        in flight) has no shift of its own: the series shifts of a draft system's draft lengths
-        carry it, and a second, overlapping spread left the split of level-2 variation between
-        drafter and series unidentified (``draft_sd[2]`` at bulk ESS 7 of 600 draws on the
-        demo). Likewise a level-1 series shift fitted to 0.00 on the demo and made a funnel.
+        drafter's (``c1d``), series level 2. Drafting's level 2 (``c2d``) has no shift of its
+        own: the series shifts of a draft system's draft lengths carry it, and a second,
+        overlapping spread left the split of level-2 variation between drafter and series
+        unidentified (``draft_sd[2]`` at bulk ESS 7 of 600 draws on the demo). Likewise a
+        level-1 series shift fitted to 0.00 on the demo and made a funnel.
 
         Centred is *hierarchical centring* (Gelfand, Sahu & Carlin 1995): the free variable is
         the configuration's own log level, ``level_<group> ~ Normal(anchor, sd)``, and the shift
         is ``level − anchor`` — the same model as ``shift ~ Normal(0, sd)`` (a translation, unit
         Jacobian), but the likelihood sees the level directly. A configuration measured at
-        several rates to a few percent pins its level, and the population intercepts no longer
+        several loads to a few percent pins its level, and the population intercepts no longer
         trade off against every shift at once (with free shifts, "intercept of c1v up, all 48
         system shifts down" was the demo posterior's largest eigen-direction). ``anchor`` is
         what the data pin: the log demand of a system's target at a representative run
@@ -228,7 +291,7 @@ class _Builder:
 
     def moe_increments(self, pop, c_pv):
         """``c_u ρ`` per system and target coefficient (zero for dense systems), weighted by
-        the coverage φ in :meth:`demand`; None without MoE targets (or coverage off)."""
+        the coverage φ in the step law; None without MoE targets (or coverage off)."""
         if not self.moe:
             return None
         cov = self.d.system_covariates
@@ -267,12 +330,11 @@ class _Builder:
         return pm.Deterministic("moe_excess", level - anchor, dims=prior.dims)
 
     def coverage(self, tokens, idx):
-        """Coverage φ(T) at the runs' measured loads: data (the prompt and the batch are
-        measured, B = λ L open loop, N closed), computed once, not per gradient."""
+        """Coverage φ(T) of the experts by T routed tokens, for the systems ``idx``."""
         cov = self.d.system_covariates
         return latency.expert_coverage(tokens, cov["experts"][idx], cov["experts_per_token"][idx])
 
-    # ------------------------------------------------------------------ acceptance, demand
+    # ------------------------------------------------------------------ acceptance, terms
 
     def acceptance(self, data):
         """Tokens per cycle per run: measured, from alpha, or latent per draft system."""
@@ -282,86 +344,154 @@ class _Builder:
         accept = self.prior("acceptance")
         return pt.switch(latent, 1.0 + data["k"] * accept[self.d.draft_idx], data["e_known"])
 
-    def demand(self, c_pv, c_d, inc, cycles):
-        """``C1, C2`` per run (docs/model.md §2): ``C = A + cycles (B + φ_v G)``, the terms of
-        :func:`bayes_sd.latency.cycle_terms` per series (``G``: the MoE increments of
-        verification at its coverage φ_v) with the series shift on level 2. Everything but
-        cycles and φ_v at the run's measured batch is shared by a series' runs, so the runs
-        gather one (series, 4–6) table: per-run gathers of the coefficients (and their
-        gradients, scatter-adds) were half of the gradient's time."""
+    def series_terms(self, c_pv, c_d, inc, data, tokens) -> phases.StepTerms:
+        """The step terms (:func:`bayes_sd.phases.step_terms`) per series, with the series
+        shift on level 2, gathered per run. Everything but the cycles and the coverage at the
+        run's batch is shared by a series' runs, so the runs gather one (series, terms) table:
+        per-run gathers of the coefficients (and their gradients, scatter-adds) were half of
+        the gradient's time."""
         d = self.d
         first = d.series_first
         ser_sys, ser_dsys = d.system_idx[first], d.draft_idx[first]
-        k_s = d.k[first]
         c_s, cd_s = c_pv[ser_sys], c_d[ser_dsys]
 
-        def series_coefs(target, drafter):
+        def coefs(target, drafter):
             return latency.Coefficients(
                 **{n: target[:, i] for i, n in enumerate(TARGET_COEFS)},
                 **{n: drafter[:, i] for i, n in enumerate(DRAFT_COEFS)},
             )
 
-        terms = list(latency.cycle_terms(series_coefs(c_s, cd_s), k_s))  # A1 B1 A2 B2
-        if self.moe:  # φ_p · c_u ρ on the prefill; G1, G2 from verification's increments
-            inc = inc[ser_sys]
-            prefill = d.rows["prefill_len"].to_numpy(dtype=float)[first]
-            phi_p = pm.Data("coverage_p", self.coverage(prefill, ser_sys), dims="series")
-            terms[0] = terms[0] + phi_p * inc[:, TARGET_COEFS.index("c1p")]
-            terms[2] = terms[2] + phi_p * inc[:, TARGET_COEFS.index("c2p")]
-            tokens = np.maximum(d.batch, 1.0) * (d.k + 1.0)
-            phi_v = pm.Data("coverage_v", self.coverage(tokens, d.system_idx), dims="run")
-            g = latency.cycle_terms(series_coefs(inc, pt.zeros_like(cd_s)), k_s)
-            terms += [g[1], g[3]]  # G1, G2
-        # series residuals: a log-scale shift of C2 per series, centred on the log C2 of the
-        # series' most loaded run (the run that pins it). Centred on the system's log c2v
-        # instead, the population's split of C2 into c2p, c2v, c2d moved every series level at
-        # once: 654 leapfrog steps per draw on the demo, 40 now
+        increment = coefs(inc[ser_sys], pt.zeros_like(cd_s)) if self.moe else None
+        kink = self.prior("kink_tokens")
+        terms = phases.step_terms(
+            coefs(c_s, cd_s), increment, d.k[first], active_share=d.active_share[ser_sys],
+            kink_tokens=kink,
+        )  # fmt: skip
+        # series residuals: a log-scale shift of the per-request-in-flight level per series,
+        # centred on the log C2 of the series' most loaded run (the run that pins it).
+        # Centred on the system's log c2v instead, the population's split of C2 into c2p,
+        # c2v, c2d moved every series level at once: 654 leapfrog steps per draw on the
+        # demo, 40 with this anchor
         rep = d.series_most_loaded
-        b2 = terms[3] + phi_v[rep] * terms[5] if self.moe else terms[3]
-        anchor = pt.log(latency.per_request(terms[2], b2, cycles[rep]))
+        phi_p, phi_v, _ = self.run_coverage(data, None)
+        a2 = terms.a2 if increment is None else terms.a2 + phi_p[rep] * terms.h2
+        t2 = terms.t2 if increment is None else terms.t2 + phi_v[rep] * terms.gv2
+        cycles = (d.decode_len[rep] - 1.0) / tokens[rep]
+        anchor = pt.log(latency.per_request(a2, t2, cycles))
         scale2 = pt.exp(self.shifts("series", len(d.series), anchor)[:, 1])
-        for i in (2, 3, 5)[: 3 if self.moe else 2]:
-            terms[i] = scale2 * terms[i]
-        run = pt.stack(terms, axis=1)[d.series_idx]  # (run, 4 or 6)
-        t = [run[:, i] for i in range(len(terms))]
-        b1 = t[1] + phi_v * t[4] if self.moe else t[1]
-        b2 = t[3] + phi_v * t[5] if self.moe else t[3]
-        return latency.per_request(t[0], b1, cycles), latency.per_request(t[2], b2, cycles)
+        level2 = ("a2", "t2", "h2", "gv2", "gd2")
+        terms = terms._replace(**{f: scale2 * getattr(terms, f) for f in level2
+                                  if getattr(terms, f) is not None})  # fmt: skip
+        kept = [f for f in terms._fields if getattr(terms, f) is not None]
+        table = pt.stack([getattr(terms, f) for f in kept], axis=1)[d.series_idx]
+        return terms._replace(**{f: table[:, i] for i, f in enumerate(kept)})
+
+    def run_coverage(self, data, batch):
+        """``(φ_p, φ_v, φ_d)`` per run: the prompt's, and a step's at ``batch`` requests per
+        engine (None: the measured batch — data, computed once, not per gradient)."""
+        if not self.moe:
+            return 0.0, 0.0, 0.0
+        d = self.d
+        if not hasattr(self, "_coverage_data"):
+            prefill = d.rows["prefill_len"].to_numpy(dtype=float)
+            in_batch = np.maximum(d.batch, 1.0)
+            self._coverage_data = (
+                pm.Data("coverage_p", self.coverage(prefill, d.system_idx), dims="run"),
+                pm.Data(
+                    "coverage_v", self.coverage(in_batch * (d.k + 1.0), d.system_idx), dims="run"
+                ),
+                pm.Data("coverage_d", self.coverage(in_batch, d.system_idx), dims="run"),
+            )
+        if batch is None:
+            return self._coverage_data
+        in_batch = pt.maximum(batch, 1.0)
+        return (
+            self._coverage_data[0],
+            self.coverage(in_batch * (d.k + 1.0), d.system_idx),
+            self.coverage(in_batch, d.system_idx),
+        )
+
+    # ------------------------------------------------------------------ phases
+
+    def capacity(self):
+        """Requests one engine runs at most (closed loop: beyond, requests wait). Per system:
+        ``log K = capacity + capacity_length_slope · log((P + D)/2048) + capacity_sd · z``
+        (KV-cache capacity falls with the tokens a request holds)."""
+        if not self.d.closed_loop:
+            return np.inf
+        t = self.d.sys_table
+        held = np.log((t["prefill_len"] + t["decode_len"]).to_numpy(dtype=float) / 2048)
+        z = pm.Normal("capacity_z", 0.0, 1.0, dims="system")
+        log_k = (self.prior("capacity") + self.prior("capacity_length_slope") * held
+                 + self.prior("capacity_sd") * z)  # fmt: skip
+        return pm.Deterministic("capacity_system", pt.exp(log_k), dims="system")[self.d.system_idx]
+
+    def phases(self, data, terms, tokens) -> dict:
+        """TTFT, TPOT and E2E per run (:mod:`bayes_sd.phases`)."""
+        share = self.prior("ttft_share") if self.fit["ttft"].any() else 0.5
+        common = dict(k=data["k"], tokens=tokens, decode_len=data["decode_len"],
+                      engines=data["engines"], ttft_share=share)  # fmt: skip
+        open_p = closed_p = None
+        if self.open.any():
+            open_p = phases.open_loop_phases(
+                terms, rate=data["rate"], batch=data["batch"], smooth_width=OPEN_FLOOR,
+                coverage=self.run_coverage(data, None), **common,
+            )  # fmt: skip
+        if not self.open.all():
+            capacity = self.capacity()
+            batch = phases.smooth_min(data["conc"] / data["engines"], capacity)
+            closed_p = phases.closed_loop_phases(
+                terms, concurrency=data["conc"], capacity=capacity,
+                coverage=self.run_coverage(data, batch), **common,
+            )  # fmt: skip
+        out = {}
+        for key in ("latency", "ttft", "tpot"):
+            out[key] = self.by_mode(
+                None if open_p is None else open_p[key], None if closed_p is None else closed_p[key]
+            )
+        pm.Deterministic("latency", out["latency"], dims="run")
+        # the load-independent latency C1 (for the noise's queueing share)
+        a1, _ = phases.prefill(terms, self.run_coverage(data, None)[0])
+        light = a1 + (data["decode_len"] - 1.0) / tokens * terms.t1
+        out["share"] = out["latency"] / light - 1.0
+        out["ttft_share"] = out["ttft"] / a1 - 1.0
+        return out
 
     # ------------------------------------------------------------------ likelihoods
 
-    def likelihood(self, data, c1, c2):
-        """Robust likelihood of the log mean latency, its scale growing with the queueing share
-        of latency (:func:`bayes_sd.laws.noise_scale`): a finite run near saturation is much
-        noisier than at light load. Only the load modes the sweep has enter the graph (an
-        expression nothing uses is not compiled; on the demo, open loop only: 0.199 → 0.174 ms
-        per gradient)."""
-        is_open = self.d.is_open
-
-        def by_mode(open_value, closed_value):
-            if is_open.all():
-                return open_value
-            if not is_open.any():
-                return closed_value
-            return pt.switch(data["open"] > 0.5, open_value, closed_value)
-
-        open_lat = latency.open_loop_latency_smooth(c1, c2, data["rate"])
-        lat = by_mode(open_lat, latency.closed_loop_latency(c1, c2, data["conc"]))
-        pm.Deterministic("latency", lat, dims="run")
-        share = by_mode(
-            laws.queue_share_open(open_lat, c1), laws.queue_share_closed(data["conc"], c1, c2)
-        )
-        sigma = self.prior("sigma")
-        load_noise = self.prior("load_noise")
-        make_likelihood(
-            self.priors["likelihood"],
-            "log_latency",
-            mu=pt.log(lat),
-            sigma=laws.noise_scale(sigma[self.d.source_idx], load_noise, share),
-            observed=data["log_lat"],
-            dims="run",
-            nu=lambda: self.prior("nu"),
-        )
+    def likelihoods(self, data, predicted) -> None:
+        """One robust likelihood per measured mean (see :data:`METRICS`), each with its own
+        noise per source; the scale of E2E and TTFT grows with their queueing share
+        (:func:`bayes_sd.laws.noise_scale`): a finite run near saturation is much noisier."""
+        src = self.d.source_idx
+        load_noise = None
+        for metric in METRICS:
+            fit = self.fit[metric]
+            if not fit.any():
+                continue
+            sigma = self.prior("sigma" if metric == "latency" else f"{metric}_sigma")[src]
+            if metric == "tpot":
+                scale = sigma
+            else:
+                if load_noise is None:
+                    load_noise = self.prior("load_noise")
+                share = predicted["share" if metric == "latency" else "ttft_share"]
+                scale = laws.noise_scale(sigma, load_noise, share)
+            name = "log_latency" if metric == "latency" else f"log_{metric}"
+            if fit.all():
+                idx, dims = slice(None), "run"
+            else:  # a subset of the runs: its own coordinate
+                idx, dims = np.flatnonzero(fit), f"run_{metric}"
+                pm.modelcontext(None).add_coord(dims, self.d.rows["run_id"].to_numpy()[idx])
+            make_likelihood(
+                self.priors["likelihood"],
+                name,
+                mu=pt.log(predicted[metric][idx]),
+                sigma=scale[idx],
+                observed=data[metric][idx],
+                dims=dims,
+                nu=lambda: self.prior("nu"),
+            )
 
     def step_likelihood(self, sr: pd.DataFrame, pop) -> None:
         """Forward-pass timings of the sweep's dense targets on its GPUs (docs/model.md, "Step
@@ -381,7 +511,7 @@ class _Builder:
             pop["intercept"][idx],
             pop["size_slope"][idx],
             size[:, None],
-            pop["gpu_effect"][g][:, idx],
+            pop["effects"]["gpu"][g][:, idx],
             pop["length_slope"],
             np.stack([p_len, p_len, ctx_len], axis=1),
             names,

@@ -195,13 +195,15 @@ def break_even(
 
     Per draw, the first grid rate where the speedup falls below 1 (interpolated); ``inf`` when
     SD pays on the whole grid, ``0`` when it never pays. Rates past a draw's saturation of the
-    SD system count as "not paying".
+    SD system count as "not paying" while the baseline still serves them, and as "paying" once
+    the baseline has saturated first (SD served every rate either could).
     """
     if k <= 0:
         raise ValueError("k must be a positive draft length")
     rates = rate_grid(model, config, (0, k)) if rates is None else np.asarray(rates, float)
     _, spd, _ = _draws(model, config, [k], rates, max_draws=max_draws, random_seed=random_seed)
-    s = np.nan_to_num(spd[:, 0, :], nan=0.0, posinf=np.inf)  # (draw, rate)
+    # both saturated (NaN): SD outlived the baseline, so it paid wherever anything serves
+    s = np.nan_to_num(spd[:, 0, :], nan=np.inf, posinf=np.inf)  # (draw, rate)
     pays = s > 1
     first_bad = np.where(pays.all(axis=1), len(rates), np.argmin(pays, axis=1))
     be = np.empty(len(s))

@@ -21,8 +21,10 @@ from bayes_sd import _kernels, laws
 from bayes_sd.coefs import COEF_SLOPE, COEFS, LEVEL, TARGET_COEFS
 from bayes_sd.design import (
     CONFIG_SIZE_COLUMNS,
+    EFFECTS,
     Design,
     drafter_log_size,
+    fill_labels,
     label_systems,
     system_covariates,
 )
@@ -35,15 +37,20 @@ __all__ = ["Prediction", "nan_quantiles", "predict", "prediction_rows"]
 NPV = len(TARGET_COEFS)
 # posterior variables the predictions read
 POSTERIOR_VARS = (
-    "intercept", "size_slope", "length_slope", "gpu_effect", "gpu_sd", "system_sd", "draft_sd",
-    "series_sd", "shift_system", "shift_draft", "shift_series", "moe_excess", "acceptance",
-    "sigma", "load_noise", "nu",
+    "intercept", "size_slope", "length_slope", "gpu_effect", "engine_effect", "precision_effect",
+    "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd", "series_sd", "shift_system",
+    "shift_draft", "shift_series", "moe_excess", "acceptance", "kink_tokens", "ttft_share",
+    "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma", "ttft_sigma",
+    "tpot_sigma", "load_noise", "nu",
 )  # fmt: skip
+# per-row outputs: the kernel's planes and what follows from them
+OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", "saturation_rate")
 
 
 @dataclass
 class Prediction:
-    """Posterior predictive draws ``(chain, draw, row)`` and a per-row summary table."""
+    """Posterior predictive draws ``(chain, draw, row)`` of :data:`OUTPUTS` and a per-row
+    summary table (median and interval of each, P(speedup > 1))."""
 
     draws: xr.Dataset
     summary: pd.DataFrame
@@ -59,26 +66,32 @@ def predict(
     chunk_rows: int | None = None,
     noise: bool = False,
 ) -> Prediction:
-    """Posterior predictive mean latency, speedup against k = 0, and saturation rate.
+    """Posterior predictive TTFT, TPOT and E2E latency, throughput, interactivity, speedup
+    against k = 0 at the same load, and saturation rate (docs/model.md).
 
     ``configs`` has one row per prediction: ``gpu``, ``target``, ``k``, ``prefill_len``,
     ``decode_len``, ``request_rate`` (open loop) or ``concurrency`` (closed loop), and for
-    SD rows ``drafter`` (or ``method`` ``ngram``) with ``acceptance_length`` or ``alpha``.
-    Sizes come from the registry when absent; ``num_gpus`` defaults to 1 and ``source`` /
-    ``dataset`` to the training data's when there is one. Seen systems use their fitted
-    residuals; unseen systems, drafters and GPUs draw new ones from the population, so their
-    intervals are honestly wider; all rows of one configuration share its new draws.
-    Computed on ``max_draws`` posterior draws (thinned evenly) by one fused numba pass over
-    draws × rows (``bayes_sd._kernels``; the NumPy algebra without numba, in chunks of
-    ``chunk_rows`` rows). Memory: three float64 arrays of draws × rows, four with ``noise``
-    (10^5 rows × 1,000 draws: 2.4 GB — thin with ``max_draws`` for large tables).
+    SD rows ``drafter`` (or ``method`` ``ngram``) with ``acceptance_length`` or ``alpha``
+    (latent acceptance of a fitted draft system otherwise). Optional: ``num_gpus`` (1),
+    ``engine``, ``precision``, ``layout``, ``engines`` (1), ``source``, ``dataset`` (the training
+    data's where it has one value). Sizes come from the registry when absent. Seen systems use
+    their fitted residuals; unseen systems, drafters, GPUs, engines and precisions draw new ones
+    from the population, so their intervals are honestly wider; all rows of one configuration
+    share its new draws.
 
-    With ``noise=True`` the latency draws also carry the fitted measurement noise (Student-t
-    on log latency, growing with load): the posterior predictive of what one *measured run*
-    would report — use it to check intervals against held-out runs. The default is the
-    model's mean latency, the quantity to plan with.
+    Outputs per row and draw: ``latency`` (mean E2E, s), ``ttft``, ``tpot`` (s),
+    ``throughput`` (output tokens/s per GPU), ``interactivity`` (tokens/s per user,
+    1 / TPOT), ``speedup`` (E2E without SD over with, same load), ``saturation_rate`` (the
+    open-loop rate the system sustains at large batch, req/s). Computed on ``max_draws``
+    posterior draws (thinned evenly) by one fused numba pass over draws × rows
+    (``bayes_sd._kernels``; the NumPy algebra without numba, in chunks of ``chunk_rows`` rows).
+    Memory: seven float64 arrays of draws × rows (10^5 rows × 100 draws: 560 MB).
+
+    With ``noise=True`` the draws also carry the fitted measurement noise of each metric
+    (Student-t on the log, growing with load for E2E and TTFT): the posterior predictive of
+    what one *measured run* would report — use it to check intervals against held-out runs.
+    The default is the model's mean, the quantity to plan with.
     """
-
     if model.idata is None or model.design is None:
         raise RuntimeError("fit (or load) the model before predicting")
     design: Design = model.design
@@ -94,7 +107,7 @@ def predict(
         for v in post.data_vars
         if v in POSTERIOR_VARS
     }
-    # coefficients per configuration (a series with its sizes): a table of 10^5 rates of a
+    # coefficients per configuration (a series with its sizes): a table of 10^5 loads of a
     # few configurations needs a few coefficient draws, and every row of one (unseen)
     # configuration shares its new residual draws
     keys = ["series", *CONFIG_SIZE_COLUMNS]
@@ -103,24 +116,32 @@ def predict(
     configs_u = rows.iloc[first].reset_index(drop=True)
     cov = system_covariates(configs_u)
     coef, incr, f_sd, f_base = _configuration_draws(model, configs_u, cov, flat, draws, rng)
-    per_row = _row_arrays(design, rows, flat)
-    acc = flat.get("acceptance", np.zeros((draws, 1)))
-    moe = cov["experts"] > 1
+    params = {
+        "coef": coef, "incr": incr, "f_sd": f_sd, "f_base": f_base,
+        "capacity": _capacity_draws(design, configs_u, flat, draws, rng),
+        "experts": cov["experts"], "experts_per_token": cov["experts_per_token"],
+        "active_share": np.exp(-cov["log_total_over_active"]),
+        "kink_tokens": flat.get("kink_tokens", np.full(draws, np.inf)),
+        "ttft_share": flat.get("ttft_share", np.full(draws, 0.5)),
+        "acceptance": flat.get("acceptance", np.zeros((draws, 1))),
+    }  # fmt: skip
+    per_row = {"cfg": group, **_row_arrays(design, rows, flat)}
+    per_row["base_of"] = _moe_baselines(rows, np.ones(len(rows), dtype=bool))
     # one pass over (row, draw): the fused kernel, or the NumPy algebra (same signature)
     kernel = _kernels.predict if _kernels.AVAILABLE else _kernels.predict_numpy
-    out = kernel(
-        coef, incr, f_sd, f_base, group, cov["experts"], cov["experts_per_token"], per_row, acc,
-        _moe_baselines(rows, moe[group]), with_demand=noise, chunk_rows=chunk_rows,
-    )  # fmt: skip
-    planes = [plane.T for plane in out]  # (draw, row) views
-    lat, speedup = planes[0], planes[1]
-    if noise:  # C1 and C2: the noise's queueing share, and 1 / C2
-        lat = _with_noise(design, rows, flat, lat, planes[2], planes[3], rng)
-        with np.errstate(divide="ignore"):  # in place: C2 is not needed any more
-            sat = np.divide(1.0, planes[3], out=planes[3])
-    else:
-        sat = planes[2]
-    arrays = {"latency": lat, "speedup": speedup, "saturation_rate": sat}
+    out = kernel(params, per_row, with_noise=noise, chunk_rows=chunk_rows)
+    planes = dict(zip(_kernels.PLANES, (plane.T for plane in out), strict=False))  # (draw, row)
+    if noise:
+        _with_noise(design, rows, flat, planes, rng)
+    decode = rows["decode_len"].to_numpy(dtype=float)
+    gpus = rows["num_gpus"].to_numpy(dtype=float)
+    load = np.where(per_row["is_open"], per_row["rate"], per_row["conc"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requests = np.where(per_row["is_open"], load, load / planes["latency"])  # Little's law
+        planes["throughput"] = np.where(np.isfinite(planes["latency"]), requests * decode / gpus,
+                                        0.0)  # fmt: skip
+        planes["interactivity"] = np.where(np.isfinite(planes["tpot"]), 1.0 / planes["tpot"], 0.0)
+    arrays = {name: planes[name] for name in OUTPUTS}
     chains, per_chain = post.sizes["chain"], post.sizes["draw"]
     dims = ("chain", "draw", "row")
     ds = xr.Dataset(
@@ -143,6 +164,8 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"prediction rows need column(s) {', '.join(missing)}", field=missing[0])
     defaults = {
         "num_gpus": 1,
+        "engines": 1.0,
+        "layout": "",
         "drafter": None,
         "method": None,
         "acceptance_length": np.nan,
@@ -157,10 +180,17 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
     for col, value in defaults.items():
         if col not in rows.columns:
             rows[col] = value
-    if "source" not in rows.columns:
-        raise DataError(
-            "the model was fitted on several sources: give 'source' per row", field="source"
-        )
+    for col in ("source", "engine", "precision"):
+        if col not in rows.columns:
+            fitted = sorted(design.rows[col].unique())
+            if len(fitted) > 1:
+                raise DataError(
+                    f"the model was fitted on several {col}s ({', '.join(map(str, fitted))}): "
+                    f"give '{col}' per row",
+                    field=col,
+                )
+            rows[col] = fitted[0]
+    fill_labels(rows)
     fill_sizes(rows)
     unknown = rows["target_params"].isna().to_numpy()
     if unknown.any():
@@ -197,13 +227,7 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
     n = len(configs)
     nc = len(COEFS)
     slope = flat["size_slope"][:, COEF_SLOPE]
-    gpus = pd.Index(design.gpus).get_indexer(configs["gpu_key"])
-    unseen_gpu = gpus < 0
-    gpu = np.take(flat["gpu_effect"], np.where(unseen_gpu, 0, gpus), axis=1)  # (draw, cfg, coef)
-    if unseen_gpu.any():  # an unseen GPU: one new draw per GPU from the pooled GPU law
-        names, inverse = np.unique(configs["gpu_key"].to_numpy()[unseen_gpu], return_inverse=True)
-        sd = flat["gpu_sd"].reshape(draws, 1, -1)  # one spread, or one per coefficient
-        gpu[:, unseen_gpu] = (rng.normal(size=(draws, len(names), nc)) * sd)[:, inverse]
+    effects = sum(_effect_draws(design, effect, configs, flat, draws, rng) for effect in EFFECTS)
     shift = _draw_shifts(model, "system", configs["system"], flat, draws, rng)
     dshift = _draw_shifts(model, "draft", configs["draft_system"], flat, draws, rng)
     # (draw, cfg, coef): the target's size for its coefficients, the drafter's for drafting
@@ -213,7 +237,7 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
         flat["intercept"][:, None, :],
         slope[:, None, :],
         size[None],
-        gpu,
+        effects,
         flat["length_slope"][:, None, :],
         cov["lengths"][None],
     )
@@ -234,6 +258,45 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
     labels = np.concatenate([configs["series"].to_numpy(), configs["base_series"].to_numpy()])
     factor = np.exp(_draw_shifts(model, "series", labels, flat, draws, rng)[1])
     return coef, incr, factor[:, :n], factor[:, n:]
+
+
+def _effect_draws(design: Design, effect: str, configs, flat, draws, rng) -> np.ndarray:
+    """(draw, config, coef) effects of a GPU, engine or precision: fitted for the levels the
+    model has seen, one new draw per unseen level from the pooled law (its spread)."""
+    column = "gpu_key" if effect == "gpu" else effect
+    labels = configs[column].astype(str).to_numpy()
+    idx = pd.Index(design.levels(effect)).get_indexer(labels)
+    unseen = idx < 0
+    out = np.take(flat[f"{effect}_effect"], np.where(unseen, 0, idx), axis=1)
+    if unseen.any():
+        names, inverse = np.unique(labels[unseen], return_inverse=True)
+        if f"{effect}_sd" in flat:
+            sd = flat[f"{effect}_sd"].reshape(draws, 1, -1)  # one spread, or one per coefficient
+        else:  # fitted on one level: the spread's prior (its data are one contrast short)
+            from bayes_sd.priors import DEFAULT_PRIORS
+
+            prior = DEFAULT_PRIORS[f"{effect}_sd"]
+            sd = np.abs(rng.normal(size=(draws, 1, 1))) * prior.parameters["sigma"]
+        out[:, unseen] = (rng.normal(size=(draws, len(names), len(COEFS))) * sd)[:, inverse]
+    return out
+
+
+def _capacity_draws(design: Design, configs, flat, draws, rng) -> np.ndarray:
+    """(draw, config) requests one engine runs at most: fitted per seen system, drawn from the
+    population law for unseen ones; infinite when the model has no capacity (open loop)."""
+    if "capacity_system" not in flat:
+        return np.full((draws, len(configs)), np.inf)
+    idx = pd.Index(design.systems).get_indexer(configs["system"])
+    out = np.take(flat["capacity_system"], np.where(idx < 0, 0, idx), axis=1)
+    unseen = idx < 0
+    if unseen.any():
+        names, inverse = np.unique(configs["system"].to_numpy()[unseen], return_inverse=True)
+        held = np.log((configs["prefill_len"] + configs["decode_len"]).to_numpy(float) / 2048)
+        z = rng.normal(size=(draws, len(names)))[:, inverse]
+        log_k = (flat["capacity"][:, None] + flat["capacity_length_slope"][:, None]
+                 * held[None, unseen] + flat["capacity_sd"][:, None] * z)  # fmt: skip
+        out[:, unseen] = np.exp(log_k)
+    return out
 
 
 def _draw_shifts(model, group, labels, flat, draws, rng) -> np.ndarray:
@@ -280,6 +343,7 @@ def _row_arrays(design: Design, rows, flat) -> dict[str, np.ndarray]:
             )
     rate = rows["request_rate"].astype(float).to_numpy()
     return {
+        "engines": rows["engines"].to_numpy(dtype=float),
         "k": k,
         "e_known": e_known,
         "d_idx": np.where(latent, d_idx, 0),
@@ -291,35 +355,52 @@ def _row_arrays(design: Design, rows, flat) -> dict[str, np.ndarray]:
     }
 
 
-def _with_noise(design: Design, rows, flat, lat, c1, c2, rng) -> np.ndarray:
-    """``lat`` times draws of the measurement noise on log latency, as in the likelihood
-    (:func:`bayes_sd.laws.noise_scale`); saturated draws stay +inf."""
+def _with_noise(design: Design, rows, flat, planes: dict, rng) -> None:
+    """Multiply the latency, TTFT and TPOT draws (in place) by draws of each metric's fitted
+    measurement noise, as in the likelihood (:func:`bayes_sd.laws.noise_scale`: E2E and TTFT
+    noisier with their queueing share); saturated draws stay +inf."""
     src = pd.Index(design.sources).get_indexer(rows["source"])
-    sigma = flat["sigma"][:, np.where(src < 0, 0, src)]
-    if (src < 0).any():  # an unseen source: the largest fitted noise scale
-        sigma[:, src < 0] = flat["sigma"].max(axis=1, keepdims=True)
-    conc = rows["concurrency"].astype(float).to_numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(
-            np.isnan(conc),
-            laws.queue_share_open(lat, c1),
-            laws.queue_share_closed(np.nan_to_num(conc), c1, c2),
-        )
-    scale = laws.noise_scale(sigma, flat["load_noise"][:, None], share)
-    noise = rng.standard_t(flat["nu"][:, None], size=lat.shape) * scale
-    with np.errstate(invalid="ignore", over="ignore"):
-        noisy = lat * np.exp(noise)
-    return np.where(np.isfinite(lat), noisy, lat)
+    nu = flat["nu"][:, None]
+    shares = {
+        "latency": lambda: laws.queue_share_open(planes["latency"], planes["light"]),
+        "ttft": lambda: laws.queue_share_open(planes["ttft"], planes["prefill"]),
+        "tpot": None,
+    }
+    composed = "sigma" not in flat  # E2E not fitted itself: TTFT + (D − 1) TPOT, noisy
+    if composed:
+        del shares["latency"]
+    for metric, share in shares.items():
+        name = "sigma" if metric == "latency" else f"{metric}_sigma"
+        if name not in flat:  # not measured in training: the E2E noise
+            name = "sigma"
+        sigma = flat[name][:, np.where(src < 0, 0, src)]
+        if (src < 0).any():  # an unseen source: the largest fitted noise scale
+            sigma[:, src < 0] = flat[name].max(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = sigma if share is None else laws.noise_scale(
+                sigma, flat["load_noise"][:, None], share())  # fmt: skip
+        noise = rng.standard_t(nu, size=scale.shape) * scale
+        lat = planes[metric]
+        with np.errstate(invalid="ignore", over="ignore"):
+            noisy = lat * np.exp(noise)
+        planes[metric] = np.where(np.isfinite(lat), noisy, lat)
+    if composed:
+        decode = rows["decode_len"].to_numpy(dtype=float) - 1.0
+        lat = planes["latency"]
+        noisy = planes["ttft"] + decode * planes["tpot"]
+        planes["latency"] = np.where(np.isfinite(lat), noisy, lat)
 
 
 def _moe_baselines(rows: pd.DataFrame, moe_row: np.ndarray) -> np.ndarray:
-    """Per row, its baseline among the distinct baselines of MoE rows (0, 1, ...; −1 for dense
-    rows): rows of one baseline series (system and k = 0), target sizes and load have the
-    same baseline draws, solved once (``_kernels._baselines``)."""
+    """Per row, its baseline among the distinct baselines of the rows ``moe_row`` selects (0,
+    1, ...; −1 for the others): rows of one baseline series (system and k = 0), target sizes
+    and load have the same baseline draws, solved once (``_kernels._baselines``). (Named for
+    the MoE rows it once served; with the roofline every open-loop row solves a fixed point.)"""
     base_of = np.full(len(rows), -1, dtype=np.int64)
     if moe_row.any():
         sizes = ["target_params", "target_active_params", "target_experts"]
-        keys = ["base_series", *sizes, "target_experts_per_token", "request_rate", "concurrency"]
+        keys = ["base_series", *sizes, "target_experts_per_token", "request_rate",
+                "concurrency", "engines"]  # fmt: skip
         sub = rows.loc[moe_row, keys]
         base_of[moe_row] = sub.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
     return base_of
@@ -368,10 +449,10 @@ def _summarise(arrays: dict, rows: pd.DataFrame, interval: float) -> pd.DataFram
     """Median, interval and P(speedup > 1) per row from (draw, row) arrays (sorting over
     draws is fastest on the kernel's draw-contiguous planes)."""
     lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
-    cols = ["gpu", "target", "drafter", "k", "prefill_len", "decode_len", "request_rate",
-            "concurrency"]  # fmt: skip
+    cols = ["gpu", "num_gpus", "engine", "precision", "target", "drafter", "k", "prefill_len",
+            "decode_len", "request_rate", "concurrency"]  # fmt: skip
     out = rows[cols].copy()
-    names = ("latency", "speedup", "saturation_rate")
+    names = OUTPUTS
     # one variable per thread: NumPy's sort releases the GIL (2 cores: 0.29 s → 0.17 s on
     # 10^5 rows × 100 draws)
     with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:

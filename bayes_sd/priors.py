@@ -39,10 +39,24 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   residuals when the prior is a location family (its ``mu`` shifted by the anchor).
 * ``acceptance``: per drafter configuration where the data carry no acceptance, Beta(2, 2) on
   the acceptance rate (E − 1)/k.
-* ``sigma``: measurement noise on log mean latency per source, HalfNormal(0.1) (a few percent is
-  typical of benchmark means); ``load_noise``: its growth with the queueing share of latency,
-  HalfNormal(1); ``nu``: Student-t degrees of freedom, Gamma(2, 0.1), used when the
-  ``likelihood`` family has one (Student-t, the default: robust to the odd digitised point).
+* ``sigma``: measurement noise on log mean E2E latency per source, HalfNormal(0.1) (a few
+  percent is typical of benchmark means; InferenceX repeats of one point on other dates differ
+  by 7% median); ``ttft_sigma`` HalfNormal(0.2) and ``tpot_sigma`` HalfNormal(0.1) the same for
+  mean TTFT (noisier: queueing) and TPOT; ``load_noise``: the growth of the E2E and TTFT scales
+  with their queueing share, HalfNormal(1); ``nu``: Student-t degrees of freedom, Gamma(2, 0.1),
+  used when the ``likelihood`` family has one (Student-t, the default: robust to the odd point).
+* ``engine_sd``, ``precision_sd``: spreads of the engine and weight-precision effects (as
+  ``gpu_sd``), HalfNormal(0.3).
+* ``kink_tokens`` (T*): tokens per step at which a dense model's step turns compute-bound
+  (the roofline's kink: peak FLOPs over memory bandwidth times bytes per parameter over 2 —
+  295 on an H100 in bf16, 206 on an H200, 250–300 on B200/MI300X; for MoE it scales by total
+  over active parameters), LogNormal(log 250, 0.5).
+* ``capacity`` (log requests one engine runs at most at P + D = 2,048 tokens per request),
+  Normal(log 512, 1.5): engines cap running requests (``max_num_seqs``, 256–1,024 by default)
+  and KV-cache memory; ``capacity_length_slope`` Normal(−1, 0.5): the KV cache holds fewer
+  longer requests; ``capacity_sd`` HalfNormal(1) between systems. Closed-loop sweeps only.
+* ``ttft_share`` (θ): the share of another request's prefill stall that falls before one's
+  first token (the rest stalls one's decode), Beta(2, 2).
 * Joint step likelihood (``fit(steps=...)``): ``step_overhead``, the log serving overhead per
   level that an isolated forward pass does not pay, Normal(0.1, 0.3); ``step_sigma``,
   HalfNormal(0.1); ``step_likelihood`` Student-t with ν = 4 (``step_nu``, Gamma(2, 0.1), when
@@ -93,12 +107,21 @@ def _latency_defaults() -> dict[str, Prior]:
         "size_slope": Prior("LogNormal", mu=float(np.log(0.8)), sigma=0.5, dims="slope_coef"),
         "length_slope": Prior("Normal", mu=0.8, sigma=0.5, dims="length_coef"),
         "gpu_sd": Prior("HalfNormal", sigma=0.3),
+        "engine_sd": Prior("HalfNormal", sigma=0.3),
+        "precision_sd": Prior("HalfNormal", sigma=0.3),
+        "kink_tokens": Prior("LogNormal", mu=float(np.log(250.0)), sigma=0.5),
+        "capacity": Prior("Normal", mu=float(np.log(512.0)), sigma=1.5),
+        "capacity_length_slope": Prior("Normal", mu=-1.0, sigma=0.5),
+        "capacity_sd": Prior("HalfNormal", sigma=1.0),
+        "ttft_share": Prior("Beta", alpha=2.0, beta=2.0),
         "system_sd": Prior("HalfNormal", sigma=0.3, dims="level"),
         "draft_sd": Prior("HalfNormal", sigma=0.3),
         "series_sd": Prior("HalfNormal", sigma=0.1),
         "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="coef_pv"),
         "acceptance": Prior("Beta", alpha=2.0, beta=2.0, dims="draft_system"),
         "sigma": Prior("HalfNormal", sigma=0.1, dims="source"),
+        "ttft_sigma": Prior("HalfNormal", sigma=0.2, dims="source"),
+        "tpot_sigma": Prior("HalfNormal", sigma=0.1, dims="source"),
         "load_noise": Prior("HalfNormal", sigma=1.0),
         "nu": Prior("Gamma", alpha=2.0, beta=0.1),
         "likelihood": Prior("StudentT"),

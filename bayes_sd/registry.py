@@ -178,3 +178,10 @@ register_model("mixtral-8x7b", 46.7e9, 12.9e9, 8, 2, aliases=("mixtral-8x7b-v0.1
 register_model("gpt-oss-20b", 20.9e9, 3.61e9, 32, 4)
 register_model("gpt-oss-120b", 117e9, 5.13e9, 128, 4)
 register_model("qwama-0.5b", 0.5e9, aliases=("turboderp/Qwama-0.5B-Instruct",))
+register_model(
+    "deepseek-r1", 671e9, 37e9, 256, 8, aliases=("dsr1", "deepseek-v3", "deepseek-r1-0528")
+)
+# DeepSeek's multi-token-prediction head as a drafter: one MoE block (of 61) and the shared
+# embedding and LM head — about 1.5 B parameters of work per drafted token (its 14 B total are
+# mostly experts a token does not touch); the drafter law scales with the work done.
+register_model("deepseek-r1-mtp", 1.5e9, aliases=("deepseek-v3-mtp",))

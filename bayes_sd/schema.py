@@ -46,6 +46,10 @@ CONFIG_KEYS = (
     "alpha",
     "prefill_len",
     "decode_len",
+    "engine",
+    "precision",
+    "layout",
+    "engines",
 )
 
 
@@ -86,7 +90,25 @@ SWEEP_COLUMNS: dict[str, Column] = {
     "drafter": Column("str", False, "Draft model or head (empty for k = 0 and n-gram)."),
     "drafter_params": Column("float", False, "Drafter parameters.", low=0, low_open=True),
     "method": Column("str", True, "SD method (vLLM names: draft_model, eagle3, ngram, ...); none."),
-    "k": Column("int", True, "Draft length (num_speculative_tokens); 0 = no SD.", low=0),
+    "k": Column(
+        "int",
+        False,
+        "Draft length (num_speculative_tokens); 0 = no SD; empty for an SD run whose k is not "
+        "known (kept, not fitted).",
+        low=0,
+    ),
+    # Engine
+    "engine": Column("str", False, "Serving engine: vllm, sglang, trt (TensorRT-LLM), dynamo-..."),
+    "precision": Column("str", False, "Weight precision: bf16, fp8, fp4."),
+    "layout": Column("str", False, "Parallel layout (tensor/expert/data parallel, workers)."),
+    "engines": Column(
+        "float",
+        False,
+        "Engines sharing the load (decode workers × attention data-parallel ranks; 1 if "
+        "empty): each runs concurrency / engines requests.",
+        low=1,
+    ),
+    "max_num_seqs": Column("float", False, "Engine's cap on running requests, if known.", low=1),
     # Acceptance
     "alpha": Column(
         "float", False, "Per-token acceptance probability (imposed/assumed).", low=0, high=1
@@ -115,7 +137,13 @@ SWEEP_COLUMNS: dict[str, Column] = {
     "n_failed": Column("int", False, "Failed requests.", low=0),
     "duration_s": Column("float", False, "Benchmark wall time (s).", low=0, low_open=True),
     # Latency (seconds)
-    "latency_mean_s": Column("float", True, "Mean end-to-end latency (s).", low=0, low_open=True),
+    "latency_mean_s": Column(
+        "float",
+        False,
+        "Mean end-to-end latency (s); a run needs it or mean TTFT and TPOT to be fitted.",
+        low=0,
+        low_open=True,
+    ),
     "latency_p50_s": Column("float", False, "Median latency (s).", low=0, low_open=True),
     "latency_p90_s": Column("float", False, "90th percentile latency (s).", low=0, low_open=True),
     "latency_p99_s": Column("float", False, "99th percentile latency (s).", low=0, low_open=True),
@@ -135,10 +163,32 @@ SWEEP_COLUMNS: dict[str, Column] = {
         "Share of arrivals that piled up in the system over the run (≈ 1 − achieved/offered).",
     ),
     "ttft_mean_s": Column("float", False, "Mean time to first token (s).", low=0),
-    "tpot_mean_s": Column("float", False, "Mean time per output token after the first (s).", low=0),
+    "ttft_p50_s": Column("float", False, "Median time to first token (s).", low=0),
+    "ttft_p90_s": Column("float", False, "90th percentile time to first token (s).", low=0),
+    "ttft_p99_s": Column("float", False, "99th percentile time to first token (s).", low=0),
+    "tpot_mean_s": Column(
+        "float",
+        False,
+        "Mean time per output token after the first (s): (E2E − TTFT)/(D − 1).",
+        low=0,
+    ),
+    "tpot_p50_s": Column("float", False, "Median time per output token (s).", low=0),
+    "tpot_p90_s": Column("float", False, "90th percentile time per output token (s).", low=0),
+    "tpot_p99_s": Column("float", False, "99th percentile time per output token (s).", low=0),
+    "output_throughput": Column(
+        "float", False, "Output tokens per second over the run, whole deployment.", low=0
+    ),
+    "date": Column("str", False, "Date of the run (as recorded)."),
     "saturated": Column("bool", True, "Run is past saturation; left out of model fits."),
     "saturation_reason": Column("str", False, "Why the run was flagged saturated."),
+    "excluded": Column(
+        "bool", False, "Run kept in the table but not fitted (see excluded_reason); empty = no."
+    ),
+    "excluded_reason": Column("str", False, "Why the run is not fitted."),
 }
+# the latency statistics of a run, per metric (E2E, TTFT, TPOT) and statistic
+METRICS = ("latency", "ttft", "tpot")
+STATISTICS = ("mean", "p50", "p90", "p99")
 
 _TOL = 1e-6
 
@@ -296,6 +346,7 @@ def validate_sweep(
                 f, r = _where(table, int(i), file)
                 problems.append(Problem("required value is missing", f, r, name))
         out[name] = values
+    _check_measured(table, out, problems, file)
     if problems:
         raise DataError(problems=problems)
     _check_consistency(out, problems, file, allow_duplicates)
@@ -310,6 +361,21 @@ def validate_sweep(
     return out
 
 
+def _check_measured(
+    table: pd.DataFrame, out: pd.DataFrame, problems: list[Problem], file: str | None
+) -> None:
+    """Every run measures a latency: the mean E2E, or mean TTFT and TPOT, or a percentile."""
+    stats = [f"{m}_{s}_s" for m in METRICS for s in STATISTICS]
+    have = out[stats].notna()
+    ok = have["latency_mean_s"] | (have["ttft_mean_s"] & have["tpot_mean_s"])
+    ok |= have[[c for c in stats if "_p" in c]].any(axis=1)
+    for i in np.flatnonzero(~ok.to_numpy()):
+        f, r = _where(table, int(i), file)
+        problems.append(
+            Problem("required value is missing (or mean TTFT and TPOT)", f, r, "latency_mean_s")
+        )
+
+
 def _check_consistency(
     t: pd.DataFrame, problems: list[Problem], file: str | None, allow_duplicates: bool
 ) -> None:
@@ -318,13 +384,21 @@ def _check_consistency(
         problems.append(Problem(message, f, r, field))
 
     for i, row in enumerate(t.itertuples(index=False)):
-        k = int(row.k)
         method = str(row.method).lower()
-        if (k == 0) != (method == "none"):
-            add(i, "method", f"method {row.method!r} does not fit k = {k} (k = 0 ⇔ method 'none')")
+        if pd.isna(row.k):  # an SD run of unknown draft length: kept, not fitted
+            if method == "none":
+                add(i, "k", "a run without SD (method 'none') has k = 0")
+            k = math.inf
+        else:
+            k = int(row.k)
+            if (k == 0) != (method == "none"):
+                add(i, "method", f"method {row.method!r} does not fit k = {k} (k = 0 ⇔ 'none')")
         al = row.acceptance_length
         if not pd.isna(al) and not (1 - _TOL <= al <= k + 1 + _TOL):
             add(i, "acceptance_length", f"must lie in [1, k + 1] = [1, {k + 1}], got {al:g}")
+        means = [getattr(row, f"{m}_mean_s") for m in ("latency", "ttft", "tpot")]
+        if not pd.isna(means[0]) and not pd.isna(means[1]) and means[1] > means[0] * 1.01:
+            add(i, "ttft_mean_s", f"mean TTFT {means[1]:g} s exceeds the mean E2E {means[0]:g} s")
         if row.load_mode not in LOAD_MODES:
             add(i, "load_mode", f"must be one of {', '.join(LOAD_MODES)}, got {row.load_mode!r}")
         elif row.load_mode == "rate" and (
@@ -344,10 +418,11 @@ def _check_consistency(
                 "an MoE target (experts > 1) must have fewer active than total parameters, "
                 "and a dense one equal counts",
             )
-        pct = [row.latency_p50_s, row.latency_p90_s, row.latency_p99_s]
-        known = [p for p in pct if not pd.isna(p)]
-        if any(b < a * (1 - _TOL) for a, b in itertools.pairwise(known)):
-            add(i, "latency_p90_s", f"percentiles out of order: p50, p90, p99 = {pct}")
+        for metric in ("latency", "ttft", "tpot"):
+            pct = [getattr(row, f"{metric}_{q}_s") for q in ("p50", "p90", "p99")]
+            known = [p for p in pct if not pd.isna(p)]
+            if any(b < a * (1 - _TOL) for a, b in itertools.pairwise(known)):
+                add(i, f"{metric}_p90_s", f"percentiles out of order: p50, p90, p99 = {pct}")
     if not allow_duplicates:
         key = [
             *CONFIG_KEYS,
@@ -356,7 +431,11 @@ def _check_consistency(
             "concurrency",
             "n_requests",
             "latency_mean_s",
+            "latency_p50_s",
+            "ttft_p50_s",
+            "tpot_p50_s",
             "duration_s",
+            "date",
         ]
         dup = t.duplicated(subset=key, keep=False).to_numpy()
         if dup.any():

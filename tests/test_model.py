@@ -70,8 +70,11 @@ def fitted(sweep, mocked):
 def test_structure_names_dims_and_finite_gradient(sweep):
     model = LatencyModel(model_config={"centred": True}).build_model(sweep)
     free = {v.name for v in model.free_RVs}
+    # the intercepts are sampled at the design's mean covariates; "intercept" (at the
+    # reference sizes) is their deterministic shift
+    assert model.named_vars_to_dims["intercept"] == ("coef",)
     assert {
-        "intercept",
+        "intercept_centre",
         "size_slope",
         "length_slope",
         "gpu_sd",
@@ -297,7 +300,20 @@ def test_fit_returns_datatree_and_diagnostics(fitted):
     assert diag["runs_fitted"] == len(fitted.design.rows)
 
 
-def test_predict_agrees_with_the_model_graph(fitted, sweep):
+@pytest.fixture
+def fitted_far_kink(sweep, mocked):
+    """As ``fitted`` with the roofline's kink far beyond every load: the graph takes the
+    load-dependent terms at the measured batch, predict at its own fixed point, and the two are
+    one law where those terms are flat (elsewhere they agree when the fit is good)."""
+    priors = {"kink_tokens": Prior("LogNormal", mu=float(np.log(1e8)), sigma=0.1)}
+    model = LatencyModel(model_config={"priors": priors}, sampler_config={"draws": 20, "chains": 2})
+    with pytest.warns(ConvergenceWarning):
+        model.fit(sweep, random_seed=3)
+    return model
+
+
+def test_predict_agrees_with_the_model_graph(fitted_far_kink, sweep):
+    fitted = fitted_far_kink
     rows = fitted.design.rows
     dense = rows[rows["target_experts"] == 1].reset_index(drop=True)
     pred = fitted.predict(dense, max_draws=1000)
@@ -336,14 +352,18 @@ def test_moe_solver_lands_on_the_light_load_root_at_once(rate, monkeypatch):
     s = np.array([0.01, 0.0005, 0.005, 0.0002, 0.001, 0.00005, 0.0, 0.0])
     k, e, dl, plen, m, experts = 3.0, 2.5, 256.0, 512.0, 8.0, 64.0
     evaluations = []
-    real = _kernels._excess_slope
-    monkeypatch.setattr(_kernels, "_excess_slope", lambda *a: evaluations.append(1) or real(*a))
-    lat = _kernels._moe_latency.py_func(
-        u, s, 1.0, k, e, dl, plen, np.log1p(-m / experts), rate, 0.0, True
-    )
+    real = _kernels._step
+    monkeypatch.setattr(_kernels, "_step", lambda *a: evaluations.append(1) or real(*a))
+    tm = np.empty(11)  # the step terms, roofline off (kink at infinity)
+    _kernels._terms.py_func(u[:, None, None], s[:, None, None], 1.0, 0, 0, k, 1.0, np.inf, tm)
+    log_q = np.log1p(-m / experts)
+    phi_p = 1.0 - np.exp(plen * log_q)
+    a1, a2 = tm[0] + phi_p * tm[5], tm[1] + phi_p * tm[6]
+    lat = _kernels._solve_open.py_func(tm, k, e, dl, rate, log_q, True, a1, a2)
     names = ("c1p", "c2p", "c1v", "c2v", "c1s", "c2s", "c1d", "c2d")
     coefs = lambda x: latency.Coefficients(**dict(zip(names, x, strict=True)))  # noqa: E731
-    ref = latency.moe_open_loop_latency(coefs(u), coefs(s), k, e, dl, rate, experts, m, plen)
+    # the phases' E2E is the paper's law with the D − 1 cycles after the first token
+    ref = latency.moe_open_loop_latency(coefs(u), coefs(s), k, e, dl - 1, rate, experts, m, plen)
     assert rate * lat < 1.0
     np.testing.assert_allclose(lat, ref, rtol=1e-9)
     assert len(evaluations) <= 3

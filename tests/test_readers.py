@@ -171,7 +171,8 @@ def test_load_examples_from_any_directory(tmp_path, monkeypatch):
     assert sorted(share["latency_mean_s"]) == [1.65, 2.56]  # SD, no SD: the blog's 1.5x
     steps = bayes_sd.load_example("stepcost")
     assert len(steps) == 29_947 and steps["gpu"].nunique() == 2 and steps["model"].nunique() == 8
-    assert set(bayes_sd.list_examples()) == {"demo", "stepcost", "vllm-blog-2024"}
+    assert set(bayes_sd.list_examples()) == {"demo", "stepcost", "vllm-blog-2024", "inferencex",
+                                             "inferencex-history"}  # fmt: skip
     with pytest.raises(ValueError, match="unknown example"):
         bayes_sd.load_example("nope")
 

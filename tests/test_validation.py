@@ -45,6 +45,8 @@ def test_sbc_smoke_runs_real_fits_and_ranks_every_population_parameter():
         & (s["alpha"].isna() | (s["alpha"] == 0.8))
         & fraction.isin([0.05, 0.15, 0.3])
     ]
+    # the E2E likelihood (the per-phase one is exercised by test_sbc_simulates_every_metric)
+    design = design.assign(ttft_mean_s=np.nan, tpot_mean_s=np.nan)
     seen = []
     res = simulation_based_calibration(
         design, reps=3, draws=99, tune=150, thin_to=99, seed=3, oversample=6,
@@ -76,6 +78,18 @@ def step_fit():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(steps[steps["model"].isin(keep)], random_seed=2)
     return model
+
+
+def test_sbc_simulates_every_metric_of_a_per_phase_design():
+    """A design that measures TTFT and TPOT is simulated and refitted in both metrics: the
+    simulated values go back into their data containers (not the template's)."""
+    s = bayes_sd.load_example("demo")
+    design = s[(s["target"] == "llama-3.2-1b") & (s["gpu"] == "H100-SXM-80GB") & (s["k"] == 0)]
+    design = design[design["prefill_len"] == design["prefill_len"].iloc[0]].head(6)
+    res = simulation_based_calibration(design, reps=2, draws=99, tune=100, thin_to=99, seed=1,
+                                       oversample=10)  # fmt: skip
+    assert {"ttft_sigma[simulated]", "tpot_sigma[simulated]", "ttft_share"} <= set(res.ranks)
+    assert "sigma[simulated]" not in res.ranks  # E2E is not fitted beside TTFT and TPOT
 
 
 def test_step_model_fits_measured_passes(step_fit):

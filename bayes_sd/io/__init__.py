@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +15,7 @@ from bayes_sd.errors import DataError
 from bayes_sd.io._record import run_id
 from bayes_sd.io._safe import MAX_BYTES, MAX_FILES, load_yaml, parse_json_documents, read_text
 from bayes_sd.io.guidellm import looks_like_guidellm, parse_guidellm
+from bayes_sd.io.inferencex import K_TABLE, looks_like_inferencex, parse_inferencex, read_k_table
 from bayes_sd.io.metadata import (
     canonical_metadata,
     is_sidecar,
@@ -42,7 +44,11 @@ def read_sweep(source: Source, /, *, max_bytes: int = MAX_BYTES, **metadata: Any
         detected from content: ``vllm bench serve --save-result`` JSON (one object, or JSON lines
         from ``--append-result``; current and legacy field names), GuideLLM reports (JSON or
         YAML, report schema v1/v2 and the v0.4 layout), and tidy CSV/Parquet in the canonical
-        schema. In directories, ``*.pytorch.json`` companions and metadata sidecars are skipped.
+        schema, InferenceX benchmark rows (a JSON array of dashboard rows; see
+        :mod:`bayes_sd.io.inferencex`), and ``vllm bench sweep serve`` output folders (the
+        ``run=N.json`` files; their ``summary.json`` / ``summary.csv`` repeat them and are
+        skipped, as are ``warmup.json`` runs; ``*.failure.json`` are counted and reported). In
+        directories, ``*.pytorch.json`` companions and metadata sidecars are skipped.
     max_bytes
         Largest file that will be read (default 256 MiB).
     **metadata
@@ -63,17 +69,17 @@ def read_sweep(source: Source, /, *, max_bytes: int = MAX_BYTES, **metadata: Any
     >>> sweep = bayes_sd.read_sweep("results/", gpu="H100", k=0)  # doctest: +SKIP
     """
     user = canonical_metadata(metadata, "read_sweep(...) arguments", strict=True)
-    paths = _expand(source)
+    paths, roots = _expand(source)
     frames: list[pd.DataFrame] = []
     rows: list[dict[str, Any]] = []  # result-file rows since the last tidy table
     assumed: Counter[str] = Counter()
     for path in paths:
         if path.suffix.lower() in (".csv", ".parquet", ".pq"):
             _flush(rows, frames)
-            frame, file_assumed = _read_tidy(path, user, max_bytes)
+            frame, file_assumed = _read_tidy(path, user, max_bytes, roots.get(path))
             frames.append(frame)
         else:
-            file_rows, file_assumed = _read_results(path, user, max_bytes)
+            file_rows, file_assumed = _read_results(path, user, max_bytes, roots.get(path))
             rows.extend(file_rows)
         assumed.update(file_assumed)
     _flush(rows, frames)
@@ -93,8 +99,12 @@ def _flush(rows: list[dict[str, Any]], frames: list[pd.DataFrame]) -> None:
         rows.clear()
 
 
-def _expand(source: Source) -> list[Path]:
+def _expand(source: Source) -> tuple[list[Path], dict[Path, Path]]:
+    """The files to read, and for those found in a folder, that folder (sidecars above a file
+    apply up to it)."""
     if isinstance(source, str | os.PathLike):
+        if not str(source).strip():
+            raise DataError("no path given (an empty string would read the current folder)")
         items = [Path(source)]
     else:
         try:
@@ -102,22 +112,27 @@ def _expand(source: Source) -> list[Path]:
         except TypeError as err:
             raise DataError(f"expected a path or a list of paths, got {source!r}") from err
     paths: list[Path] = []
+    roots: dict[Path, Path] = {}
     for item in items:
         if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in RESULT_SUFFIXES
-                and not p.name.endswith(".pytorch.json")
-                and not is_sidecar(p)
-                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            found = _sweep_files(
+                sorted(
+                    p
+                    for p in item.rglob("*")
+                    if p.is_file()
+                    and p.suffix.lower() in RESULT_SUFFIXES
+                    and not p.name.endswith(".pytorch.json")
+                    and p.name != K_TABLE
+                    and not is_sidecar(p)
+                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                )
             )
             if not found:
                 raise DataError(
                     "no result files (.json, .jsonl, .yaml, .csv, .parquet) found", file=str(item)
                 )
             paths.extend(found)
+            roots.update(dict.fromkeys(found, item))
         elif item.is_file():
             paths.append(item)
         else:
@@ -126,10 +141,39 @@ def _expand(source: Source) -> list[Path]:
             raise DataError(f"more than {MAX_FILES} files to read", file=str(item))
     if not paths:
         raise DataError("no files given")
-    return paths
+    return paths, roots
 
 
-def _read_results(path: Path, user: dict, max_bytes: int) -> tuple[list[dict], list[str]]:
+def _sweep_files(paths: list[Path]) -> list[Path]:
+    """The files of a folder that hold runs: a ``vllm bench sweep serve`` experiment writes
+    each run to ``run=N.json`` and repeats them in ``summary.json`` (per combination) and
+    ``summary.csv`` (per experiment); ``warmup.json`` is a warm-up run and ``*.failure.json``
+    a failed one (counted in a warning)."""
+    runs_in = {p.parent for p in paths if p.name.startswith("run=") and p.suffix == ".json"}
+    combinations = runs_in | {p.parent for p in paths if p.name == "summary.json"}
+    failures = [p for p in paths if p.name.endswith(".failure.json")]
+    if failures:
+        warnings.warn(
+            f"{len(failures)} failed benchmark run(s) of a vllm bench sweep (e.g. "
+            f"{failures[0]}): not measured, not read",
+            UserWarning,
+            stacklevel=4,
+        )
+    keep = []
+    for p in paths:
+        if p in failures or (p.name == "warmup.json" and p.parent in combinations):
+            continue
+        if p.name == "summary.json" and p.parent in runs_in:
+            continue
+        if p.name == "summary.csv" and any(p.parent in d.parents for d in combinations):
+            continue
+        keep.append(p)
+    return keep
+
+
+def _read_results(
+    path: Path, user: dict, max_bytes: int, root: Path | None = None
+) -> tuple[list[dict], list[str]]:
     """Rows of a vLLM result (JSON or JSON lines) or a GuideLLM report (JSON or YAML)."""
     file = str(path)
     text = read_text(path, max_bytes)
@@ -139,7 +183,11 @@ def _read_results(path: Path, user: dict, max_bytes: int) -> tuple[list[dict], l
         docs = [("0", load_yaml(text, file))]
     else:
         docs = parse_json_documents(text, file)
-    layers = [("read_sweep(...) arguments", user), *sidecars_for(path)]
+    if len(docs) == 1 and looks_like_inferencex(docs[0][1]):
+        return _inferencex_rows(path, docs[0][1], user, root), []
+    if len(docs) == 1 and isinstance(docs[0][1], list):  # a list of results (summary.json)
+        docs = [(f"item {i}", obj) for i, obj in enumerate(docs[0][1])]
+    layers = [("read_sweep(...) arguments", user), *sidecars_for(path, root)]
     return _rows_from_documents(docs, file, layers, path.parent.name or path.stem)
 
 
@@ -174,6 +222,47 @@ def _rows_from_documents(
     return rows, assumed
 
 
+def _inferencex_rows(path: Path, rows: list, user: dict, root: Path | None) -> list[dict]:
+    """InferenceX rows carry their system: metadata may add what they lack (source, sizes)
+    but not contradict them."""
+    file = str(path)
+    out = []
+    meta = merge([("read_sweep(...) arguments", user), *sidecars_for(path, root)])
+    for row in parse_inferencex(rows, file, read_k_table(path)):
+        for key, value in meta.items():
+            if key not in SWEEP_COLUMNS:
+                continue
+            if row.get(key) is not None and row[key] != value and key != "source":
+                raise DataError(f"the file says {row[key]!r}, the metadata {value!r}",
+                                file=file, record=row["record"], field=key)  # fmt: skip
+            row[key] = value
+        keys = ("latency_mean_s", "latency_p50_s", "concurrency", "date", "layout")
+        row["run_id"] = run_id(file, row["record"], *(row.get(k) for k in keys))
+        out.append(row)
+    fill_sizes_rows(out)
+    return out
+
+
+def fill_sizes_rows(rows: list[dict]) -> None:
+    """Model sizes from the registry for result rows that name their target and drafter."""
+    from bayes_sd.registry import lookup_model
+
+    for row in rows:
+        info = lookup_model(row["target"])
+        if info is None:
+            raise DataError(
+                f"model {row['target']!r} is not in the registry; register_model it",
+                file=row["file"], record=row["record"], field="target",
+            )  # fmt: skip
+        row.setdefault("target_params", info.params)
+        row.setdefault("target_active_params", info.active_params)
+        row.setdefault("target_experts", info.experts)
+        row.setdefault("target_experts_per_token", info.experts_per_token)
+        drafter = lookup_model(row["drafter"]) if row.get("drafter") else None
+        if drafter is not None:
+            row.setdefault("drafter_params", drafter.params)
+
+
 def sweep_from_results(results: list[tuple[str, dict]], **metadata: Any) -> pd.DataFrame:
     """The validated sweep table from result objects in memory (``[(name, object)]``).
 
@@ -198,6 +287,9 @@ def _fill_from_meta(row: dict[str, Any], meta: dict[str, Any]) -> None:
     if row.get("acceptance_length") is None and "acceptance_length" in meta:
         row["acceptance_length"] = meta["acceptance_length"]
         row["acceptance_source"] = "metadata"
+    for key in ("engine", "precision", "layout", "engines", "max_num_seqs"):
+        if row.get(key) is None and key in meta:
+            row[key] = meta[key]
     if meta.get("k") == 0:  # without SD every step commits one token
         row["acceptance_length"] = 1.0
         row["acceptance_source"] = "k=0"
@@ -210,7 +302,9 @@ def _ensure_columns(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _read_tidy(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, list[str]]:
+def _read_tidy(
+    path: Path, user: dict, max_bytes: int, root: Path | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """A table already in the canonical schema; missing system columns may come from metadata."""
     file = str(path)
     size = path.stat().st_size
@@ -231,7 +325,7 @@ def _read_tidy(path: Path, user: dict, max_bytes: int) -> tuple[pd.DataFrame, li
         raise
     if table.empty:
         raise DataError("the table has no rows", file=file)
-    meta = merge([("read_sweep(...) arguments", user), *sidecars_for(path)])
+    meta = merge([("read_sweep(...) arguments", user), *sidecars_for(path, root)])
     assumed: list[str] = []
     for key, value in meta.items():
         if key in SWEEP_COLUMNS:

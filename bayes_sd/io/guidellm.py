@@ -160,8 +160,11 @@ def _parse_benchmark(rec: Record, version: int | None) -> dict[str, Any]:
     row["latency_p50_s"] = _stat(rec, "request_latency", "median")
     row["latency_p90_s"] = _stat(rec, "request_latency", "p90")
     row["latency_p99_s"] = _stat(rec, "request_latency", "p99")
-    row["ttft_mean_s"] = _stat(rec, "time_to_first_token_ms", "mean", scale=1e-3)
-    row["tpot_mean_s"] = _stat(rec, "inter_token_latency_ms", "mean", scale=1e-3)
+    # GuideLLM's inter_token_latency_ms is vLLM's TPOT (its time_per_output_token_ms
+    # includes the TTFT)
+    for metric, name in (("ttft", "time_to_first_token_ms"), ("tpot", "inter_token_latency_ms")):
+        for stat, key in (("mean", "mean"), ("p50", "median"), ("p90", "p90"), ("p99", "p99")):
+            row[f"{metric}_{stat}_s"] = _stat(rec, name, key, scale=1e-3)
     tokens_per_iter = _stat(rec, "iter_tokens_per_iteration", "mean")
     if tokens_per_iter is not None and tokens_per_iter >= 1:
         row["acceptance_length"] = tokens_per_iter

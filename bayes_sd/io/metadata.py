@@ -42,6 +42,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "prefill_len": ("prefill_len", "input_len", "random_input_len"),
     "decode_len": ("decode_len", "output_len", "random_output_len"),
     "speculative_config": ("speculative_config", "speculative-config"),
+    "engine": ("engine", "framework", "serving_engine"),
+    "precision": ("precision", "weight_dtype", "quantization"),
+    "layout": ("layout", "parallel_layout"),
+    "engines": ("engines", "decode_engines", "data_parallel_size"),
+    "max_num_seqs": ("max_num_seqs", "max-num-seqs", "max_running_requests"),
 }
 _LOOKUP = {alias: key for key, aliases in ALIASES.items() for alias in aliases}
 NUMERIC = {
@@ -56,6 +61,8 @@ NUMERIC = {
     "acceptance_length",
     "prefill_len",
     "decode_len",
+    "engines",
+    "max_num_seqs",
 }
 MODEL_KEYS = {"target", "drafter"}
 NO_DRAFTER = {"", "none", "null", "[ngram]", "ngram"}
@@ -187,8 +194,11 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return canonical_metadata(data, str(path), strict=True)
 
 
-def sidecars_for(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """The sidecar layers that apply to a result file: its own, then its folder's."""
+def sidecars_for(path: Path, root: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The sidecar layers that apply to a result file: its own, then its folder's, then those
+    of the folders above it up to ``root`` (the folder given to ``read_sweep``): a sidecar at
+    the top of ``baseline/`` + ``eagle3/`` or of a ``vllm bench sweep`` experiment applies to
+    every run below it (sidecars that contradict each other are an error, as always)."""
     layers = []
     stem = path.name.split(".")[0] if path.suffix else path.name
     for suffix in SIDECAR_SUFFIXES:
@@ -196,10 +206,16 @@ def sidecars_for(path: Path) -> list[tuple[str, dict[str, Any]]]:
         for candidate in {own, path.with_name(stem + suffix)} - {None}:
             if candidate.is_file():
                 layers.append((str(candidate), read_sidecar(candidate)))
-    for name in SIDECAR_NAMES:
-        candidate = path.parent / name
-        if candidate.is_file():
-            layers.append((str(candidate), read_sidecar(candidate)))
+    folders = [path.parent]
+    if root is not None and root in path.parents:
+        folders += [
+            p for p in path.parents if p != path.parent and (p == root or root in p.parents)
+        ]
+    for folder in folders:
+        for name in SIDECAR_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                layers.append((str(candidate), read_sidecar(candidate)))
     return layers
 
 

@@ -119,8 +119,13 @@ def parse_vllm(obj: dict, file: str, record: str) -> tuple[dict[str, Any], dict[
             row["backlog_growth"] = backlog_growth(order, lat)
     ttft = rec.num("mean_ttft_ms", low=0)
     tpot = rec.num("mean_tpot_ms", low=0)
-    row["ttft_mean_s"] = None if ttft is None else ttft * ms
-    row["tpot_mean_s"] = None if tpot is None else tpot * ms
+    for metric in ("ttft", "tpot"):
+        for stat, key in (("mean", "mean"), ("p50", "median"), ("p90", "p90"), ("p99", "p99")):
+            value = rec.num(f"{key}_{metric}_ms", low=0)
+            row[f"{metric}_{stat}_s"] = None if value is None else value * ms
+    row["output_throughput"] = rec.num("output_throughput", low=0)
+    if isinstance(obj.get("date"), str):
+        row["date"] = obj["date"]
     if "latency_mean_s" not in row:
         if ttft is not None and tpot is not None and "decode_len" in row:
             row["latency_mean_s"] = (ttft + tpot * max(row["decode_len"] - 1, 0)) * ms
