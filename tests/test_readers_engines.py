@@ -6,6 +6,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import yaml
 
 import bayes_sd
 from bayes_sd import DataError
@@ -154,3 +155,28 @@ def test_ttft_above_e2e_and_unordered_percentiles_are_errors(tmp_path):
         bayes_sd.validate_sweep(t)
     fields = {p.field for p in err.value.problems}
     assert fields == {"ttft_mean_s", "tpot_p90_s"}
+
+
+def test_nearer_sidecar_overrides_a_folder_above(fixtures, tmp_path):
+    """A sidecar at the top of a results tree applies to every run below it; a sub-folder's
+    sidecar overrides it key by key; the file's own sidecar and its folder's must agree."""
+    obj = json.loads((fixtures / "vllm_eagle" / FIXTURE).read_text())
+    top = yaml.safe_load((fixtures / "vllm_eagle" / "bayes_sd.yaml").read_text())
+    top.pop("speculative_config", None)
+    (tmp_path / "bayes_sd.yaml").write_text(yaml.safe_dump({**top, "k": 0, "method": "none"}))
+    for name, k in (("baseline", None), ("eagle3", 3)):
+        (tmp_path / name).mkdir()
+        run = obj if k else {f: v for f, v in obj.items() if not f.startswith("spec_decode")}
+        (tmp_path / name / "run.json").write_text(json.dumps(run))
+        if k is not None:
+            (tmp_path / name / "bayes_sd.yaml").write_text(
+                yaml.safe_dump({"k": k, "method": "eagle3"})
+            )
+    t = bayes_sd.read_sweep(tmp_path).set_index("source")
+    assert t.loc["baseline", "k"] == 0 and t.loc["eagle3", "k"] == 3
+    assert (
+        t.loc["eagle3", "method"] == "eagle3" and t.loc["eagle3", "gpu"] == t.loc["baseline", "gpu"]
+    )
+    (tmp_path / "eagle3" / "run.meta.yaml").write_text(yaml.safe_dump({"k": 4}))
+    with pytest.raises(bayes_sd.DataError, match="conflicting values for 'k'"):
+        bayes_sd.read_sweep(tmp_path)

@@ -187,12 +187,17 @@ def _read_results(
         return _inferencex_rows(path, docs[0][1], user, root), []
     if len(docs) == 1 and isinstance(docs[0][1], list):  # a list of results (summary.json)
         docs = [(f"item {i}", obj) for i, obj in enumerate(docs[0][1])]
-    layers = [("read_sweep(...) arguments", user), *sidecars_for(path, root)]
-    return _rows_from_documents(docs, file, layers, path.parent.name or path.stem)
+    layers, defaults = sidecars_for(path, root)
+    layers = [("read_sweep(...) arguments", user), *layers]
+    return _rows_from_documents(docs, file, layers, defaults, path.parent.name or path.stem)
 
 
 def _rows_from_documents(
-    docs: list[tuple[str, Any]], file: str, layers: list[tuple[str, dict]], default_source: str
+    docs: list[tuple[str, Any]],
+    file: str,
+    layers: list[tuple[str, dict]],
+    defaults: list[tuple[str, dict]],
+    default_source: str,
 ) -> tuple[list[dict], list[str]]:
     rows: list[dict[str, Any]] = []
     assumed: list[str] = []
@@ -210,7 +215,7 @@ def _rows_from_documents(
                 record=record if len(docs) > 1 else None,
             )
         for row, file_meta in parsed:
-            meta = merge([*layers, (f"{file} (metadata keys)", file_meta)])
+            meta = merge([*layers, (f"{file} (metadata keys)", file_meta)], defaults)
             system, why = resolve_system(meta, file, row["record"])
             assumed.extend(why)
             _fill_from_meta(row, meta)
@@ -227,7 +232,8 @@ def _inferencex_rows(path: Path, rows: list, user: dict, root: Path | None) -> l
     but not contradict them."""
     file = str(path)
     out = []
-    meta = merge([("read_sweep(...) arguments", user), *sidecars_for(path, root)])
+    layers, defaults = sidecars_for(path, root)
+    meta = merge([("read_sweep(...) arguments", user), *layers], defaults)
     for row in parse_inferencex(rows, file, read_k_table(path)):
         for key, value in meta.items():
             if key not in SWEEP_COLUMNS:
@@ -273,7 +279,7 @@ def sweep_from_results(results: list[tuple[str, dict]], **metadata: Any) -> pd.D
     rows: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
     for name, obj in results:
-        file_rows, _ = _rows_from_documents([("0", obj)], name, [("arguments", user)], "memory")
+        file_rows, _ = _rows_from_documents([("0", obj)], name, [("arguments", user)], [], "memory")
         rows.extend(file_rows)
     _flush(rows, frames)
     return validate_sweep(frames[0])
@@ -325,7 +331,8 @@ def _read_tidy(
         raise
     if table.empty:
         raise DataError("the table has no rows", file=file)
-    meta = merge([("read_sweep(...) arguments", user), *sidecars_for(path, root)])
+    layers, defaults = sidecars_for(path, root)
+    meta = merge([("read_sweep(...) arguments", user), *layers], defaults)
     assumed: list[str] = []
     for key, value in meta.items():
         if key in SWEEP_COLUMNS:

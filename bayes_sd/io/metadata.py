@@ -149,8 +149,12 @@ def _speculative_config(value: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def merge(layers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Merge metadata layers ``[(where, dict)]``; different values for one key are an error."""
+def merge(
+    layers: list[tuple[str, dict[str, Any]]], defaults: list[tuple[str, dict[str, Any]]] = ()
+) -> dict[str, Any]:
+    """Merge metadata layers ``[(where, dict)]``; different values for one key are an error.
+    ``defaults`` (the sidecars of folders above a file, nearest first) fill only the keys that
+    no layer and no nearer default sets."""
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for where, layer in layers:
@@ -164,6 +168,9 @@ def merge(layers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 )
             merged.setdefault(key, value)
             origin.setdefault(key, where)
+    for _, layer in defaults:
+        for key, value in layer.items():
+            merged.setdefault(key, value)
     return merged
 
 
@@ -194,11 +201,13 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return canonical_metadata(data, str(path), strict=True)
 
 
-def sidecars_for(path: Path, root: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """The sidecar layers that apply to a result file: its own, then its folder's, then those
-    of the folders above it up to ``root`` (the folder given to ``read_sweep``): a sidecar at
-    the top of ``baseline/`` + ``eagle3/`` or of a ``vllm bench sweep`` experiment applies to
-    every run below it (sidecars that contradict each other are an error, as always)."""
+def sidecars_for(path: Path, root: Path | None = None) -> tuple[list, list]:
+    """The sidecar layers that apply to a result file, as ``(layers, defaults)`` for
+    :func:`merge`: its own sidecar and its folder's (which must agree with each other and with
+    the file), then, as defaults, those of the folders above it up to ``root`` (the folder
+    given to ``read_sweep``), nearest first: a sidecar at the top of ``baseline/`` +
+    ``eagle3/`` or of a ``vllm bench sweep`` experiment applies to every run below it, and a
+    sub-folder's sidecar or the file's own metadata overrides it key by key."""
     layers = []
     stem = path.name.split(".")[0] if path.suffix else path.name
     for suffix in SIDECAR_SUFFIXES:
@@ -206,17 +215,15 @@ def sidecars_for(path: Path, root: Path | None = None) -> list[tuple[str, dict[s
         for candidate in {own, path.with_name(stem + suffix)} - {None}:
             if candidate.is_file():
                 layers.append((str(candidate), read_sidecar(candidate)))
-    folders = [path.parent]
-    if root is not None and root in path.parents:
-        folders += [
-            p for p in path.parents if p != path.parent and (p == root or root in p.parents)
-        ]
-    for folder in folders:
-        for name in SIDECAR_NAMES:
-            candidate = folder / name
-            if candidate.is_file():
-                layers.append((str(candidate), read_sidecar(candidate)))
-    return layers
+    layers += [(str(c), read_sidecar(c)) for c in _folder_sidecars(path.parent)]
+    if root is None or root not in path.parents:
+        return layers, []
+    above = [p for p in path.parents if p != path.parent and (p == root or root in p.parents)]
+    return layers, [(str(c), read_sidecar(c)) for f in above for c in _folder_sidecars(f)]
+
+
+def _folder_sidecars(folder: Path) -> list[Path]:
+    return [folder / name for name in SIDECAR_NAMES if (folder / name).is_file()]
 
 
 def is_sidecar(path: Path) -> bool:
