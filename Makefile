@@ -30,7 +30,7 @@ demo: venv
 	$(VENV)/bin/bayes-sd demo --out $(OUT)
 
 test: venv lint docs
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadgroup
 
 # The documentation site (MkDocs, strict: a broken link or API reference fails the build).
 docs: venv

@@ -1,6 +1,16 @@
 import json
+import os
 import warnings
 from pathlib import Path
+
+# PyTensor graphs built by the tests (log densities, gradients, prior draws) compile in
+# FAST_COMPILE (the Python VM): each cold numba compile of the model graph took 30-130 s in a
+# fresh CI clone, 10-40 times its evaluation here. Set before pytensor is imported, and
+# inherited by the notebook kernels. Samplers are not affected: nutpie compiles its own
+# numba functions, so every real-sampler test still runs the numba path users run.
+os.environ["PYTENSOR_FLAGS"] = ",".join(
+    f for f in (os.environ.get("PYTENSOR_FLAGS", ""), "mode=FAST_COMPILE") if f
+)
 
 import pytest
 from hypothesis import settings

@@ -11,6 +11,9 @@ import pytest
 
 from bayes_sd.coefs import COEFS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS, SLOPE_COEFS
 
+# the tests that share the session fit run in one pytest-xdist worker (one fit, not two)
+pytestmark = pytest.mark.xdist_group("small_fit")
+
 
 @pytest.fixture(scope="module")
 def recovered(small_fit):

@@ -7,6 +7,9 @@ import pytest
 
 from bayes_sd import planning
 
+# the tests that share the session fit run in one pytest-xdist worker (one fit, not two)
+pytestmark = pytest.mark.xdist_group("small_fit")
+
 CONFIG = {
     "gpu": "H100-SXM-80GB",
     "target": "llama-3.1-8b",

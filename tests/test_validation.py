@@ -34,6 +34,7 @@ def test_uniformity_accepts_uniform_and_rejects_piled_up_ranks():
         uniformity(np.zeros(5, dtype=int), n_draws=100, bins=10)
 
 
+@pytest.mark.slow  # 3 real fits (~95 s cold); the per-phase SBC test below runs in CI
 def test_sbc_smoke_runs_real_fits_and_ranks_every_population_parameter():
     s = bayes_sd.load_example("demo")
     fraction = s["file"].str.extract(r"/([0-9.]+)sat\.json$")[0].astype(float)
@@ -86,10 +87,17 @@ def test_sbc_simulates_every_metric_of_a_per_phase_design():
     s = bayes_sd.load_example("demo")
     design = s[(s["target"] == "llama-3.2-1b") & (s["gpu"] == "H100-SXM-80GB") & (s["k"] == 0)]
     design = design[design["prefill_len"] == design["prefill_len"].iloc[0]].head(6)
+    seen = []
     res = simulation_based_calibration(design, reps=2, draws=99, tune=100, thin_to=99, seed=1,
-                                       oversample=10)  # fmt: skip
+                                       oversample=10,
+                                       progress=lambda i, n, info: seen.append((i, n)))  # fmt: skip
+    assert seen == [(1, 2), (2, 2)] and res.ranks.shape[0] == 2
     assert {"ttft_sigma[simulated]", "tpot_sigma[simulated]", "ttft_share"} <= set(res.ranks)
     assert "sigma[simulated]" not in res.ranks  # E2E is not fitted beside TTFT and TPOT
+    assert list(res.ranks.columns) == list(res.truth.columns)
+    assert res.ranks.to_numpy().min() >= 0 and res.ranks.to_numpy().max() <= 99
+    assert res.summary()["p_uniform"].between(0, 1).all()
+    assert set(res.diagnostics.columns) >= {"divergences", "max_rhat", "min_ess_bulk", "worst_ess"}
 
 
 def test_step_model_fits_measured_passes(step_fit):
