@@ -47,8 +47,8 @@ CONFIG_SIZE_COLUMNS = (
 
 
 def gpu_key(gpu: str, num_gpus: float) -> str:
-    n = int(num_gpus)
-    return gpu if n == 1 else f"{n}x{gpu}"
+    """The level of the GPU effect: the GPU type (the count is a covariate, ``gpus_slope``)."""
+    return str(gpu)
 
 
 def _label(values: tuple) -> str:
@@ -104,6 +104,7 @@ def system_covariates(table: pd.DataFrame) -> dict[str, np.ndarray]:
     total = table["target_params"].to_numpy(dtype=float)
     return {
         "log_size": np.log(active / REF_TARGET_PARAMS),
+        "log_gpus": np.log(table["num_gpus"].to_numpy(dtype=float)),
         "log_total_over_active": np.log(total / active),
         "lengths": length_covariates(table["prefill_len"], table["decode_len"]),
         "experts": table["target_experts"].to_numpy(dtype=float),
@@ -251,6 +252,13 @@ class Design:
         return pd.Index(self.series).get_indexer(self.rows["series"])
 
     @cached_property
+    def sd_series(self) -> list[str]:
+        """The series with drafts (k > 0): those that get a series shift (a baseline series is
+        its system's, whose level-2 shift it already has)."""
+        k = self.rows.groupby("series")["k"].first()
+        return [s for s in self.series if k[s] > 0]
+
+    @cached_property
     def series_first(self) -> np.ndarray:
         """A run of each series (its first), in series order."""
         return np.unique(self.series_idx, return_index=True)[1]
@@ -301,7 +309,8 @@ class Design:
         d_size = self.draft_gpu_and_size[1] if self.draft_systems else np.zeros(1)
         log_size = np.array([float(np.mean(d_size)) if c in DRAFT_COEFS
                              else float(np.mean(cov["log_size"])) for c in COEFS])  # fmt: skip
-        return {"log_size": log_size, "lengths": cov["lengths"].mean(axis=0)}
+        return {"log_size": log_size, "lengths": cov["lengths"].mean(axis=0),
+                "log_gpus": float(np.mean(cov["log_gpus"]))}  # fmt: skip
 
     @cached_property
     def closed_loop(self) -> bool:

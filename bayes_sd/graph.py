@@ -81,6 +81,7 @@ def _coords(design: Design) -> dict:
         "system": design.systems,
         "draft_system": design.draft_systems or ["none"],
         "series": design.series,
+        "sd_series": design.sd_series or ["none"],
         "source": design.sources,
         "run": design.rows["run_id"].astype(str).tolist(),
     }
@@ -101,11 +102,15 @@ class _Builder:
         self.fit = {"ttft": both, "tpot": both, "latency": self.measured["latency"] & ~both}
 
     def prior(self, name: str):
-        """The variable of the prior ``name`` (created on first use, then reused)."""
+        """The variable of the prior ``name`` (created on first use, then reused); a number in
+        the priors is a fixed value."""
         model = pm.modelcontext(None)
         if name in model.named_vars:
             return model[name]
-        return self.priors[name].create_variable(name)
+        spec = self.priors[name]
+        if isinstance(spec, float):
+            return pt.constant(spec)
+        return spec.create_variable(name)
 
     def by_mode(self, open_value, closed_value):
         """Only the load modes the sweep has enter the graph (an unused expression is not
@@ -143,26 +148,29 @@ class _Builder:
 
     def population(self) -> dict:
         size_slope = self.prior("size_slope")[COEF_SLOPE]
+        gpus_slope = self.prior("gpus_slope")[COEF_SLOPE]
         length_slope = self.prior("length_slope")
-        intercept = self.intercept(size_slope, length_slope)
+        intercept = self.intercept(size_slope, gpus_slope, length_slope)
         effects = {e: self.effects(e) for e in EFFECTS}
-        return {"intercept": intercept, "size_slope": size_slope, "length_slope": length_slope,
-                "effects": effects}  # fmt: skip
+        return {"intercept": intercept, "size_slope": size_slope, "gpus_slope": gpus_slope,
+                "length_slope": length_slope, "effects": effects}  # fmt: skip
 
-    def intercept(self, size_slope, length_slope):
-        """The intercepts (log coefficients at the reference sizes and 1,024-token lengths),
-        sampled where the data are: ``intercept_centre`` is the log coefficient at the
-        design's mean covariates (log sizes, lengths), ``intercept`` = ``intercept_centre`` −
-        slopes · means. The same prior (a unit-Jacobian shift of its location given the
-        slopes), without the ridge that sizes or lengths far from the references make: with
-        one target (InferenceX: 37 B active against the 4 B reference) the data pin only
-        intercept + slope · 2.2, and the two moved along a line (bulk ESS 111 of 600)."""
+    def intercept(self, size_slope, gpus_slope, length_slope):
+        """The intercepts (log coefficients at the reference sizes, one GPU and 1,024-token
+        lengths), sampled where the data are: ``intercept_centre`` is the log coefficient at the
+        design's mean covariates (log sizes, log GPUs, lengths), ``intercept`` =
+        ``intercept_centre`` − slopes · means. The same prior (a unit-Jacobian shift of its
+        location given the slopes), without the ridge that sizes or lengths far from the
+        references make: with one target (InferenceX: 37 B active against the 4 B reference)
+        the data pin only intercept + slope · 2.2, and the two moved
+        along a line (bulk ESS 111 of 600)."""
         d = self.d
         centre = d.covariate_centre
         where = {c: i for i, c in enumerate(LENGTH_COEFS)}
         lengths = [length_slope[where[c]] * centre["lengths"][where[c]] if c in where
                    else pt.constant(0.0) for c in COEFS]  # fmt: skip
-        shift = size_slope * centre["log_size"] + pt.stack(lengths)
+        shift = (size_slope * centre["log_size"] + gpus_slope * centre["log_gpus"]
+                 + pt.stack(lengths))  # fmt: skip
         prior = self.priors["intercept"]
         mu = prior.parameters.get("mu")
         centred = prior.deepcopy()
@@ -191,8 +199,10 @@ class _Builder:
         return pm.Deterministic(name, (sd_col * z).T, dims=(effect, "coef"))
 
     def effect_sum(self, pop, table: pd.DataFrame, cols: slice):
-        """Sum of the categorical effects for the rows of ``table`` (systems, draft systems)."""
-        total = 0.0
+        """Sum of the categorical effects (GPU type, engine, precision) and of the GPU count's
+        (``gpus_slope · log GPUs``) for the rows of ``table`` (systems, draft systems)."""
+        log_gpus = np.log(table["num_gpus"].to_numpy(dtype=float))[:, None]
+        total = pop["gpus_slope"][None, cols] * log_gpus
         for effect in EFFECTS:
             idx = self.d.effect_index(effect, table)
             total = total + pop["effects"][effect][idx, cols]
@@ -275,7 +285,9 @@ class _Builder:
         if group not in self.opt.residuals:
             return pt.zeros((size, 2))
         sd = self.prior(f"{group}_sd")
-        dims = {"system": ("system", "level"), "draft": ("draft_system",)}.get(group, ("series",))
+        dims = {"system": ("system", "level"), "draft": ("draft_system",)}.get(
+            group, ("sd_series",)
+        )
         if self.opt.centred:
             level = pm.Normal(f"level_{group}", anchor, sd, dims=dims)
             shift = pm.Deterministic(f"shift_{group}", level - anchor, dims=dims)
@@ -378,7 +390,14 @@ class _Builder:
         t2 = terms.t2 if increment is None else terms.t2 + phi_v[rep] * terms.gv2
         cycles = (d.decode_len[rep] - 1.0) / tokens[rep]
         anchor = pt.log(latency.per_request(a2, t2, cycles))
-        scale2 = pt.exp(self.shifts("series", len(d.series), anchor)[:, 1])
+        # a shift per series with drafts (a baseline series is its system's: the system's
+        # level-2 shift is its own, and a second one was a ridge for single-series systems)
+        sd = pd.Index(d.series).get_indexer(d.sd_series)
+        if len(sd) and "series" in self.opt.residuals:
+            shift = self.shifts("series", len(sd), anchor[sd])[:, 1]
+            scale2 = pt.set_subtensor(pt.ones(len(d.series))[sd], pt.exp(shift))
+        else:
+            scale2 = pt.ones(len(d.series))
         level2 = ("a2", "t2", "h2", "gv2", "gd2")
         terms = terms._replace(**{f: scale2 * getattr(terms, f) for f in level2
                                   if getattr(terms, f) is not None})  # fmt: skip

@@ -49,7 +49,7 @@ RESIDUALS = ("system", "draft", "series")
 DEFAULT_RESIDUALS = RESIDUALS
 # the population-level parameters: diagnosed after fitting, tabulated in reports
 POPULATION_PARAMS = (
-    "intercept", "size_slope", "length_slope", "gpu_sd", "engine_sd", "precision_sd",
+    "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_sd", "engine_sd", "precision_sd",
     "system_sd", "draft_sd", "series_sd", "moe_excess", "acceptance", "kink_tokens", "capacity",
     "capacity_length_slope", "capacity_sd", "ttft_share", "sigma", "ttft_sigma", "tpot_sigma",
     "load_noise", "nu", "step_overhead", "step_sigma",
@@ -115,7 +115,7 @@ class LatencyModel:
     @property
     def model_config(self) -> dict[str, Any]:
         config = {
-            "priors": {k: v.to_dict() for k, v in sorted(self.priors.items())},
+            "priors": {k: persist.prior_spec(v) for k, v in sorted(self.priors.items())},
             "coverage": self.coverage,
             "residuals": list(self.residuals),
         }

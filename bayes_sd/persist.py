@@ -36,6 +36,11 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def prior_spec(prior) -> dict | float:
+    """A prior as stored in a file: its ``to_dict()``, or the number that fixes a value."""
+    return prior if isinstance(prior, float) else prior.to_dict()
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default)
 

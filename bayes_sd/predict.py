@@ -37,7 +37,8 @@ __all__ = ["Prediction", "nan_quantiles", "predict", "prediction_rows"]
 NPV = len(TARGET_COEFS)
 # posterior variables the predictions read
 POSTERIOR_VARS = (
-    "intercept", "size_slope", "length_slope", "gpu_effect", "engine_effect", "precision_effect",
+    "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_effect", "engine_effect",
+    "precision_effect",
     "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd", "series_sd", "shift_system",
     "shift_draft", "shift_series", "moe_excess", "acceptance", "kink_tokens", "ttft_share",
     "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma", "ttft_sigma",
@@ -107,6 +108,9 @@ def predict(
         for v in post.data_vars
         if v in POSTERIOR_VARS
     }
+    for name, value in model.priors.items():  # fixed values (a number in the priors)
+        if isinstance(value, float) and name in POSTERIOR_VARS:
+            flat[name] = np.full(draws, value)
     # coefficients per configuration (a series with its sizes): a table of 10^5 loads of a
     # few configurations needs a few coefficient draws, and every row of one (unseen)
     # configuration shares its new residual draws
@@ -228,6 +232,7 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
     nc = len(COEFS)
     slope = flat["size_slope"][:, COEF_SLOPE]
     effects = sum(_effect_draws(design, effect, configs, flat, draws, rng) for effect in EFFECTS)
+    effects = effects + flat["gpus_slope"][:, None, COEF_SLOPE] * cov["log_gpus"][None, :, None]
     shift = _draw_shifts(model, "system", configs["system"], flat, draws, rng)
     dshift = _draw_shifts(model, "draft", configs["draft_system"], flat, draws, rng)
     # (draw, cfg, coef): the target's size for its coefficients, the drafter's for drafting
@@ -307,20 +312,25 @@ def _draw_shifts(model, group, labels, flat, draws, rng) -> np.ndarray:
         return shift
     design = model.design
     known = {"system": design.systems, "draft": design.draft_systems}
-    idx = pd.Index(known.get(group, design.series)).get_indexer(labels)
+    labels = np.asarray(labels, dtype=str)
+    idx = pd.Index(known.get(group, design.sd_series)).get_indexer(labels)
     seen = idx >= 0
+    # baseline series have no shift of their own (their system's level-2 shift is theirs)
+    none = np.char.endswith(labels, "|k0") if group == "series" else np.zeros(len(labels), bool)
+    new_rows = ~seen & ~none
     levels = {"system": [0, 1], "draft": [0], "series": [1]}[group]
     sd = flat[f"{group}_sd"].reshape(draws, 1, -1)
     # one new draw per unseen label: the rows of one configuration share it
-    names, inverse = np.unique(np.asarray(labels, dtype=str)[~seen], return_inverse=True)
+    names, inverse = np.unique(labels[new_rows], return_inverse=True)
     new = rng.normal(size=(draws, len(names), sd.shape[2])) * sd
-    fitted = flat[f"shift_{group}"]
+    fitted = flat.get(f"shift_{group}", np.zeros((draws, 1)))
     fitted = fitted if fitted.ndim == 3 else fitted[..., None]  # (draws, label, level)
     take = np.where(seen, idx, 0)
     for i, level in enumerate(levels):
         plane = np.take(np.ascontiguousarray(fitted[..., i]), take, axis=1)
+        plane[:, none] = 0.0
         if len(names):
-            plane[:, ~seen] = new[:, inverse, i]
+            plane[:, new_rows] = new[:, inverse, i]
         shift[level] = plane
     return shift
 

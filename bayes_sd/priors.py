@@ -54,7 +54,14 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
 * ``capacity`` (log requests one engine runs at most at P + D = 2,048 tokens per request),
   Normal(log 512, 1.5): engines cap running requests (``max_num_seqs``, 256–1,024 by default)
   and KV-cache memory; ``capacity_length_slope`` Normal(−1, 0.5): the KV cache holds fewer
-  longer requests; ``capacity_sd`` HalfNormal(1) between systems. Closed-loop sweeps only.
+  longer requests; ``capacity_sd`` = 1 (fixed: a factor of 2.7 between systems): only the few
+  systems measured past their capacity inform it, and a learnt spread made a funnel with the
+  systems that never reach it (R-hat 1.46 on InferenceX). Closed-loop sweeps only.
+* ``gpus_slope``: the elasticity of each coefficient in the number of GPUs serving the target
+  (tensor parallelism splits the weights and the work), Normal(−0.7, 0.3): −1 is perfect
+  scaling, communication costs keep it above. With it, the GPU effect is one per GPU type and a
+  GPU count the sweep never saw is predicted, not drawn afresh.
+* A number instead of a Prior fixes that parameter.
 * ``ttft_share`` (θ): the share of another request's prefill stall that falls before one's
   first token (the rest stalls one's decode), Beta(2, 2).
 * Joint step likelihood (``fit(steps=...)``): ``step_overhead``, the log serving overhead per
@@ -105,6 +112,7 @@ def _latency_defaults() -> dict[str, Prior]:
     return {
         "intercept": Prior("Normal", mu=np.array(centre), sigma=1.5, dims="coef"),
         "size_slope": Prior("LogNormal", mu=float(np.log(0.8)), sigma=0.5, dims="slope_coef"),
+        "gpus_slope": Prior("Normal", mu=-0.7, sigma=0.3, dims="slope_coef"),
         "length_slope": Prior("Normal", mu=0.8, sigma=0.5, dims="length_coef"),
         "gpu_sd": Prior("HalfNormal", sigma=0.3),
         "engine_sd": Prior("HalfNormal", sigma=0.3),
@@ -112,7 +120,7 @@ def _latency_defaults() -> dict[str, Prior]:
         "kink_tokens": Prior("LogNormal", mu=float(np.log(250.0)), sigma=0.5),
         "capacity": Prior("Normal", mu=float(np.log(512.0)), sigma=1.5),
         "capacity_length_slope": Prior("Normal", mu=-1.0, sigma=0.5),
-        "capacity_sd": Prior("HalfNormal", sigma=1.0),
+        "capacity_sd": 1.0,
         "ttft_share": Prior("Beta", alpha=2.0, beta=2.0),
         "system_sd": Prior("HalfNormal", sigma=0.3, dims="level"),
         "draft_sd": Prior("HalfNormal", sigma=0.3),
@@ -152,7 +160,7 @@ STEP_PRIORS: dict[str, Prior] = _step_defaults()
 
 def resolve_priors(
     overrides: dict[str, Any] | None, defaults: dict[str, Prior] | None = None
-) -> dict[str, Prior]:
+) -> dict[str, Prior | float]:
     """``defaults`` (the latency model's when not given) updated by ``overrides`` (Prior
     objects or their ``to_dict()`` form). Unknown names are a ``ValueError`` listing them."""
     priors = dict(_latency_defaults() if defaults is None else defaults)
@@ -162,11 +170,21 @@ def resolve_priors(
         raise ValueError(
             f"unknown prior name(s): {', '.join(unknown)}; known: {', '.join(sorted(priors))}"
         )
-    bad = [k for k, v in overrides.items() if not isinstance(v, Prior | dict)]
+    bad = [
+        k
+        for k, v in overrides.items()
+        if not isinstance(v, Prior | dict | int | float)
+        or (isinstance(v, int | float) and (isinstance(v, bool) or not np.isfinite(v)))
+    ]
     if bad:
-        raise ValueError(f"prior(s) {', '.join(bad)} must be pymc_extras.prior.Prior objects")
+        raise ValueError(
+            f"prior(s) {', '.join(bad)} must be pymc_extras.prior.Prior objects (or a finite "
+            "number, which fixes the value)"
+        )
     for name, value in overrides.items():
-        if isinstance(value, dict):
+        if isinstance(value, int | float):
+            value = float(value)
+        elif isinstance(value, dict):
             try:
                 value = deserialize(value)
             except Exception as err:  # pymc_extras raises several kinds
@@ -221,9 +239,12 @@ def load_model_config(path: str | Path) -> dict[str, Any]:
             raise DataError(
                 f"unknown prior; known: {', '.join(sorted(known))}", file=file, field=where
             )
-        if not isinstance(spec, dict) or "dist" not in spec:
+        if not isinstance(spec, dict | int | float) or (
+            isinstance(spec, dict) and "dist" not in spec
+        ):
             raise DataError(
-                "give a prior as {dist: Normal, kwargs: {mu: 0, sigma: 1}, dims: coef}",
+                "give a prior as {dist: Normal, kwargs: {mu: 0, sigma: 1}, dims: coef}, or a "
+                "number to fix the value",
                 file=file,
                 field=where,
             )

@@ -229,7 +229,7 @@ class StepLevelModel:
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"priors": {k: v.to_dict() for k, v in sorted(self.priors.items())}}
+        return {"priors": {k: persist.prior_spec(v) for k, v in sorted(self.priors.items())}}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the posterior, priors, diagnostics and the step table (NetCDF, atomic);

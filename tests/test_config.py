@@ -89,15 +89,18 @@ def test_model_config_from_yaml(tmp_path, sweep):
         priors:
           sigma: {dist: HalfNormal, kwargs: {sigma: 0.05}, dims: source}
           series_sd: {dist: HalfNormal, kwargs: {sigma: 0.2}}
+          capacity_sd: 0.5
     """)
     )
     config = load_model_config(good)
     model = LatencyModel(model_config=config)
     assert model.priors["sigma"].parameters["sigma"] == 0.05
+    assert model.priors["capacity_sd"] == 0.5  # a number fixes the value
     assert model.residuals == ("system", "series") and model.centring is False
     for text, field in [
         ("priors: {sigmaa: {dist: HalfNormal}}", "priors.sigmaa"),
-        ("priors: {sigma: 0.1}", "priors.sigma"),
+        ("priors: {sigma: [0.1]}", "priors.sigma"),
+        ("priors: {sigma: .nan}", "priors.sigma"),
         ("priors: {sigma: {dist: NoSuchDist, kwargs: {}}}", "priors.sigma"),
         ("centred: maybe", "centred"),
         ("colour: blue", "colour"),

@@ -97,9 +97,11 @@ def test_structure_names_dims_and_finite_gradient(sweep):
     assert len(model.coords["system"]) == 3 and len(model.coords["draft_system"]) == 3
     assert set(model.coords["gpu"]) == {"H100-SXM-80GB", "H200-SXM-141GB"}
     assert model.named_vars_to_dims["shift_system"] == ("system", "level")
-    assert model.named_vars_to_dims["shift_series"] == ("series",)
-    # one series per (draft system, k, α) and one baseline series per system
-    assert len(model.coords["series"]) == 3 + 6
+    # one series per (draft system, k, α) and one baseline series per system; only the SD
+    # series get a shift of their own (a baseline series is its system's)
+    assert model.named_vars_to_dims["shift_series"] == ("sd_series",)
+    assert len(model.coords["series"]) == 3 + 6 and len(model.coords["sd_series"]) == 6
+    assert "gpus_slope" in free
     assert model.named_vars_to_dims["log_latency"] == ("run",)
     point = model.initial_point()
     assert np.isfinite(model.compile_logp()(point))
