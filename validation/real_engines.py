@@ -28,7 +28,7 @@ for E2E and ``a + b λ`` for TTFT and TPOT; no prediction below two training loa
 Scores per held-out set and metric: median and maximum relative error of the posterior median
 (the mean), coverage of the 90% posterior predictive interval of a measured run, median interval
 width (hi/lo). Writes ``validation/results/real_engines.json`` and
-``docs/validation/real_engines.md``.
+``docs/validation/real_engines.md`` (with ``--out X.json``: ``docs/validation/X.md``).
 """
 
 from __future__ import annotations
@@ -280,8 +280,9 @@ def main(argv=None) -> None:
     )
     from bayes_sd.report import markdown_table
 
-    _common.write_text(args.docs / "real_engines.md", markdown_table(show))
-    print(f"wrote {args.out} and {args.docs / 'real_engines.md'}")
+    page = args.docs / f"{Path(args.out).stem}.md"  # the table beside its JSON's name
+    _common.write_text(page, markdown_table(show))
+    print(f"wrote {args.out} and {page}")
 
 
 if __name__ == "__main__":
