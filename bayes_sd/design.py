@@ -46,11 +46,6 @@ CONFIG_SIZE_COLUMNS = (
 )
 
 
-def gpu_key(gpu: str, num_gpus: float) -> str:
-    """The level of the GPU effect: the GPU type (the count is a covariate, ``gpus_slope``)."""
-    return str(gpu)
-
-
 def _label(values: tuple) -> str:
     return "|".join(
         "" if pd.isna(v) else (f"{v:g}" if isinstance(v, float) else str(v)) for v in values
@@ -75,7 +70,8 @@ def label_systems(rows: pd.DataFrame) -> None:
     group = rows.groupby(cols, dropna=False, sort=False).ngroup().to_numpy()
     _, first = np.unique(group, return_index=True)
     uniq = rows.iloc[first][cols].copy()
-    uniq["gpu_key"] = [gpu_key(g, n) for g, n in zip(uniq["gpu"], uniq["num_gpus"], strict=True)]
+    # the level of the GPU effect: the GPU type (the count is a covariate, ``gpus_slope``)
+    uniq["gpu_key"] = uniq["gpu"].astype(str)
     uniq["system"] = [_label(t) for t in uniq[list(SYSTEM_KEYS)].itertuples(index=False)]
     uniq["draft_system"] = [
         s + "|" + (str(d) if isinstance(d, str) else str(m)) if k > 0 else ""
