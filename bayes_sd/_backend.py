@@ -23,6 +23,8 @@ class NumpyOps:
     exp = staticmethod(np.exp)
     expm1 = staticmethod(np.expm1)
     minimum = staticmethod(np.minimum)
+    maximum = staticmethod(np.maximum)
+    log1p = staticmethod(np.log1p)
 
     @staticmethod
     def asarray(x):
@@ -56,6 +58,8 @@ class TensorOps:
         self.exp = pt.exp
         self.expm1 = pt.expm1
         self.minimum = pt.minimum
+        self.maximum = pt.maximum
+        self.log1p = pt.log1p
 
     def where(self, cond, a, b):
         return self.pt.switch(

@@ -206,6 +206,18 @@ class Design:
         with np.errstate(divide="ignore"):
             return np.log(self.rows[f"{metric}_mean_s"].to_numpy(dtype=float))
 
+    def tail_ratio(self, tail: str) -> np.ndarray | None:
+        """Log ratio of a measured percentile (``ttft_p99`` …) to its metric's measured mean,
+        NaN where either is missing; None when no run has both."""
+        metric = tail.rsplit("_", 1)[0]
+        column = f"{tail}_s"
+        if column not in self.rows:
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.log(self.rows[column].to_numpy(dtype=float)) - self.log_mean(metric)
+        ratio[~np.isfinite(ratio)] = np.nan
+        return None if np.isnan(ratio).all() else ratio
+
     @cached_property
     def log_latency(self) -> np.ndarray:
         """Log mean E2E: measured, else mean TTFT + (D − 1) mean TPOT."""

@@ -65,6 +65,7 @@ def build_graph(design: Design, priors: dict, options: GraphOptions, step_rows=N
         terms = b.series_terms(c_pv, c_d, inc, data, tokens)  # per series, then per run
         predicted = b.phases(data, terms, tokens)  # TTFT, TPOT, E2E per run
         b.likelihoods(data, predicted)
+        b.tails(data)  # the percentiles' ratios to their means
         if step_rows is not None:
             b.step_likelihood(step_rows, pop)
     return model
@@ -84,6 +85,7 @@ def _coords(design: Design) -> dict:
         "sd_series": design.sd_series or ["none"],
         "source": design.sources,
         "run": design.rows["run_id"].astype(str).tolist(),
+        "tail": list(laws.TAILS),
     }
     for effect in EFFECTS:
         coords[effect] = design.levels(effect)
@@ -142,6 +144,10 @@ class _Builder:
         for metric in METRICS:
             name = "log_latency_obs" if metric == "latency" else f"log_{metric}_obs"
             out[metric] = pm.Data(name, np.nan_to_num(d.log_mean(metric)), dims="run")
+        for tail in laws.TAILS:  # a percentile's log ratio to its metric's mean, where both are
+            ratio = d.tail_ratio(tail)
+            if ratio is not None:
+                out[tail] = pm.Data(f"log_{tail}_obs", np.nan_to_num(ratio), dims="run")
         return out
 
     # ------------------------------------------------------------------ population
@@ -511,6 +517,47 @@ class _Builder:
                 dims=dims,
                 nu=lambda: self.prior("nu"),
             )
+
+    def tails(self, data) -> None:
+        """Each measured percentile (p50, p90, p99 of TTFT, TPOT, E2E) enters as its log ratio
+        to the same run's measured mean (:func:`bayes_sd.laws.tail_log_ratios`: the ratio grows
+        with the measured load), so a run's mean is not counted twice and the tails do not pull
+        on the coefficients; one scale per percentile, and
+        per-engine terms around the population's when the sweep has several engines. The tail
+        parameters are always in the model: where no percentile was measured they keep their
+        priors, and ``predict``'s percentiles say so with wide intervals."""
+        level, slope = self.prior("tail_level"), self.prior("tail_slope")
+        sigma = self.prior("tail_sigma")
+        engines = self.d.levels("engine")
+        if len(engines) > 1 and any(t in data for t in laws.TAILS):
+            z = pm.Normal("tail_engine_z", 0.0, 1.0, dims=("tail", "engine"))
+            idx = pd.Index(engines).get_indexer(self.d.rows["engine"])
+            level = level[:, None] + (self.prior("tail_engine_sd") * z)[:, idx]  # (tail, run)
+        else:
+            level = level[:, None]
+        load = laws.tail_load(self.d.batch)  # the measured requests in flight per engine
+        for metric in laws.TAIL_METRICS:
+            terms = [laws.TAILS.index(f"{metric}_{q}") for q in laws.TAIL_STATS]
+            if not any(laws.TAILS[t] in data for t in terms):
+                continue
+            ratios = laws.tail_log_ratios([level[t] for t in terms], [slope[t] for t in terms],
+                                          load)  # fmt: skip
+            for t, ratio in zip(terms, ratios, strict=True):
+                tail = laws.TAILS[t]
+                if tail not in data:
+                    continue
+                idx = np.flatnonzero(~np.isnan(self.d.tail_ratio(tail)))
+                dims = f"run_{tail}"
+                pm.modelcontext(None).add_coord(dims, self.d.rows["run_id"].to_numpy()[idx])
+                make_likelihood(
+                    self.priors["likelihood"],
+                    f"log_{tail}",
+                    mu=ratio[idx],
+                    sigma=sigma[t],
+                    observed=data[tail][idx],
+                    dims=dims,
+                    nu=lambda: self.prior("nu"),
+                )
 
     def step_likelihood(self, sr: pd.DataFrame, pop) -> None:
         """Forward-pass timings of the sweep's dense targets on its GPUs (docs/model.md, "Step

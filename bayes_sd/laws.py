@@ -14,6 +14,16 @@ with ``size`` the parameters of the model doing the work over its reference (the
 ``ρ = e^excess ((N/N_active)^slope − 1)``: reading every expert costs what a dense model of the
 total size would, times ``e^excess``.
 
+**Tails** (per-run percentiles): for each metric (TTFT, TPOT, E2E) the log ratio of its p50,
+p90 and p99 to its mean is a law of the run's load ``x = log(1 + B)``, ``B`` the requests in
+flight per engine (queued ones included: ``N / n`` closed loop, ``λ L / n`` open loop):
+``log p50/mean = a50 + b50 x``, ``log p90/p50 = exp(a90 + b90 x)``,
+``log p99/p90 = exp(a99 + b99 x)`` — positive gaps, so p50 ≤ p90 ≤ p99 in every draw, and a
+positive ``b`` stretches a tail as the queue grows (TTFT's first). In the likelihood ``B`` is the
+measured one, so the tails are a regression of their own and do not pull on the coefficients
+(a load covariate computed from the model's queueing share did, and the InferenceX fit stopped
+mixing: R-hat 1.89).
+
 **Noise**: the measured log mean latency scatters with scale ``σ (1 + load_noise · share)``,
 ``share`` the queueing share of latency (``L/C1 − 1``, or ``N C2 / C1`` closed loop), capped at
 :data:`QUEUE_SHARE_CAP` (utilisation 0.99): a finite run near saturation is much noisier.
@@ -30,17 +40,26 @@ from bayes_sd.coefs import COEFS, LENGTH_COEFS
 
 __all__ = [
     "QUEUE_SHARE_CAP",
+    "TAILS",
+    "TAIL_METRICS",
+    "TAIL_STATS",
     "length_covariates",
     "log_coefficients",
     "moe_ratio",
     "noise_scale",
     "queue_share_closed",
     "queue_share_open",
+    "tail_load",
+    "tail_log_ratios",
 ]
 
 # The noise scale grows with the queueing share of latency, capped at utilisation 0.99 so
 # far-off starting points of the sampler stay finite (likelihood and predict(noise=True)).
 QUEUE_SHARE_CAP = 100.0
+# the percentiles the tail law describes, per metric (coordinate ``tail`` of the model)
+TAIL_METRICS = ("ttft", "tpot", "latency")
+TAIL_STATS = ("p50", "p90", "p99")
+TAILS = tuple(f"{m}_{q}" for m in TAIL_METRICS for q in TAIL_STATS)
 
 
 def length_covariates(prefill_len: Any, decode_len: Any) -> np.ndarray:
@@ -100,3 +119,22 @@ def noise_scale(sigma: Any, load_noise: Any, share: Any) -> Any:
     """Scale of the noise on log mean latency: ``σ (1 + load_noise · min(share, cap))``."""
     ops = _ops(sigma, load_noise, share)
     return sigma * (1.0 + load_noise * ops.minimum(share, QUEUE_SHARE_CAP))
+
+
+def tail_load(in_flight: Any) -> Any:
+    """The load covariate of the tail law: ``log(1 + B)``, ``B`` the requests in flight per
+    engine, clipped to [0, 10^4] (a saturated draw's infinite queue stays finite here)."""
+    ops = _ops(in_flight)
+    return ops.log1p(ops.minimum(ops.maximum(in_flight, 0.0), 1e4))
+
+
+def tail_log_ratios(level: Any, slope: Any, load: Any) -> list[Any]:
+    """``[log p50/mean, log p90/mean, log p99/mean]`` of one metric from the tail law's
+    ``level`` and ``slope`` (sequences of three terms, for p50 and the two gaps, each
+    broadcasting against ``load``): the p50 term is a log ratio, the p90 and p99 terms log gaps
+    (see the module's **Tails**). NumPy or PyTensor alike."""
+    ops = _ops(load)
+    r50 = level[0] + slope[0] * load
+    r90 = r50 + ops.exp(level[1] + slope[1] * load)
+    r99 = r90 + ops.exp(level[2] + slope[2] * load)
+    return [r50, r90, r99]

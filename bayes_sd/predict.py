@@ -10,6 +10,7 @@ the same signature when numba is missing — and, on request, the fitted measure
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,10 +43,13 @@ POSTERIOR_VARS = (
     "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd", "series_sd", "shift_system",
     "shift_draft", "shift_series", "moe_excess", "acceptance", "kink_tokens", "ttft_share",
     "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma", "ttft_sigma",
-    "tpot_sigma", "load_noise", "nu",
+    "tpot_sigma", "load_noise", "nu", "tail_level", "tail_slope", "tail_sigma", "tail_engine_sd",
+    "tail_engine_z",
 )  # fmt: skip
 # per-row outputs: the kernel's planes and what follows from them
 OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", "saturation_rate")
+# per-row percentiles of TTFT, TPOT and E2E (the tail law of bayes_sd.laws), with ``tails=True``
+TAIL_OUTPUTS = laws.TAILS
 
 
 @dataclass
@@ -66,6 +70,7 @@ def predict(
     random_seed: int | None = None,
     chunk_rows: int | None = None,
     noise: bool = False,
+    tails: bool = True,
 ) -> Prediction:
     """Posterior predictive TTFT, TPOT and E2E latency, throughput, interactivity, speedup
     against k = 0 at the same load, and saturation rate (docs/model.md).
@@ -86,7 +91,12 @@ def predict(
     open-loop rate the system sustains at large batch, req/s). Computed on ``max_draws``
     posterior draws (thinned evenly) by one fused numba pass over draws × rows
     (``bayes_sd._kernels``; the NumPy algebra without numba, in chunks of ``chunk_rows`` rows).
-    Memory: seven float64 arrays of draws × rows (10^5 rows × 100 draws: 560 MB).
+    With ``tails`` (the default) also the per-request percentiles ``ttft_p50``, ``ttft_p90``,
+    ``ttft_p99``, ``tpot_p50`` … ``latency_p99`` (s): each metric's mean times its fitted
+    percentile ratio at the row's load (``bayes_sd.laws``, **Tails**; percentiles no training
+    run measured keep their prior, so their intervals are wide).
+    Memory: seven float64 arrays of draws × rows (10^5 rows × 100 draws: 560 MB), sixteen with
+    ``tails``.
 
     With ``noise=True`` the draws also carry the fitted measurement noise of each metric
     (Student-t on the log, growing with load for E2E and TTFT): the posterior predictive of
@@ -95,6 +105,8 @@ def predict(
     """
     if model.idata is None or model.design is None:
         raise RuntimeError("fit (or load) the model before predicting")
+    if not 0 < interval < 1:
+        raise ValueError(f"interval must be a probability in (0, 1), e.g. 0.9, not {interval!r}")
     design: Design = model.design
     rng = np.random.default_rng(random_seed)
     rows = prediction_rows(design, configs)
@@ -137,6 +149,14 @@ def predict(
     planes = dict(zip(_kernels.PLANES, (plane.T for plane in out), strict=False))  # (draw, row)
     if noise:
         _with_noise(design, rows, flat, planes, rng)
+    names = OUTPUTS
+    if tails and "tail_level" not in flat:
+        warnings.warn("this model was fitted before the tail law (bayes_sd 0.x): refit it for "
+                      "percentile predictions", stacklevel=2)  # fmt: skip
+        tails = False
+    if tails:
+        planes.update(_tail_draws(design, rows, flat, planes, rng, noise))
+        names = OUTPUTS + TAIL_OUTPUTS
     decode = rows["decode_len"].to_numpy(dtype=float)
     gpus = rows["num_gpus"].to_numpy(dtype=float)
     load = np.where(per_row["is_open"], per_row["rate"], per_row["conc"])
@@ -145,7 +165,7 @@ def predict(
         planes["throughput"] = np.where(np.isfinite(planes["latency"]), requests * decode / gpus,
                                         0.0)  # fmt: skip
         planes["interactivity"] = np.where(np.isfinite(planes["tpot"]), 1.0 / planes["tpot"], 0.0)
-    arrays = {name: planes[name] for name in OUTPUTS}
+    arrays = {name: planes[name] for name in names}
     chains, per_chain = post.sizes["chain"], post.sizes["draw"]
     dims = ("chain", "draw", "row")
     ds = xr.Dataset(
@@ -218,8 +238,39 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
         raise DataError(
             "each row needs exactly one of request_rate or concurrency", field="request_rate"
         )
+    _check_values(rows)
     label_systems(rows)
     return rows
+
+
+# what a prediction row's numbers may be: (column, test on the values given, what is expected)
+_ROW_RULES = (
+    ("prefill_len", lambda v, r: v > 0, "a positive number of tokens"),
+    ("decode_len", lambda v, r: v >= 1, "at least 1 token"),
+    ("num_gpus", lambda v, r: (v >= 1) & (v == np.round(v)), "a whole number ≥ 1"),
+    ("engines", lambda v, r: (v >= 1) & (v == np.round(v)), "a whole number ≥ 1"),
+    ("k", lambda v, r: (v >= 0) & (v <= 64) & (v == np.round(v)), "a whole number 0–64"),
+    ("request_rate", lambda v, r: v > 0, "a positive rate (req/s)"),
+    ("concurrency", lambda v, r: v >= 1, "at least 1 request in flight"),
+    ("alpha", lambda v, r: (v >= 0) & (v < 1), "an acceptance rate in [0, 1)"),
+    ("acceptance_length", lambda v, r: (v >= 1) & (v <= r["k"].to_numpy(float) + 1),
+     "between 1 and k + 1 tokens per step"),
+)  # fmt: skip
+
+
+def _check_values(rows: pd.DataFrame) -> None:
+    """Impossible numbers in prediction rows are a DataError naming the row and the field
+    (a GPU count of 0 or a negative prompt would otherwise give numbers)."""
+    for column, ok, expected in _ROW_RULES:
+        values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+        given = rows[column].notna().to_numpy()
+        with np.errstate(invalid="ignore"):
+            bad = given & ~(np.isfinite(values) & ok(values, rows))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            shown = str(rows[column].iloc[i])[:40]
+            raise DataError(f"{column} must be {expected}, got {shown}", record=f"row {i}",
+                            field=column)  # fmt: skip
 
 
 def _configuration_draws(model, configs, cov, flat, draws, rng):
@@ -401,6 +452,56 @@ def _with_noise(design: Design, rows, flat, planes: dict, rng) -> None:
         planes["latency"] = np.where(np.isfinite(lat), noisy, lat)
 
 
+def _tail_draws(design: Design, rows, flat, planes: dict, rng, noise: bool) -> dict:
+    """(draw, row) percentiles of TTFT, TPOT and E2E: each metric's (noisy) mean times the tail
+    law's ratio at the row's load (requests in flight per engine), with the engine's fitted
+    terms (fresh draws from their spread for an engine the model has not seen) and, with
+    ``noise``, the fitted scatter of a measured ratio."""
+    n_draws, n_rows = planes["latency"].shape
+    level = np.repeat(flat["tail_level"][:, :, None], n_rows, axis=2)  # (draw, tail, row)
+    labels = rows["engine"].astype(str).to_numpy()
+    idx = pd.Index(design.levels("engine")).get_indexer(labels)
+    if "tail_engine_z" in flat:
+        sd = flat["tail_engine_sd"][:, None, None]
+        seen = idx >= 0
+        level[:, :, seen] += sd * flat["tail_engine_z"][:, :, idx[seen]]
+    else:  # fitted on one engine (or without percentiles): the spread's draws, or its prior
+        sd = flat.get("tail_engine_sd")
+        if sd is None:
+            from bayes_sd.priors import DEFAULT_PRIORS
+
+            sigma = DEFAULT_PRIORS["tail_engine_sd"].parameters["sigma"]
+            sd = np.abs(rng.normal(size=n_draws)) * sigma
+        sd = sd[:, None, None]
+        seen = np.zeros(len(idx), dtype=bool)  # one fitted engine: its terms are the population's
+        seen[idx >= 0] = True
+    unseen = ~seen
+    if unseen.any():
+        names, inverse = np.unique(labels[unseen], return_inverse=True)
+        z = rng.normal(size=(n_draws, len(laws.TAILS), len(names)))
+        level[:, :, unseen] += (sd * z)[:, :, inverse]
+    slope = flat["tail_slope"][:, :, None]
+    # requests in flight per engine, as in the likelihood: N / n closed loop, λ L / n open loop
+    engines = rows["engines"].to_numpy(dtype=float)
+    rate = rows["request_rate"].astype(float).to_numpy()
+    conc = rows["concurrency"].astype(float).to_numpy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        in_flight = np.where(np.isnan(rate), conc, rate * planes["latency"]) / engines
+    load = laws.tail_load(np.nan_to_num(in_flight, nan=0.0, posinf=np.inf))
+    out = {}
+    for metric in laws.TAIL_METRICS:
+        terms = [laws.TAILS.index(f"{metric}_{q}") for q in laws.TAIL_STATS]
+        ratios = laws.tail_log_ratios([level[:, t] for t in terms], [slope[:, t] for t in terms],
+                                      load)  # fmt: skip
+        for t, ratio in zip(terms, ratios, strict=True):
+            if noise:
+                scale = flat["tail_sigma"][:, t, None]
+                ratio = ratio + rng.standard_t(flat["nu"][:, None], size=ratio.shape) * scale
+            with np.errstate(invalid="ignore", over="ignore"):
+                out[laws.TAILS[t]] = planes[metric] * np.exp(ratio)
+    return out
+
+
 def _moe_baselines(rows: pd.DataFrame, moe_row: np.ndarray) -> np.ndarray:
     """Per row, its baseline among the distinct baselines of the rows ``moe_row`` selects (0,
     1, ...; −1 for the others): rows of one baseline series (system and k = 0), target sizes
@@ -462,7 +563,7 @@ def _summarise(arrays: dict, rows: pd.DataFrame, interval: float) -> pd.DataFram
     cols = ["gpu", "num_gpus", "engine", "precision", "target", "drafter", "k", "prefill_len",
             "decode_len", "request_rate", "concurrency"]  # fmt: skip
     out = rows[cols].copy()
-    names = OUTPUTS
+    names = list(arrays)
     # one variable per thread: NumPy's sort releases the GIL (2 cores: 0.29 s → 0.17 s on
     # 10^5 rows × 100 draws)
     with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:

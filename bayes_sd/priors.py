@@ -64,6 +64,16 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
 * A number instead of a Prior fixes that parameter.
 * ``ttft_share`` (θ): the share of another request's prefill stall that falls before one's
   first token (the rest stalls one's decode), Beta(2, 2).
+* Tails (:mod:`bayes_sd.laws`, **Tails**): ``tail_level`` per percentile term (coordinate
+  ``tail``: ``ttft_p50``, ``ttft_p90``, …, ``latency_p99``) — the log p50/mean ratio
+  Normal(−0.1 TTFT, 0 TPOT, −0.05 E2E; 0.3) (queueing skews TTFT right, so its median sits
+  below its mean), and the log gaps log(log p90/p50) and log(log p99/p90) Normal(log 0.4, 1): a
+  p90 about 1.5× the median, within a factor e of that gap either way; ``tail_slope``
+  Normal(0, 0.5): how a tail's term grows with the load ``log(1 + B)``, B the requests in
+  flight per engine;
+  ``tail_sigma`` HalfNormal(0.2): the scatter of a measured log ratio (a p99 of a few hundred
+  requests is noisy); ``tail_engine_sd`` HalfNormal(0.3): the spread of per-engine tail terms
+  (schedulers differ in how they order prefills). Unmeasured tails keep these priors.
 * Joint step likelihood (``fit(steps=...)``): ``step_overhead``, the log serving overhead per
   level that an isolated forward pass does not pay, Normal(0.1, 0.3); ``step_sigma``,
   HalfNormal(0.1); ``step_likelihood`` Student-t with ν = 4 (``step_nu``, Gamma(2, 0.1), when
@@ -101,6 +111,21 @@ __all__ = [
 MODEL_CONFIG_KEYS = ("priors", "coverage", "residuals", "centred")
 
 
+def _tail_defaults() -> dict[str, Prior]:
+    from bayes_sd.laws import TAIL_METRICS
+
+    # per metric: log p50/mean, then the log gaps log(log p90/p50), log(log p99/p90)
+    median = {"ttft": -0.1, "tpot": 0.0, "latency": -0.05}
+    level = [v for m in TAIL_METRICS for v in (median[m], float(np.log(0.4)), float(np.log(0.4)))]
+    spread = [v for _ in TAIL_METRICS for v in (0.3, 1.0, 1.0)]
+    return {
+        "tail_level": Prior("Normal", mu=np.array(level), sigma=np.array(spread), dims="tail"),
+        "tail_slope": Prior("Normal", mu=0.0, sigma=0.5, dims="tail"),
+        "tail_sigma": Prior("HalfNormal", sigma=0.2, dims="tail"),
+        "tail_engine_sd": Prior("HalfNormal", sigma=0.3),
+    }
+
+
 def _latency_defaults() -> dict[str, Prior]:
     from bayes_sd.population import DEFAULT_POPULATION
 
@@ -133,6 +158,7 @@ def _latency_defaults() -> dict[str, Prior]:
         "load_noise": Prior("HalfNormal", sigma=1.0),
         "nu": Prior("Gamma", alpha=2.0, beta=0.1),
         "likelihood": Prior("StudentT"),
+        **_tail_defaults(),
         "step_overhead": Prior("Normal", mu=0.1, sigma=0.3, dims="level"),
         "step_sigma": Prior("HalfNormal", sigma=0.1),
         "step_likelihood": Prior("StudentT", nu=4.0),

@@ -10,6 +10,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pymc as pm
+import pytensor.tensor as pt
 import pytest
 from pymc.testing import mock_sample
 from pymc_extras.prior import Prior
@@ -641,3 +642,30 @@ def test_nan_quantiles_match_numpy_and_keep_saturated_draws(layout, chunk_bytes)
     # a quantile that falls exactly on a finite draw next to +inf is that draw, not NaN
     y = np.array([[1.0], [2.0], [np.inf]])
     assert nan_quantiles(y, [0.5])[0][0] == 2.0
+
+
+def test_measured_percentiles_enter_as_log_ratios_to_their_means(sweep):
+    from bayes_sd import laws
+
+    data = sweep.copy()
+    data["ttft_mean_s"] = data["latency_mean_s"] * 0.05  # TTFT without TPOT: E2E stays fitted
+    data["ttft_p99_s"] = data["ttft_mean_s"] * 3.0
+    data["latency_p50_s"] = data["latency_mean_s"] * 0.9
+    data.loc[data.index[::2], "latency_p50_s"] = np.nan  # measured for half the runs
+    model = LatencyModel().build_model(data)
+    observed = {v.name for v in model.observed_RVs}
+    assert {"log_ttft_p99", "log_latency_p50"} <= observed
+    assert not observed & {"log_ttft_p50", "log_tpot_p99"}  # unmeasured: not in the likelihood
+    assert len(model.coords["run_latency_p50"]) == len(data) // 2
+    np.testing.assert_allclose(model["log_ttft_p99_obs"].get_value(), np.log(3.0))
+    assert list(model.coords["tail"]) == list(laws.TAILS)
+    # the tail law is written once: NumPy and PyTensor agree, percentiles ordered at any load
+    rng = np.random.default_rng(0)
+    level, slope = rng.normal(size=3), rng.normal(size=3)
+    load = np.linspace(0.0, 4.0, 9)
+    mine = laws.tail_log_ratios(level, slope, load)
+    tensor = laws.tail_log_ratios(level, slope, pt.as_tensor_variable(load))
+    np.testing.assert_allclose([t.eval() for t in tensor], mine)
+    assert np.all(np.diff(np.stack(mine), axis=0) > 0)
+    point = model.initial_point()
+    assert np.isfinite(model.compile_logp()(point))

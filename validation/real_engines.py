@@ -25,7 +25,9 @@ for E2E and ``a + b λ`` for TTFT and TPOT; no prediction below two training loa
 ``--previous PATH`` the model of an earlier checkout (E2E only; e.g. ``git worktree add
 /tmp/previous 81cc1f5``, the model before the per-phase law) run in a subprocess.
 
-Scores per held-out set and metric: median and maximum relative error of the posterior median
+Scored quantities: the mean TTFT, TPOT and E2E, and their p50 and p99 where the runs measured
+them (InferenceX: all; the blog sweep: E2E only). Scores per held-out set and quantity: median
+and maximum relative error of the posterior median
 (the mean), coverage of the 90% posterior predictive interval of a measured run, median interval
 width (hi/lo). Writes ``validation/results/real_engines.json`` and
 ``docs/validation/real_engines.md`` (with ``--out X.json``: ``docs/validation/X.md``).
@@ -54,6 +56,13 @@ from bayes_sd.model import ConvergenceWarning, LatencyModel
 FOLDS = ("upper", "gpu", "engine", "mtp")
 METRICS = ("latency", "ttft", "tpot")
 MEASURED = [f"{m}_mean_s" for m in METRICS]
+# scored: each metric's mean, then its per-run percentiles (the tail law of bayes_sd.laws)
+SCORED = METRICS + tuple(f"{m}_{q}" for m in ("ttft", "tpot", "latency") for q in ("p50", "p99"))
+
+
+def column(metric: str) -> str:
+    """The measured column of a scored quantity: ``latency`` → ``latency_mean_s``."""
+    return f"{metric}_mean_s" if metric in METRICS else f"{metric}_s"
 
 
 def fittable(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -96,8 +105,10 @@ def features(rows: pd.DataFrame) -> pd.DataFrame:
 def score(pred_mean, pred_noisy, held: pd.DataFrame, label: str) -> pd.DataFrame:
     """Per held-out run and metric: error of the median, inside the 90% interval, width."""
     out = []
-    for metric in METRICS:
-        obs = held[f"{metric}_mean_s"].astype(float).to_numpy()
+    for metric in SCORED:
+        if column(metric) not in held or f"{metric}_median" not in pred_mean:
+            continue
+        obs = held[column(metric)].astype(float).to_numpy()
         ok = np.isfinite(obs)
         if not ok.any():
             continue
@@ -142,8 +153,10 @@ def bayes(train, held, args, name):
 def curve_fit_baseline(train: pd.DataFrame, held: pd.DataFrame) -> pd.DataFrame:
     """The paper's law per series and metric, fitted to the series' own training runs."""
     out = []
-    for metric in METRICS:
-        col = f"{metric}_mean_s"
+    for metric in SCORED:
+        col = column(metric)
+        if col not in held:
+            continue
         for series, h in held.groupby("series"):
             obs = h[col].astype(float).to_numpy()
             t = train[(train["series"] == series) & train[col].notna()]
@@ -151,7 +164,7 @@ def curve_fit_baseline(train: pd.DataFrame, held: pd.DataFrame) -> pd.DataFrame:
                 continue
             x, y = t["load"].to_numpy(float), t[col].to_numpy(float)
             closed = (t["load_mode"] == "concurrency").all()
-            if closed or metric != "latency":
+            if closed or metric not in ("latency", "latency_p50", "latency_p99"):
                 b, a = np.polyfit(x, y, 1)
                 pred = a + b * h["load"].to_numpy(float)
             else:
