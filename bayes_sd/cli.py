@@ -211,23 +211,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parse_duration(text: str) -> float:
-    """``2s``, ``1500ms``, ``2`` (seconds) -> seconds."""
-    t = text.strip().lower()
-    try:
-        if t.endswith("ms"):
-            value = float(t[:-2]) / 1e3
-        elif t.endswith("s"):
-            value = float(t[:-1])
-        else:
-            value = float(t)
-    except ValueError:
-        raise DataError(f"cannot read {text!r} as a duration (e.g. 2s, 1500ms)") from None
-    if value <= 0:
-        raise DataError(f"the duration must be positive, got {text!r}")
-    return value
-
-
 def _parse_ints(text: str, name: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -312,72 +295,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = model.predict(rows, interval=args.interval, random_seed=args.seed, noise=args.noise)
     atomic_write(args.out, lambda p: pred.summary.to_csv(p, index=False))
     print(f"wrote {args.out}: {len(pred.summary)} rows")
-    return EXIT_OK
-
-
-def _config_from_args(items: list[str]) -> dict:
-    cfg: dict = {}
-    for key, value in _parse_meta(items).items():
-        try:
-            cfg[key] = float(value) if key in _NUMERIC_CONFIG else value
-        except ValueError:
-            raise DataError(f"--config {key} expects a number, got {value!r}") from None
-    need = [k for k in ("gpu", "target", "prefill_len", "decode_len") if k not in cfg]
-    if need:
-        raise DataError(f"--config needs {', '.join(need)} (KEY=VALUE)")
-    return cfg
-
-
-_NUMERIC_CONFIG = {"prefill_len", "decode_len", "num_gpus", "alpha", "acceptance_length"}
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    """Answer the capacity-planning questions for one configuration, with credibility."""
-    from bayes_sd import planning
-    from bayes_sd.schema import atomic_write
-
-    model = _load_model(args.model)
-    cfg = _config_from_args(args.config)
-    ks = _parse_ints(args.ks, "--ks")
-    sd_ks = [k for k in ks if k > 0]
-    if sd_ks and "drafter" not in cfg and "method" not in cfg:
-        raise DataError("draft lengths > 0 need --config drafter=NAME (or method=ngram)")
-    slo = _parse_duration(args.slo)
-    print("bayes-sd plan: computing over posterior draws ...", file=sys.stderr)
-    sustain = planning.sustainable_rate(model, cfg, slo_s=slo, credibility=args.credibility, ks=ks)
-    breaks = pd.DataFrame([planning.break_even(model, cfg, k=k).summary() for k in sd_ks])
-    best = planning.best_k(model, cfg, ks=ks, objective=args.objective)
-    nxt = planning.next_measurement(model, cfg, k=sd_ks[0], ks=ks) if sd_ks else None
-    text = [
-        f"# Capacity plan: {cfg['target']} on {cfg['gpu']}\n\n",
-        f"SLO: mean latency <= {slo:g} s with credibility {args.credibility:g}.\n\n",
-        "## Sustainable request rate per draft length\n\n",
-        _markdown_table(sustain),
-    ]
-    if not breaks.empty:
-        text += [
-            "\n## Break-even rate (SD stops paying), 90% interval\n\n",
-            _markdown_table(breaks),
-        ]
-    text += [
-        f"\n## Best draft length by batch size (objective: {args.objective})\n\n",
-        _markdown_table(best.schedule()),
-    ]
-    if nxt is not None:
-        text += [
-            f"\n## What to measure next (to pin the break-even of k={sd_ks[0]})\n\n",
-            _markdown_table(nxt.head(5)),
-        ]
-    report = "".join(text)
-    print(report)
-    if args.out:
-        out = Path(args.out)
-        atomic_write(out / "plan.md", lambda p: p.write_text(report, encoding="utf-8"))
-        atomic_write(out / "sustainable_rate.csv", lambda p: sustain.to_csv(p, index=False))
-        atomic_write(out / "best_k.csv", lambda p: best.table.to_csv(p, index=False))
-        if not breaks.empty:
-            atomic_write(out / "break_even.csv", lambda p: breaks.to_csv(p, index=False))
-        print(f"wrote {out / 'plan.md'}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -528,27 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--seed", type=int, default=0)
     pred.set_defaults(func=cmd_predict)
 
-    plan = add(
-        "plan",
-        help="capacity planning: sustainable rate under an SLO, break-even, best k",
-        description="Answers for one configuration, computed over posterior draws: the highest "
-        "rate meeting the SLO with the given credibility per draft length, the break-even rate "
-        "of each k as an interval, the best k by batch size, and the run to measure next.",
-    )
-    plan.add_argument("--model", required=True, help="model file from bayes-sd fit")
-    plan.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="gpu, target, prefill_len, decode_len, drafter, alpha (repeat the flag)",
-    )
-    plan.add_argument("--slo", default="2s", help="mean-latency SLO, e.g. 2s or 1500ms")
-    plan.add_argument("--credibility", type=float, default=0.95)
-    plan.add_argument("--ks", default="0,1,2,3,4,5", help="draft lengths (0 = no SD)")
-    plan.add_argument("--objective", choices=["mean", "quantile", "shortfall"], default="mean")
-    plan.add_argument("--out", default=None, help="folder for plan.md and CSV tables")
-    plan.set_defaults(func=cmd_plan)
+    from bayes_sd import cli_plan
+
+    cli_plan.add_commands(add)
 
     report = add(
         "report",

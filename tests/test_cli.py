@@ -105,14 +105,24 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
         "drafter=turboderp/Qwama-0.5B-Instruct",
         "method=draft_model",
     ]
-    args = ["plan", "--model", model, "--ks", "0,4", "--slo", "3s", "--out", str(tmp_path)]
+    # the blog sweep recorded means only: the p90 term rests on the tail law's prior (warned)
+    slo = "p90_e2el_s<=30,mean_e2el_ms<=4000"
+    args = ["plan", "--model", model, "--ks", "0,4", "--slo", slo, "--load", "both",
+            "--credibility", "0.9", "--out", str(tmp_path)]  # fmt: skip
     for c in cfg:
         args += ["--config", c]
-    assert main(args) == EXIT_OK
-    sustain = pd.read_csv(tmp_path / "sustainable_rate.csv")
-    assert list(sustain["k"]) == [0, 4] and (sustain["rate"] > 0).all()
-    assert (sustain["p_at_rate"] > 0.9).all()
-    assert "Break-even" in (tmp_path / "plan.md").read_text()
+    with pytest.warns(UserWarning, match="no training run measured a percentile of E2E"):
+        assert main(args) == EXIT_OK
+    capacity = pd.read_csv(tmp_path / "capacity.csv")
+    assert list(capacity["k"]) == [0, 4, 0, 4]
+    assert list(capacity["load"]) == ["rate", "rate", "concurrency", "concurrency"]
+    assert capacity["meets"].all() and (capacity["capacity"] > 0).all()
+    assert (capacity["credibility_achieved"] >= 0.9).all()
+    assert set(capacity["binding"]) <= {"p90 E2E ≤ 30 s", "mean E2E ≤ 4 s",
+                                        "none up to the largest load searched"}  # fmt: skip
+    plan = (tmp_path / "plan.md").read_text()
+    assert "Break-even" in plan and "SLO: p90 E2E ≤ 30 s and mean E2E ≤ 4 s" in plan
+    assert "* SD k=4: up to" in plan
     rows = tmp_path / "rows.csv"
     pd.DataFrame(
         [dict(c.split("=", 1) for c in cfg) | {"k": 4, "request_rate": r} for r in (1, 8)]
@@ -129,6 +139,69 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
     assert main(["fit", "--out", str(tmp_path / "m.nc")]) == EXIT_DATA
     flags = [x for c in cfg for x in ("--config", c)]
     assert main(["plan", "--model", model, "--slo", "fast", *flags]) == EXIT_DATA
+    assert main(["plan", "--model", model, "--slo", "p99_itl_ms<=5", *flags]) == EXIT_DATA
+    assert "p99_itl_ms<=5" in capsys.readouterr().err
+
+
+def test_frontier_from_the_command_line(demo_fit, tmp_path, capsys):
+    model = str(demo_fit / "vllm-blog-model.nc")
+    cfg = ["gpu=H100-SXM-80GB", "num_gpus=4", "target=meta-llama/Meta-Llama-3-70B-Instruct",
+           "dataset=ShareGPT", "prefill_len=215", "decode_len=198",
+           "drafter=turboderp/Qwama-0.5B-Instruct", "method=draft_model"]  # fmt: skip
+    flags = [x for c in cfg for x in ("--config", c)]
+    args = ["frontier", "--model", model, *flags, "--ks", "0,4", "--load", "rate",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == EXIT_OK
+    table = pd.read_csv(tmp_path / "frontier.csv")
+    name = "Meta-Llama-3-70B-Instruct"
+    assert set(table["config"]) == {f"{name}, no SD", f"{name}, SD k=4"}
+    assert table.groupby("interactivity")["p_frontier"].sum().max() <= 1 + 1e-9
+    assert (tmp_path / "frontier.png").stat().st_size > 20_000
+    assert "p_frontier" in capsys.readouterr().out
+    # variants: the two datasets of the sweep without SD (the draft model ran on ShareGPT only)
+    args = ["frontier", "--model", model, *flags, "--load", "rate", "--compare",
+            "dataset=ShareGPT,CNN", "--out", str(tmp_path / "datasets")]  # fmt: skip
+    assert main(args) == EXIT_OK
+    table = pd.read_csv(tmp_path / "datasets" / "frontier.csv")
+    assert set(table["config"]) == {"ShareGPT, no SD", "CNN, no SD"}
+    bad = ["frontier", "--model", model, *flags, "--compare", "gpu", "--out", str(tmp_path)]
+    assert main(bad) == EXIT_DATA
+    assert "--compare expects KEY=V1,V2" in capsys.readouterr().err
+
+
+def test_bad_planning_arguments_are_one_line_and_exit_2(demo_fit, tmp_path, capsys):
+    model = str(demo_fit / "vllm-blog-model.nc")
+    cfg = ["gpu=H100-SXM-80GB", "num_gpus=4", "target=meta-llama/Meta-Llama-3-70B-Instruct",
+           "dataset=ShareGPT", "prefill_len=215", "decode_len=198"]  # fmt: skip
+    flags = [x for c in cfg for x in ("--config", c)]
+    cases = {
+        ("--config", "colour=blue"): "--config colour: unknown key",
+        ("--config", "tp=1"): "--config tp: unknown key",
+        ("--config", "num_gpus=0"): "num_gpus must be a whole number ≥ 1",
+        ("--config", "prefill_len=-100"): "prefill_len must be a positive number of tokens",
+        ("--ks", "0,1000000"): "--ks expects draft lengths from 0 to 64",
+        ("--slo", "nan"): "cannot read the SLO 'nan'",
+        ("--slo", "p99_ttft_ms<=nan"): "the threshold must be a positive finite duration",
+        ("--credibility", "1.5"): "--credibility must be between 0 and 1",
+    }
+    for extra, message in cases.items():
+        args = ["plan", "--model", model, *flags, "--ks", "0", *extra]
+        assert main(args) == EXIT_DATA, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame([dict(c.split("=", 1) for c in cfg) | {"k": 0, "request_rate": 1.0}]).to_csv(
+        rows, index=False
+    )
+    for interval in ("90", "2", "0"):
+        args = ["predict", "--model", model, "--rows", str(rows), "--interval", interval,
+                "--out", str(tmp_path / "p.csv")]  # fmt: skip
+        assert main(args) == EXIT_DATA
+        assert "interval must be a probability in (0, 1)" in capsys.readouterr().err
+    # an SLO no load meets is said in words, not as a rate of 0
+    args = ["plan", "--model", model, *flags, "--ks", "0", "--slo", "mean_e2el_ms<=1"]
+    assert main(args) == EXIT_OK
+    assert "without SD: no rate searched meets the SLO" in capsys.readouterr().out
 
 
 def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path):

@@ -93,3 +93,108 @@ def test_next_measurement_ranks_candidates(model):
     assert (ranked["share"] >= 0).all() and ranked["share"].iloc[0] > 0
     with pytest.raises(ValueError, match="slo_s"):
         planning.next_measurement(model, CONFIG, question="sustainable_rate")
+
+
+# ---------------------------------------------------------------- percentile SLOs
+
+
+def _p_all_hold(model, terms, k, load, value, seed):
+    from bayes_sd.slo import statistic_draws
+
+    column = "request_rate" if load == "rate" else "concurrency"
+    rows = pd.DataFrame([{**CONFIG, "k": k, column: value}])
+    draws = {n: v.values.ravel() for n, v in model.predict(rows, random_seed=seed).draws.items()}
+    held = [statistic_draws(draws, t) <= t.threshold_s for t in terms]
+    return float(np.mean(np.all(held, axis=0)))
+
+
+@pytest.mark.parametrize("load", ["rate", "concurrency"])
+def test_slo_capacity_holds_every_term_with_the_credibility_asked(model, load):
+    from bayes_sd.capacity import UnmeasuredTailWarning, load_grid, slo_capacity
+    from bayes_sd.slo import parse_slo
+
+    # thresholds from the model's own light-load predictions, so that they bind inside the grid
+    grid = load_grid(model, CONFIG, (0, 2), load=load, points=60)
+    column = "request_rate" if load == "rate" else "concurrency"
+    mid = pd.DataFrame([{**CONFIG, "k": 0, column: grid[len(grid) // 3]}])
+    med = model.predict(mid, random_seed=0).summary.iloc[0]  # its 95th percentiles
+    slo = (f"p99_ttft_ms<={med['ttft_p99_hi'] * 1e3:.6g},"
+           f"p90_tpot_ms<={med['tpot_p90_hi'] * 1e3:.6g},mean_e2el_s<=100000")  # fmt: skip
+    terms = parse_slo(slo)
+    # this sweep recorded no percentiles: the TTFT and TPOT terms rest on the prior, and say so
+    with pytest.warns(UnmeasuredTailWarning, match="percentile of (TTFT|TPOT)"):
+        table = slo_capacity(model, CONFIG, slo, ks=(0, 2), credibility=0.9, load=load, grid=grid)
+    assert list(table["k"]) == [0, 2] and (table["load"] == load).all()
+    for _, row in table.iterrows():
+        assert row["meets"] and row["capacity"] <= row["capacity_median"]
+        assert row["credibility_achieved"] >= 0.9
+        # fresh predictions at the answer hold every term with the credibility asked; the next
+        # load of the grid does not
+        assert _p_all_hold(model, terms, row["k"], load, row["capacity"], seed=11) >= 0.9
+        above = grid[np.searchsorted(grid, row["capacity"]) + 1]
+        assert _p_all_hold(model, terms, row["k"], load, above, seed=0) < 0.9
+        # the loose mean-E2E term never binds
+        assert row["binding"] in (terms[0].label, terms[1].label)
+        assert row[f"P({terms[2].label})"] == 1.0
+
+
+def test_slo_capacity_says_when_no_load_meets_the_slo(model):
+    from bayes_sd.capacity import UnmeasuredTailWarning, slo_capacity
+
+    with pytest.warns(UnmeasuredTailWarning):
+        table = slo_capacity(model, CONFIG, "p50_ttft_ms<=0.001", ks=(0,))
+    row = table.iloc[0]
+    assert not row["meets"] and np.isnan(row["capacity"])
+    assert row["binding"] == "p50 TTFT ≤ 0.001 ms"
+
+
+def test_predicted_percentiles_are_ordered_and_scale_their_mean(model):
+    rows = pd.DataFrame([{**CONFIG, "k": k, "request_rate": r} for k in (0, 2)
+                         for r in (0.5, 2.0)])  # fmt: skip
+    draws = model.predict(rows, random_seed=0).draws
+    for metric in ("ttft", "tpot", "latency"):
+        p50, p90, p99 = (draws[f"{metric}_{q}"].values for q in ("p50", "p90", "p99"))
+        assert np.all(p50 > 0) and np.all(p50 <= p90) and np.all(p90 <= p99)
+        # this sweep measured no percentile: the median's ratio to the mean keeps its prior
+        # (centred within 0.1 of log 1, sd 0.3 at light load)
+        log_ratio = np.log(p50 / draws[metric].values)[..., [0, 2]]  # the light loads
+        assert abs(np.median(log_ratio)) < 0.3 and 0.1 < np.std(log_ratio) < 1.0
+
+
+def test_frontier_bands_and_probabilities_follow_the_draws(model, tmp_path):
+    from bayes_sd.frontier import frontier
+
+    other = {**CONFIG, "gpu": "H200-SXM-141GB"}  # a GPU type the fit has not seen: wider
+    result = frontier(model, {"H100": CONFIG, "H200": other}, ks=(0, 2), load="rate", levels=25)
+    table = result.table
+    assert set(table["config"]) == {"H100, no SD", "H100, SD k=2", "H200, no SD", "H200, SD k=2"}
+    # at each interactivity level the frontier probabilities sum to P(anyone reaches it): at
+    # least the best single configuration's P(reach), at most one
+    level = table.groupby("interactivity")
+    total, reach = level["p_frontier"].sum(), level["p_reach"].max()
+    assert np.all(total <= 1 + 1e-12) and np.all(total >= reach - 1e-12)
+    assert np.allclose(total.iloc[: len(total) // 2], 1.0)  # the low levels: everyone reaches
+    for name, t in table.groupby("config"):
+        t = t.dropna(subset=["throughput_median"]).sort_values("interactivity")
+        assert len(t) >= 5, name
+        # asking for more interactivity never buys throughput; bands hold their median
+        assert np.all(np.diff(t["throughput_median"]) <= 1e-9), name
+        assert np.all((t["throughput_lo"] <= t["throughput_median"])
+                      & (t["throughput_median"] <= t["throughput_hi"])), name  # fmt: skip
+    # the median curve of a configuration agrees with its frontier: at the interactivity of a
+    # load on the curve, the frontier's throughput is at least that load's
+    curve = result.curves[result.curves["config"] == "H100, no SD"].iloc[10]
+    at = table[table["config"] == "H100, no SD"]
+    row = at.iloc[
+        np.searchsorted(at["interactivity"].to_numpy(), curve["interactivity_median"]) - 1
+    ]
+    assert row["throughput_median"] >= 0.9 * curve["throughput_median"]
+    # the unseen GPU's bands are wider than the fitted one's
+    width = table.assign(w=table["throughput_hi"] / table["throughput_lo"]).groupby("config")["w"]
+    assert width.median()["H200, no SD"] > width.median()["H100, no SD"]
+    paths = result.to_files(tmp_path)
+    assert [p.name for p in paths] == ["frontier.csv", "frontier_curves.csv", "frontier.json",
+                                       "frontier.png"]  # fmt: skip
+    back = pd.read_csv(paths[0])
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+    assert paths[3].stat().st_size > 20_000

@@ -1,0 +1,259 @@
+"""The planning commands of ``bayes-sd``: ``plan`` (capacity under an SLO, break-even, best k,
+next measurement) and ``frontier`` (throughput against interactivity with credible bands).
+Registered by :func:`bayes_sd.cli.build_parser`; errors follow its exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bayes_sd.errors import DataError
+
+EXIT_OK = 0
+
+
+def _helpers():
+    from bayes_sd import cli
+
+    return cli
+
+
+def _config_from_args(items: list[str]) -> dict:
+    cfg: dict = {}
+    for key, value in _helpers()._parse_meta(items).items():
+        if key not in CONFIG_KEYS:
+            raise DataError(
+                f"--config {key}: unknown key; known: {', '.join(sorted(CONFIG_KEYS))} (the "
+                "load and k come from --load and --ks)"
+            )
+        try:
+            cfg[key] = float(value) if key in _NUMERIC_CONFIG else value
+        except ValueError:
+            raise DataError(f"--config {key} expects a number, got {value!r}") from None
+    need = [k for k in ("gpu", "target", "prefill_len", "decode_len") if k not in cfg]
+    if need:
+        raise DataError(f"--config needs {', '.join(need)} (KEY=VALUE)")
+    return cfg
+
+
+_NUMERIC_CONFIG = {"prefill_len", "decode_len", "num_gpus", "alpha", "acceptance_length",
+                   "engines", "target_params", "target_active_params", "target_experts",
+                   "target_experts_per_token", "drafter_params"}  # fmt: skip
+# a configuration without its load and draft length (bayes_sd.predict.prediction_rows)
+CONFIG_KEYS = _NUMERIC_CONFIG | {"gpu", "target", "drafter", "method", "dataset", "source",
+                                 "engine", "precision", "layout"}  # fmt: skip
+
+
+def _check_config(model, cfg: dict) -> None:
+    """Impossible values (``num_gpus=0``) fail here, in one line, before any computing."""
+    from bayes_sd.predict import prediction_rows
+
+    prediction_rows(model.design, pd.DataFrame([{**cfg, "k": 0.0, "request_rate": 1.0}]))
+
+
+def _ks(text: str) -> list[int]:
+    ks = _helpers()._parse_ints(text, "--ks")
+    if not ks or any(k < 0 or k > 64 for k in ks):
+        raise DataError(f"--ks expects draft lengths from 0 to 64, got {text!r}")
+    return ks
+
+
+def _capacity_lines(capacity: pd.DataFrame) -> str:
+    """One sentence per (k, load): the answer, its credibility and the binding term."""
+    lines = []
+    for r in capacity.itertuples(index=False):
+        sd = "without SD" if r.k == 0 else f"SD k={r.k}"
+        unit = "req/s" if r.load == "rate" else "requests in flight"
+        if not r.meets:
+            lines.append(f"* {sd}: no {r.load} searched meets the SLO with this credibility "
+                         f"(binding: {r.binding})")  # fmt: skip
+            continue
+        lines.append(
+            f"* {sd}: up to {r.capacity:.3g} {unit} (P = {r.credibility_achieved:.3f} on fresh "
+            f"draws; a point estimate would say {r.capacity_median:.3g}); binding: {r.binding}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Answer the capacity-planning questions for one configuration, with credibility."""
+    from bayes_sd import planning
+    from bayes_sd.schema import atomic_write
+
+    model = _helpers()._load_model(args.model)
+    cfg = _config_from_args(args.config)
+    _check_config(model, cfg)
+    ks = _ks(args.ks)
+    sd_ks = [k for k in ks if k > 0]
+    if sd_ks and "drafter" not in cfg and "method" not in cfg:
+        raise DataError("draft lengths > 0 need --config drafter=NAME (or method=ngram)")
+    from bayes_sd.capacity import slo_capacity
+    from bayes_sd.slo import parse_slo
+
+    terms = parse_slo(args.slo)
+    if not 0 < args.credibility < 1:
+        raise DataError(f"--credibility must be between 0 and 1, got {args.credibility:g}")
+    print("bayes-sd plan: computing over posterior draws ...", file=sys.stderr)
+    loads = ["rate", "concurrency"] if args.load == "both" else [args.load]
+    capacity = pd.concat(
+        [slo_capacity(model, cfg, terms, ks=ks, credibility=args.credibility, load=load)
+         for load in loads], ignore_index=True,
+    )  # fmt: skip
+    breaks = pd.DataFrame([planning.break_even(model, cfg, k=k).summary() for k in sd_ks])
+    best = planning.best_k(model, cfg, ks=ks, objective=args.objective)
+    nxt = planning.next_measurement(model, cfg, k=sd_ks[0], ks=ks) if sd_ks else None
+    slo_text = " and ".join(t.label for t in terms)
+    text = [
+        f"# Capacity plan: {cfg['target']} on {cfg['gpu']}\n\n",
+        f"SLO: {slo_text}, with credibility {args.credibility:g}.\n\n",
+        "## Highest load meeting the SLO, per draft length\n\n",
+        _capacity_lines(capacity),
+        "\n",
+        _table(capacity),
+    ]
+    if not breaks.empty:
+        text += [
+            "\n## Break-even rate (SD stops paying), 90% interval\n\n",
+            _table(breaks),
+        ]
+    text += [
+        f"\n## Best draft length by batch size (objective: {args.objective})\n\n",
+        _table(best.schedule()),
+    ]
+    if nxt is not None:
+        text += [
+            f"\n## What to measure next (to pin the break-even of k={sd_ks[0]})\n\n",
+            _table(nxt.head(5)),
+        ]
+    report = "".join(text)
+    print(report)
+    if args.out:
+        out = Path(args.out)
+        atomic_write(out / "plan.md", lambda p: p.write_text(report, encoding="utf-8"))
+        atomic_write(out / "capacity.csv", lambda p: capacity.to_csv(p, index=False))
+        atomic_write(out / "best_k.csv", lambda p: best.table.to_csv(p, index=False))
+        if not breaks.empty:
+            atomic_write(out / "break_even.csv", lambda p: breaks.to_csv(p, index=False))
+        print(f"wrote {out / 'plan.md'}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _table(df: pd.DataFrame) -> str:
+    from bayes_sd.report import markdown_table
+
+    return markdown_table(df)
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    """The throughput–interactivity frontier of one configuration, SD off and each k, and of
+    its variants (``--compare gpu=B200,H200``)."""
+    from bayes_sd.frontier import frontier
+
+    model = _helpers()._load_model(args.model)
+    base = _config_from_args(args.config)
+    _check_config(model, base)
+    ks = _ks(args.ks)
+    if any(k > 0 for k in ks) and "drafter" not in base and "method" not in base:
+        raise DataError("draft lengths > 0 need --config drafter=NAME (or method=ngram)")
+    configs = {"": base}
+    for item in args.compare:
+        key, sep, values = item.partition("=")
+        if not sep or not values.strip():
+            raise DataError(f"--compare expects KEY=V1,V2, got {item!r}")
+        configs = {
+            f"{name} · {v}".strip(" ·"): {**cfg, key.strip(): v.strip()}
+            for name, cfg in configs.items()
+            for v in values.split(",")
+        }
+    if list(configs) == [""]:
+        configs = {str(base["target"]).rsplit("/", 1)[-1]: base}
+    print("bayes-sd frontier: computing over posterior draws ...", file=sys.stderr)
+    result = frontier(model, configs, ks=ks, load=args.load, interval=args.interval)
+    paths = result.to_files(args.out)
+    best = result.table.loc[result.table.groupby("interactivity")["p_frontier"].idxmax()]
+    step = max(1, len(best) // 8)
+    print(_table(best.iloc[::step][["interactivity", "config", "p_frontier", "throughput_median",
+                                     "throughput_lo", "throughput_hi"]].round(3)))  # fmt: skip
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_commands(add) -> None:
+    """Register ``plan`` and ``frontier`` with the parser's ``add``."""
+    plan = add(
+        "plan",
+        help="capacity planning: sustainable rate under an SLO, break-even, best k",
+        description="Answers for one configuration, computed over posterior draws: the highest "
+        "rate meeting the SLO with the given credibility per draft length, the break-even rate "
+        "of each k as an interval, the best k by batch size, and the run to measure next.",
+    )
+    plan.add_argument("--model", required=True, help="model file from bayes-sd fit")
+    plan.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="gpu, target, prefill_len, decode_len, drafter, alpha (repeat the flag)",
+    )
+    plan.add_argument(
+        "--slo",
+        default="2s",
+        help="the SLO: 'p99_ttft_ms<=2000,p99_tpot_ms<=50' (vllm bench sweep form), "
+        "'ttft:300 tpot:50' (vLLM goodput, ms, planned as p90), '{ttft: {p99: 2s}}' (YAML/JSON) "
+        "or a duration such as 2s (mean E2E) (default: %(default)s)",
+    )
+    plan.add_argument(
+        "--credibility", type=float, default=0.95,
+        help="probability every SLO term holds at the answer (default: %(default)s)",
+    )  # fmt: skip
+    plan.add_argument(
+        "--load", choices=["rate", "concurrency", "both"], default="rate",
+        help="the load to plan: open-loop request rate, closed-loop concurrency, or both "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    plan.add_argument("--ks", default="0,1,2,3,4,5",
+                      help="draft lengths (0 = no SD) (default: %(default)s)")  # fmt: skip
+    plan.add_argument("--objective", choices=["mean", "quantile", "shortfall"], default="mean",
+                      help="best-k objective (default: %(default)s)")  # fmt: skip
+    plan.add_argument("--out", default=None, help="folder for plan.md and CSV tables")
+    plan.set_defaults(func=cmd_plan)
+
+    front = add(
+        "frontier",
+        help="throughput per GPU against interactivity, with bands and P(on the frontier)",
+        description="For one configuration at each draft length (and its variants with "
+        "--compare), output tokens/s per GPU against tokens/s per user over a load sweep, "
+        "with credible bands, and the probability each is on the frontier at each "
+        "interactivity level. Writes frontier.csv, frontier_curves.csv, frontier.json and "
+        "frontier.png.",
+    )
+    front.add_argument("--model", required=True, help="model file from bayes-sd fit")
+    front.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="gpu, target, prefill_len, decode_len, drafter, ... (repeat)",
+    )
+    front.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="variants to compare, e.g. gpu=B200,H200 (repeat for a product)",
+    )
+    front.add_argument("--ks", default="0", help="draft lengths (0 = no SD) (default: 0)")
+    front.add_argument(
+        "--load",
+        choices=["concurrency", "rate"],
+        default="concurrency",
+        help="the load swept (default: %(default)s)",
+    )
+    front.add_argument(
+        "--interval", type=float, default=0.9, help="credible band (default: %(default)s)"
+    )
+    front.add_argument("--out", required=True, help="output folder")
+    front.set_defaults(func=cmd_frontier)
