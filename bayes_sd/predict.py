@@ -200,7 +200,8 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
     }
     if len(design.sources) == 1:
         defaults["source"] = design.sources[0]
-    defaults["dataset"] = ""
+    datasets = design.rows["dataset"].fillna("").unique()
+    defaults["dataset"] = datasets[0] if len(datasets) == 1 else ""  # as the docstring says
     for col, value in defaults.items():
         if col not in rows.columns:
             rows[col] = value
