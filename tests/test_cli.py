@@ -59,6 +59,10 @@ def test_help_and_usage_errors(capsys):
     assert exc.value.code == 2
 
 
+# the tests of the demo fit run in one pytest-xdist worker: one fit (about a minute), not two
+ONE_DEMO_FIT = pytest.mark.xdist_group("demo_fit")
+
+
 @pytest.fixture(scope="module")
 def demo_fit(tmp_path_factory):
     """The README's main job with a small sampling budget: a real fit of the vLLM sweep."""
@@ -70,6 +74,7 @@ def demo_fit(tmp_path_factory):
     return out
 
 
+@ONE_DEMO_FIT
 def test_demo_bayesian_section_matches_the_saved_posterior(demo_fit):
     from bayes_sd import planning
 
@@ -93,6 +98,7 @@ def test_demo_bayesian_section_matches_the_saved_posterior(demo_fit):
     assert be["break_even_lo"] < 8.0 < be["break_even_hi"] + 0.5
 
 
+@ONE_DEMO_FIT
 def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
     model = str(demo_fit / "vllm-blog-model.nc")
     cfg = [
@@ -108,7 +114,7 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
     # the blog sweep recorded means only: the p90 term rests on the tail law's prior (warned)
     slo = "p90_e2el_s<=30,mean_e2el_ms<=4000"
     args = ["plan", "--model", model, "--ks", "0,4", "--slo", slo, "--load", "both",
-            "--credibility", "0.9", "--out", str(tmp_path)]  # fmt: skip
+            "--credibility", "0.9", "--goodput-at", "2,6", "--out", str(tmp_path)]  # fmt: skip
     for c in cfg:
         args += ["--config", c]
     with pytest.warns(UserWarning, match="no training run measured a percentile of E2E"):
@@ -122,7 +128,11 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
                                         "none up to the largest load searched"}  # fmt: skip
     plan = (tmp_path / "plan.md").read_text()
     assert "Break-even" in plan and "SLO: p90 E2E ≤ 30 s and mean E2E ≤ 4 s" in plan
-    assert "* SD k=4: up to" in plan
+    assert "* SD k=4: up to" in plan and "## Goodput at the given rates" in plan
+    good = pd.read_csv(tmp_path / "goodput.csv")
+    assert list(good["value"]) == [2.0, 6.0, 2.0, 6.0]
+    assert (good["goodput_low"] <= good["goodput_high"] + 1e-12).all()
+    assert (good["goodput_high"] <= good["request_rate"] + 1e-12).all()
     rows = tmp_path / "rows.csv"
     pd.DataFrame(
         [dict(c.split("=", 1) for c in cfg) | {"k": 4, "request_rate": r} for r in (1, 8)]
@@ -143,6 +153,7 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
     assert "p99_itl_ms<=5" in capsys.readouterr().err
 
 
+@ONE_DEMO_FIT
 def test_frontier_from_the_command_line(demo_fit, tmp_path, capsys):
     model = str(demo_fit / "vllm-blog-model.nc")
     cfg = ["gpu=H100-SXM-80GB", "num_gpus=4", "target=meta-llama/Meta-Llama-3-70B-Instruct",
@@ -169,6 +180,7 @@ def test_frontier_from_the_command_line(demo_fit, tmp_path, capsys):
     assert "--compare expects KEY=V1,V2" in capsys.readouterr().err
 
 
+@ONE_DEMO_FIT
 def test_bad_planning_arguments_are_one_line_and_exit_2(demo_fit, tmp_path, capsys):
     model = str(demo_fit / "vllm-blog-model.nc")
     cfg = ["gpu=H100-SXM-80GB", "num_gpus=4", "target=meta-llama/Meta-Llama-3-70B-Instruct",
@@ -204,6 +216,7 @@ def test_bad_planning_arguments_are_one_line_and_exit_2(demo_fit, tmp_path, caps
     assert "without SD: no rate searched meets the SLO" in capsys.readouterr().out
 
 
+@ONE_DEMO_FIT
 def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path):
     import numpy as np
 
