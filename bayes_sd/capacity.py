@@ -21,7 +21,7 @@ import pandas as pd
 
 from bayes_sd.slo import Term, parse_slo, statistic_draws
 
-__all__ = ["LOADS", "UnmeasuredTailWarning", "load_grid", "slo_capacity"]
+__all__ = ["LOADS", "UnmeasuredTailWarning", "goodput", "load_grid", "slo_capacity"]
 
 LOADS = ("rate", "concurrency")
 
@@ -138,8 +138,8 @@ def _warn_unmeasured(model, terms: list[Term]) -> None:
             )
 
 
-def _holds(model, config, terms: list[Term], ks, loads, load, max_draws, seed) -> np.ndarray:
-    """Boolean draws (term, draw, k, load): does each term hold in each posterior draw."""
+def _predict_grid(model, config, ks, loads, load, max_draws, seed) -> dict[str, np.ndarray]:
+    """Prediction draws (draw, k, load) of every output, for ``config`` at each k and load."""
     from bayes_sd.planning import _config
 
     cfg = _config(config)
@@ -153,15 +153,72 @@ def _holds(model, config, terms: list[Term], ks, loads, load, max_draws, seed) -
             rows.append(row)
     pred = model.predict(pd.DataFrame(rows), max_draws=max_draws, random_seed=seed)
     shape = (-1, len(ks), len(loads))
-    needed = {t.metric for t in terms}
-    draws = {
-        name: pred.draws[name].values.reshape(shape)
-        for name in pred.draws.data_vars
-        if name.split("_p")[0] in needed
-    }
+    return {name: pred.draws[name].values.reshape(shape) for name in pred.draws.data_vars}
+
+
+def _holds(model, config, terms: list[Term], ks, loads, load, max_draws, seed) -> np.ndarray:
+    """Boolean draws (term, draw, k, load): does each term hold in each posterior draw."""
+    draws = _predict_grid(model, config, ks, loads, load, max_draws, seed)
     out = []
     for t in terms:
         stat = statistic_draws(draws, t)
         with np.errstate(invalid="ignore"):
             out.append(np.isfinite(stat) & (stat <= t.threshold_s))
     return np.stack(out)
+
+
+def goodput(
+    model,
+    config,
+    slo,
+    loads,
+    *,
+    ks=(0,),
+    load: str = "rate",
+    interval: float = 0.9,
+    max_draws: int = 1000,
+    random_seed: int = 0,
+) -> pd.DataFrame:
+    """Goodput at given loads, as ``vllm bench serve --goodput`` counts it: requests per second
+    that meet *every* term's threshold (the terms' statistics do not matter here: each
+    threshold applies to each request).
+
+    Per draw, the share of requests within a metric's threshold comes from its predicted p50,
+    p90 and p99 (:func:`bayes_sd.slo.fraction_within`); how TTFT and TPOT of one request go
+    together is not modelled, so the share meeting every term is given as bounds: at least
+    ``max(0, Σ share − (n − 1))``, at most ``min share`` (equal for one term). Goodput is that
+    share times the request rate (closed loop: ``N / E2E``). Columns: ``k``, ``load``,
+    ``value``, ``request_rate`` (median), and the median and ``interval`` bounds of
+    ``goodput_low`` and ``goodput_high`` (req/s).
+    """
+    from bayes_sd.slo import fraction_within
+
+    terms = parse_slo(slo)
+    loads = np.asarray(loads, dtype=float).ravel()
+    if load not in LOADS:
+        raise ValueError(f"load must be one of {LOADS}, not {load!r}")
+    if loads.size == 0 or not np.all(np.isfinite(loads) & (loads > 0)):
+        raise ValueError("loads must be positive and finite")
+    ks = [int(k) for k in ks]
+    _warn_unmeasured(model, [Term(t.metric, "p50", t.threshold_s) for t in terms])
+    draws = _predict_grid(model, config, ks, loads, load, max_draws, random_seed)
+    share = np.stack([fraction_within(draws, t.metric, t.threshold_s) for t in terms])
+    low = np.clip(share.sum(axis=0) - (len(terms) - 1), 0.0, 1.0)
+    high = share.min(axis=0)
+    lat = draws["latency"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # closed loop: N / E2E (Little's law)
+        closed = np.where(np.isfinite(lat), loads / lat, 0.0)
+    rate = np.broadcast_to(loads, low.shape) if load == "rate" else closed
+    q = (0.5, (1 - interval) / 2, 1 - (1 - interval) / 2)
+    rows = []
+    for j, k in enumerate(ks):
+        for i, value in enumerate(loads):
+            lo_q = np.quantile(rate[:, j, i] * low[:, j, i], q)
+            hi_q = np.quantile(rate[:, j, i] * high[:, j, i], q)
+            rows.append({
+                "k": k, "load": load, "value": float(value),
+                "request_rate": float(np.median(rate[:, j, i])),
+                "goodput_low": lo_q[0], "goodput_low_lo": lo_q[1], "goodput_low_hi": lo_q[2],
+                "goodput_high": hi_q[0], "goodput_high_lo": hi_q[1], "goodput_high_hi": hi_q[2],
+            })  # fmt: skip
+    return pd.DataFrame(rows)

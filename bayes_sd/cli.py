@@ -218,6 +218,16 @@ def _parse_ints(text: str, name: str) -> list[int]:
         raise DataError(f"{name} expects comma-separated integers, got {text!r}") from None
 
 
+def _parse_floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DataError(f"{name} expects comma-separated numbers, got {text!r}") from None
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise DataError(f"{name} expects positive numbers, got {text!r}")
+    return values
+
+
 def _sweep_from_args(args: argparse.Namespace) -> pd.DataFrame:
     from bayes_sd import datasets
     from bayes_sd.io import read_sweep

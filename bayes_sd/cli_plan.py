@@ -114,6 +114,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "\n",
         _table(capacity),
     ]
+    good = None
+    if args.goodput_at:
+        from bayes_sd.capacity import goodput
+
+        at = _helpers()._parse_floats(args.goodput_at, "--goodput-at")
+        load = "concurrency" if args.load == "concurrency" else "rate"
+        good = goodput(model, cfg, terms, at, ks=ks, load=load)
+        text += [
+            f"\n## Goodput at the given {load}s (req/s meeting every threshold per request; "
+            "bounds: how TTFT and TPOT of one request go together is not modelled)\n\n",
+            _table(good.round(4)),
+        ]
     if not breaks.empty:
         text += [
             "\n## Break-even rate (SD stops paying), 90% interval\n\n",
@@ -134,6 +146,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out = Path(args.out)
         atomic_write(out / "plan.md", lambda p: p.write_text(report, encoding="utf-8"))
         atomic_write(out / "capacity.csv", lambda p: capacity.to_csv(p, index=False))
+        if good is not None:
+            atomic_write(out / "goodput.csv", lambda p: good.to_csv(p, index=False))
         atomic_write(out / "best_k.csv", lambda p: best.table.to_csv(p, index=False))
         if not breaks.empty:
             atomic_write(out / "break_even.csv", lambda p: breaks.to_csv(p, index=False))
@@ -213,6 +227,11 @@ def add_commands(add) -> None:
         "--load", choices=["rate", "concurrency", "both"], default="rate",
         help="the load to plan: open-loop request rate, closed-loop concurrency, or both "
         "(default: %(default)s)",
+    )  # fmt: skip
+    plan.add_argument(
+        "--goodput-at", default=None, metavar="L1,L2",
+        help="also give the goodput (requests/s meeting every SLO threshold) at these loads "
+        "(rates, or concurrencies with --load concurrency)",
     )  # fmt: skip
     plan.add_argument("--ks", default="0,1,2,3,4,5",
                       help="draft lengths (0 = no SD) (default: %(default)s)")  # fmt: skip

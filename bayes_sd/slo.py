@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METRICS", "Term", "parse_slo", "statistic_draws"]
+__all__ = ["METRICS", "Term", "fraction_within", "parse_slo", "statistic_draws"]
 
 METRICS = {"ttft": "ttft", "tpot": "tpot", "e2el": "latency", "e2e": "latency",
            "latency": "latency"}  # fmt: skip
@@ -114,6 +114,25 @@ def statistic_draws(draws: Mapping[str, np.ndarray], term: Term) -> np.ndarray:
     b = np.asarray(draws[f"{term.metric}_p{hi:g}"])
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.exp((1 - t) * np.log(a) + t * np.log(b))
+
+
+def fraction_within(draws: Mapping[str, np.ndarray], metric: str, threshold_s: float) -> np.ndarray:
+    """Per draw, the share of requests whose ``metric`` is at most ``threshold_s``: the inverse
+    of :func:`statistic_draws`' interpolation — the normal quantile of the level is linear in
+    the log percentile between p50, p90 and p99, and continues with the nearest segment's
+    slope below p50 and above p99 (a log-normal-like tail)."""
+    z = NormalDist().inv_cdf
+    levels = np.array([z(p / 100) for p in MODELLED])
+    logs = [np.log(np.asarray(draws[f"{metric}_p{p:g}"], dtype=float)) for p in MODELLED]
+    x = np.log(threshold_s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = levels[0] + (x - logs[0]) * (levels[1] - levels[0]) / (logs[1] - logs[0])
+        middle = levels[1] + (x - logs[1]) * (levels[2] - levels[1]) / (logs[2] - logs[1])
+        zz = np.where(x <= logs[1], below, middle)
+    from scipy.special import ndtr
+
+    out = ndtr(zz)
+    return np.where(np.isfinite(logs[2]), np.nan_to_num(out, nan=0.0), 0.0)
 
 
 # ---------------------------------------------------------------- forms

@@ -198,3 +198,24 @@ def test_frontier_bands_and_probabilities_follow_the_draws(model, tmp_path):
     back = pd.read_csv(paths[0])
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
     assert paths[3].stat().st_size > 20_000
+
+
+def test_goodput_counts_requests_meeting_every_threshold(model):
+    from bayes_sd.capacity import UnmeasuredTailWarning, goodput
+
+    rates = [0.2, 1.0, 2.0]
+    with pytest.warns(UnmeasuredTailWarning):
+        one = goodput(model, CONFIG, "e2el:1000000", rates, ks=(0, 2))  # every request meets
+        two = goodput(model, CONFIG, "ttft:300 tpot:30", rates, ks=(0, 2))
+    # a threshold no request misses: goodput is the request rate, both bounds
+    np.testing.assert_allclose(one["goodput_low"], one["request_rate"], rtol=1e-9)
+    np.testing.assert_allclose(one["goodput_high"], one["request_rate"], rtol=1e-9)
+    assert list(two["k"]) == [0, 0, 0, 2, 2, 2] and list(two["value"]) == rates * 2
+    assert np.all(two["goodput_low"] <= two["goodput_high"] + 1e-12)
+    assert np.all(two["goodput_high"] <= two["request_rate"] + 1e-12)
+    assert np.all((two["goodput_low_lo"] <= two["goodput_low"])
+                  & (two["goodput_low"] <= two["goodput_low_hi"]))  # fmt: skip
+    # one term: the bounds agree, and equal the rate times the share within the threshold
+    with pytest.warns(UnmeasuredTailWarning):
+        single = goodput(model, CONFIG, "tpot:30", [1.0], ks=(0,), load="rate")
+    assert single["goodput_low"].iloc[0] == pytest.approx(single["goodput_high"].iloc[0])

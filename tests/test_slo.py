@@ -75,3 +75,23 @@ def test_a_percentile_between_the_modelled_ones_is_interpolated():
     p75 = statistic_draws(draws, Term("ttft", "p75", 1.0))
     assert np.all((p75 > p50) & (p75 < 2 * p50))
     assert np.allclose(statistic_draws(draws, Term("ttft", "mean", 1.0)), 1.2 * p50)
+
+
+def test_fraction_within_inverts_the_percentiles():
+    from bayes_sd.slo import fraction_within
+
+    rng = np.random.default_rng(1)
+    p50 = rng.uniform(0.1, 1.0, 50)
+    draws = {"ttft_p50": p50, "ttft_p90": 3 * p50, "ttft_p99": 10 * p50}
+    for level, factor in ((0.5, 1), (0.9, 3), (0.99, 10)):
+        got = np.array([fraction_within({k: v[[i]] for k, v in draws.items()}, "ttft",
+                                        factor * p50[i]) for i in range(50)]).ravel()  # fmt: skip
+        np.testing.assert_allclose(got, level, atol=1e-9)
+    # monotone in the threshold, in [0, 1], beyond p99 towards 1 and below p50 towards 0
+    t = np.geomspace(1e-4, 1e4, 200)
+    one = {k: np.full(200, v[0]) for k, v in draws.items()}
+    f = fraction_within(one, "ttft", t)
+    assert np.all(np.diff(f) >= 0) and f[0] < 1e-3 and f[-1] > 1 - 1e-6
+    # the interpolated p95 lies where the fraction is 0.95
+    p95 = statistic_draws(draws, Term("ttft", "p95", 1.0))
+    np.testing.assert_allclose(fraction_within(draws, "ttft", p95), 0.95, atol=1e-9)
