@@ -195,23 +195,26 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _model_and_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model file from bayes-sd fit")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE",
+        help="the configuration without its load: gpu, target, prefill_len, decode_len, "
+        "drafter, alpha, ... (repeat the flag)",
+    )  # fmt: skip
+
+
 def add_commands(add) -> None:
     """Register ``plan`` and ``frontier`` with the parser's ``add``."""
     plan = add(
         "plan",
-        help="capacity planning: sustainable rate under an SLO, break-even, best k",
+        help="capacity planning: capacity under an SLO, goodput, break-even, best k",
         description="Answers for one configuration, computed over posterior draws: the highest "
-        "rate meeting the SLO with the given credibility per draft length, the break-even rate "
-        "of each k as an interval, the best k by batch size, and the run to measure next.",
+        "rate (or concurrency) meeting every SLO term with the given credibility per draft "
+        "length and the term that binds, the break-even rate of each k as an interval, the best "
+        "k by batch size, and the run to measure next.",
     )
-    plan.add_argument("--model", required=True, help="model file from bayes-sd fit")
-    plan.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="gpu, target, prefill_len, decode_len, drafter, alpha (repeat the flag)",
-    )
+    _model_and_config(plan)
     plan.add_argument(
         "--slo",
         default="2s",
@@ -249,14 +252,7 @@ def add_commands(add) -> None:
         "interactivity level. Writes frontier.csv, frontier_curves.csv, frontier.json and "
         "frontier.png.",
     )
-    front.add_argument("--model", required=True, help="model file from bayes-sd fit")
-    front.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="gpu, target, prefill_len, decode_len, drafter, ... (repeat)",
-    )
+    _model_and_config(front)
     front.add_argument(
         "--compare",
         action="append",
