@@ -286,10 +286,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _load_model(path: str):
+    if not Path(path).is_file():  # before importing PyMC (seconds): a bad path fails at once
+        raise DataError("no such model file (write one with bayes-sd fit)", file=path)
     from bayes_sd.model import LatencyModel
 
-    if not Path(path).is_file():
-        raise DataError("no such model file (write one with bayes-sd fit)", file=path)
     return LatencyModel.load(path)
 
 

@@ -80,22 +80,25 @@ def _capacity_lines(capacity: pd.DataFrame) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Answer the capacity-planning questions for one configuration, with credibility."""
-    from bayes_sd import planning
-    from bayes_sd.schema import atomic_write
+    from bayes_sd.slo import parse_slo
 
-    model = _helpers()._load_model(args.model)
+    # the arguments first (fast errors), then the model (PyMC's import takes seconds)
     cfg = _config_from_args(args.config)
-    _check_config(model, cfg)
     ks = _ks(args.ks)
     sd_ks = [k for k in ks if k > 0]
     if sd_ks and "drafter" not in cfg and "method" not in cfg:
         raise DataError("draft lengths > 0 need --config drafter=NAME (or method=ngram)")
-    from bayes_sd.capacity import slo_capacity
-    from bayes_sd.slo import parse_slo
-
     terms = parse_slo(args.slo)
     if not 0 < args.credibility < 1:
         raise DataError(f"--credibility must be between 0 and 1, got {args.credibility:g}")
+    if args.goodput_at:
+        _helpers()._parse_floats(args.goodput_at, "--goodput-at")
+    model = _helpers()._load_model(args.model)
+    _check_config(model, cfg)
+    from bayes_sd import planning
+    from bayes_sd.capacity import slo_capacity
+    from bayes_sd.schema import atomic_write
+
     print("bayes-sd plan: computing over posterior draws ...", file=sys.stderr)
     loads = ["rate", "concurrency"] if args.load == "both" else [args.load]
     capacity = pd.concat(
@@ -166,12 +169,14 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     its variants (``--compare gpu=B200,H200``)."""
     from bayes_sd.frontier import frontier
 
-    model = _helpers()._load_model(args.model)
     base = _config_from_args(args.config)
-    _check_config(model, base)
     ks = _ks(args.ks)
     if any(k > 0 for k in ks) and "drafter" not in base and "method" not in base:
         raise DataError("draft lengths > 0 need --config drafter=NAME (or method=ngram)")
+    if not 0 < args.interval < 1:
+        raise DataError(f"--interval must be between 0 and 1, got {args.interval:g}")
+    model = _helpers()._load_model(args.model)
+    _check_config(model, base)
     configs = {"": base}
     for item in args.compare:
         key, sep, values = item.partition("=")

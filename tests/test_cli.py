@@ -279,3 +279,21 @@ def test_fit_passes_the_sampler_options(tmp_path, monkeypatch):
     assert seen["adaptation"] == "auto" and seen["nuts_sampler"] == "nutpie"
     with pytest.raises(SystemExit):
         main([*args, "--adaptation", "full"])
+
+
+def test_argument_errors_come_before_the_heavy_imports():
+    """A bad argument or a missing model file fails without importing PyMC (seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from bayes_sd.cli import main\n"
+        "a = main(['plan', '--model', 'missing.nc', '--config', 'colour=blue'])\n"
+        "b = main(['plan', '--model', 'missing.nc', '--config', 'gpu=H100', '--config', "
+        "'target=t', '--config', 'prefill_len=1', '--config', 'decode_len=1', '--ks', '0'])\n"
+        "c = main(['frontier', '--model', 'missing.nc', '--out', 'x', '--config', 'gpu=H100'])\n"
+        "print(a, b, c, 'pymc' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "2", "2", "False"], out.stderr
+    assert "no such model file" in out.stderr and "unknown key" in out.stderr
