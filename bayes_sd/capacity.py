@@ -76,10 +76,10 @@ def slo_capacity(
     ks = [int(k) for k in ks]
     if any(k < 0 for k in ks):
         raise ValueError("draft lengths are whole numbers ≥ 0")
-    grid = (load_grid(model, config, ks, load=load) if grid is None
-            else np.sort(np.asarray(grid, dtype=float)))  # fmt: skip
     if load not in LOADS:
         raise ValueError(f"load must be one of {LOADS}, not {load!r}")
+    grid = (load_grid(model, config, ks, load=load) if grid is None
+            else np.sort(np.asarray(grid, dtype=float)))  # fmt: skip
     if grid.size == 0 or not np.all(np.isfinite(grid)) or grid[0] <= 0:
         raise ValueError("the load grid must be positive and finite")
     # (term, draw, k, load): does each term hold in each draw
@@ -140,18 +140,10 @@ def _warn_unmeasured(model, terms: list[Term]) -> None:
 
 def _predict_grid(model, config, ks, loads, load, max_draws, seed) -> dict[str, np.ndarray]:
     """Prediction draws (draw, k, load) of every output, for ``config`` at each k and load."""
-    from bayes_sd.planning import _config
+    from bayes_sd.planning import _rows
 
-    cfg = _config(config)
-    column = "request_rate" if load == "rate" else "concurrency"
-    rows = []
-    for k in ks:
-        for value in loads:
-            row = {**cfg, "k": float(k), column: float(value)}
-            if k == 0:
-                row.update(drafter=None, method=None, alpha=np.nan, acceptance_length=np.nan)
-            rows.append(row)
-    pred = model.predict(pd.DataFrame(rows), max_draws=max_draws, random_seed=seed)
+    rows = _rows(config, ks, loads, load)
+    pred = model.predict(rows, max_draws=max_draws, random_seed=seed)
     shape = (-1, len(ks), len(loads))
     return {name: pred.draws[name].values.reshape(shape) for name in pred.draws.data_vars}
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bayes_sd.coefs import NGRAM_PARAMS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS
 from bayes_sd.errors import DataError
-from bayes_sd.laws import length_covariates
+from bayes_sd.laws import length_covariates, requests_in_flight
 from bayes_sd.schema import acceptance_of, validate_sweep
 
 __all__ = [
@@ -234,8 +234,8 @@ class Design:
     @cached_property
     def batch(self) -> np.ndarray:
         """Measured requests in flight per engine: ``λ L / n`` open loop, ``N / n`` closed."""
-        in_flight = np.where(self.is_open, self.rate * np.exp(self.log_latency), self.concurrency)
-        return in_flight / self.engines
+        return requests_in_flight(self.is_open, self.rate, np.exp(self.log_latency),
+                                  self.concurrency, self.engines)  # fmt: skip
 
     @cached_property
     def decode_len(self) -> np.ndarray:

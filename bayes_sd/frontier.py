@@ -111,7 +111,7 @@ def frontier(
     (closed-loop concurrencies 1 … 512 by default, or open-loop rates with ``load="rate"``),
     at ``levels`` interactivity levels spanning what the configurations reach."""
     from bayes_sd.capacity import load_grid
-    from bayes_sd.planning import _config
+    from bayes_sd.planning import _rows
 
     if not 0 < interval < 1:
         raise ValueError("interval must be in (0, 1)")
@@ -120,23 +120,16 @@ def frontier(
     if not configs:
         raise ValueError("give at least one configuration")
     ks = [int(k) for k in ks]
-    names, rows = [], []
+    names, parts = [], []
     for name, cfg in configs.items():
         own = [int(k) for k in cfg.get("ks", ks)]  # a configuration may name its own ks
-        cfg = _config({c: v for c, v in cfg.items() if c != "ks"})
+        cfg = {c: v for c, v in cfg.items() if c != "ks"}
         grid = (load_grid(model, cfg, own, load=load, points=48, max_concurrency=512.0)
                 if loads is None else np.asarray(loads, dtype=float))  # fmt: skip
-        for k in own:
-            label = f"{name}, {'no SD' if k == 0 else f'SD k={k}'}"
-            names.append((label, k, grid))
-            column = "request_rate" if load == "rate" else "concurrency"
-            for value in grid:
-                row = {**cfg, "k": float(k), column: float(value)}
-                if k == 0:
-                    row.update(drafter=None, method=None, alpha=np.nan, acceptance_length=np.nan)
-                rows.append(row)
-    pred = model.predict(pd.DataFrame(rows), max_draws=max_draws, random_seed=random_seed,
-                         tails=False)  # fmt: skip
+        names += [(f"{name}, {'no SD' if k == 0 else f'SD k={k}'}", k, grid) for k in own]
+        parts.append(_rows(cfg, own, grid, load))
+    rows = pd.concat(parts, ignore_index=True)
+    pred = model.predict(rows, max_draws=max_draws, random_seed=random_seed, tails=False)
     thr = pred.draws["throughput"].values.reshape(-1, len(rows))
     inter = pred.draws["interactivity"].values.reshape(-1, len(rows))
     lo_q, hi_q = (1 - interval) / 2, 1 - (1 - interval) / 2

@@ -49,6 +49,7 @@ __all__ = [
     "noise_scale",
     "queue_share_closed",
     "queue_share_open",
+    "requests_in_flight",
     "tail_load",
     "tail_log_ratios",
 ]
@@ -119,6 +120,14 @@ def noise_scale(sigma: Any, load_noise: Any, share: Any) -> Any:
     """Scale of the noise on log mean latency: ``σ (1 + load_noise · min(share, cap))``."""
     ops = _ops(sigma, load_noise, share)
     return sigma * (1.0 + load_noise * ops.minimum(share, QUEUE_SHARE_CAP))
+
+
+def requests_in_flight(is_open: Any, rate: Any, latency: Any, concurrency: Any,
+                       engines: Any) -> Any:  # fmt: skip
+    """Requests in flight per engine (queued ones included): ``λ L / n`` open loop (Little's
+    law), ``N / n`` closed loop — measured in the design, predicted in ``predict``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(is_open, rate * latency, concurrency) / engines
 
 
 def tail_load(in_flight: Any) -> Any:

@@ -53,12 +53,15 @@ def _config(config: dict | pd.DataFrame | pd.Series) -> dict[str, Any]:
     return cfg
 
 
-def _rows(config: dict, ks, rates) -> pd.DataFrame:
+def _rows(config: dict, ks, loads, load: str = "rate") -> pd.DataFrame:
+    """Prediction rows of ``config`` at each draft length (k-major) and each load (a request
+    rate, or with ``load="concurrency"`` a number of requests in flight); k = 0 rows drop SD."""
     cfg = _config(config)
+    column = {"rate": "request_rate", "concurrency": "concurrency"}[load]
     rows = []
     for k in ks:
-        for rate in rates:
-            row = {**cfg, "k": float(k), "request_rate": float(rate)}
+        for value in loads:
+            row = {**cfg, "k": float(k), column: float(value)}
             if k == 0:
                 row.update(drafter=None, method=None, alpha=np.nan, acceptance_length=np.nan)
             rows.append(row)

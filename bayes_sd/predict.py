@@ -482,12 +482,14 @@ def _tail_draws(design: Design, rows, flat, planes: dict, rng, noise: bool) -> d
         z = rng.normal(size=(n_draws, len(laws.TAILS), len(names)))
         level[:, :, unseen] += (sd * z)[:, :, inverse]
     slope = flat["tail_slope"][:, :, None]
-    # requests in flight per engine, as in the likelihood: N / n closed loop, λ L / n open loop
-    engines = rows["engines"].to_numpy(dtype=float)
     rate = rows["request_rate"].astype(float).to_numpy()
-    conc = rows["concurrency"].astype(float).to_numpy()
-    with np.errstate(invalid="ignore", over="ignore"):
-        in_flight = np.where(np.isnan(rate), conc, rate * planes["latency"]) / engines
+    in_flight = laws.requests_in_flight(  # as in the likelihood, at the predicted latency
+        ~np.isnan(rate),
+        rate,
+        planes["latency"],
+        rows["concurrency"].astype(float).to_numpy(),
+        rows["engines"].to_numpy(dtype=float),
+    )
     load = laws.tail_load(np.nan_to_num(in_flight, nan=0.0, posinf=np.inf))
     out = {}
     for metric in laws.TAIL_METRICS:
