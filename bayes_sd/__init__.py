@@ -6,7 +6,8 @@ from bayes_sd.datasets import list_examples, load_example
 from bayes_sd.errors import DataError
 from bayes_sd.io import read_step_costs, read_sweep, sweep_from_results
 from bayes_sd.registry import lookup_model, register_model
-from bayes_sd.schema import SWEEP_COLUMNS, flag_saturation, validate_sweep, write_sweep
+from bayes_sd.saturation import flag_saturation
+from bayes_sd.schema import SWEEP_COLUMNS, validate_sweep, write_sweep
 
 __all__ = [
     "SWEEP_COLUMNS",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bayes_sd import __version__
-from bayes_sd.errors import DataError
+from bayes_sd.errors import DataError, interface
 
 EXIT_OK, EXIT_INTERNAL, EXIT_DATA = 0, 1, 2
 
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), interface("cli"):  # advice names the CLI's flags
             warnings.simplefilter("default")
             # deprecations inside pytensor / pymc-extras are not the user's to act on
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["DataError", "Problem"]
+__all__ = ["DataError", "Problem", "advice", "interface"]
+
+# the longest message, file name and record a Problem prints (an error never echoes a whole
+# file, a huge number or an expanded YAML alias)
+MAX_MESSAGE, MAX_WHERE = 400, 160
+_INTERFACE: ContextVar[str] = ContextVar("bayes_sd_interface", default="python")
+
+
+@contextmanager
+def interface(name: str) -> Iterator[None]:
+    """Within this block, advice in error messages speaks to ``name``'s user (``"cli"``: the
+    ``bayes-sd`` flags; otherwise the Python API)."""
+    token = _INTERFACE.set(name)
+    try:
+        yield
+    finally:
+        _INTERFACE.reset(token)
+
+
+def advice(*, cli: str, python: str) -> str:
+    """The advice for the interface in use (see :func:`interface`)."""
+    return cli if _INTERFACE.get() == "cli" else python
+
+
+def _printable(value: object, limit: int) -> str:
+    """``value`` as text safe to print anywhere (lone surrogates and undecodable bytes escaped,
+    control characters shown), at most ``limit`` characters."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -20,13 +51,14 @@ class Problem:
     def __str__(self) -> str:
         where = []
         if self.file:
-            where.append(str(self.file))
+            where.append(_printable(self.file, MAX_WHERE))
         if self.record is not None:
-            where.append(f"record {self.record}")
+            where.append(f"record {_printable(self.record, MAX_WHERE)}")
         if self.field:
-            where.append(f"field '{self.field}'")
+            where.append(f"field '{_printable(self.field, MAX_WHERE)}'")
         prefix = ": ".join(where)
-        return f"{prefix}: {self.message}" if prefix else self.message
+        message = _printable(self.message, MAX_MESSAGE)
+        return f"{prefix}: {message}" if prefix else message
 
 
 class DataError(ValueError):

@@ -7,6 +7,7 @@ is the data-format reference in ``docs/data-formats.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -26,8 +27,6 @@ __all__ = [
     "LOAD_MODES",
     "SWEEP_COLUMNS",
     "Column",
-    "expected_achieved_rate",
-    "flag_saturation",
     "validate_sweep",
     "write_sweep",
 ]
@@ -186,6 +185,11 @@ SWEEP_COLUMNS: dict[str, Column] = {
     ),
     "excluded_reason": Column("str", False, "Why the run is not fitted."),
 }
+# times of requests: nothing served takes under 10 µs or over 11 days (1e-12 s or 1e12 s are
+# unit errors)
+for _name, _col in list(SWEEP_COLUMNS.items()):
+    if _name.split("_")[0] in ("latency", "ttft", "tpot") and _name.endswith("_s"):
+        SWEEP_COLUMNS[_name] = dataclasses.replace(_col, low=1e-5, low_open=False, high=1e6)
 # the latency statistics of a run, per metric (E2E, TTFT, TPOT) and statistic
 METRICS = ("latency", "ttft", "tpot")
 STATISTICS = ("mean", "p50", "p90", "p99")
@@ -418,6 +422,14 @@ def _check_consistency(
                 "an MoE target (experts > 1) must have fewer active than total parameters, "
                 "and a dense one equal counts",
             )
+        for q in ("p50", "p90", "p99"):  # every request's TTFT is within its E2E
+            ttft_q, e2e_q = getattr(row, f"ttft_{q}_s"), getattr(row, f"latency_{q}_s")
+            if not pd.isna(ttft_q) and not pd.isna(e2e_q) and ttft_q > e2e_q * 1.01:
+                add(i, f"ttft_{q}_s", f"{q} TTFT {ttft_q:g} s exceeds the {q} E2E {e2e_q:g} s")
+        duration = row.duration_s
+        if not pd.isna(duration) and not pd.isna(means[0]) and duration < means[0] * 0.99:
+            add(i, "duration_s", f"the run lasted {duration:g} s, less than its mean request "
+                                 f"({means[0]:g} s)")  # fmt: skip
         for metric in ("latency", "ttft", "tpot"):
             pct = [getattr(row, f"{metric}_{q}_s") for q in ("p50", "p90", "p99")]
             known = [p for p in pct if not pd.isna(p)]
@@ -451,79 +463,6 @@ def _check_consistency(
                         f"duplicate of {first[0] or ''} {first[1]}: the same run was read twice "
                         "(same system, load and measured latency)",
                     )
-
-
-# --------------------------------------------------------------------------------------------
-# Saturation
-
-
-def expected_achieved_rate(rate, n_requests, latency_mean_s):
-    """Completion rate of a *stable* open-loop run of ``n`` requests: ``n / (n/λ + L)``.
-
-    A finite run ends when its last request completes, one mean latency after the last arrival,
-    so even a stable run completes below the offered rate.
-    """
-    rate = np.asarray(rate, dtype=float)
-    n = np.asarray(n_requests, dtype=float)
-    lat = np.asarray(latency_mean_s, dtype=float)
-    return n / (n / rate + lat)
-
-
-def flag_saturation(
-    table: pd.DataFrame, *, growth_limit: float = 1.5, backlog_limit: float = 0.1
-) -> pd.DataFrame:
-    """Set ``saturated`` (and ``saturation_reason``) on runs past saturation.
-
-    A run is flagged when any request failed, when an open-loop run completed clearly fewer
-    requests per second than a stable run would (``achieved < expected·(1 − max(0.05, 3/√n))``,
-    see :func:`expected_achieved_rate`), when latency grew over the run (last quarter over first
-    quarter above ``growth_limit``), when the backlog of requests in system grew through the
-    arrival window (``backlog_growth`` above ``backlog_limit``), or when it is a burst run.
-    Flags already set are kept.
-    """
-    t = table.copy()
-    reasons: list[list[str]] = [[] for _ in range(len(t))]
-    given = t["saturated"].fillna(False).astype(bool).to_numpy()
-    prior = (
-        t["saturation_reason"].fillna("").astype(str).to_numpy()
-        if "saturation_reason" in t
-        else np.full(len(t), "")
-    )
-    for i in range(len(t)):
-        if given[i]:
-            reasons[i].extend(prior[i].split("; ") if prior[i] else ["flagged in input"])
-    n_failed = pd.to_numeric(t.get("n_failed"), errors="coerce")
-    n = pd.to_numeric(t["n_requests"], errors="coerce").to_numpy(dtype=float)
-    rate = pd.to_numeric(t["request_rate"], errors="coerce").to_numpy(dtype=float)
-    achieved = pd.to_numeric(t["achieved_rate"], errors="coerce").to_numpy(dtype=float)
-    lat = pd.to_numeric(t["latency_mean_s"], errors="coerce").to_numpy(dtype=float)
-    growth = pd.to_numeric(t.get("latency_growth"), errors="coerce")
-    backlog = pd.to_numeric(t.get("backlog_growth"), errors="coerce")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        expect = expected_achieved_rate(rate, n, lat)
-        tol = np.maximum(0.05, 3.0 / np.sqrt(n))
-    for i in range(len(t)):
-        if n_failed is not None and not pd.isna(n_failed.iloc[i]) and n_failed.iloc[i] > 0:
-            reasons[i].append(f"{int(n_failed.iloc[i])} failed requests")
-        mode = t["load_mode"].iloc[i]
-        if mode == "burst":
-            reasons[i].append("burst run (all requests at once)")
-        if (
-            mode == "rate"
-            and np.isfinite(expect[i])
-            and np.isfinite(achieved[i])
-            and achieved[i] < expect[i] * (1 - tol[i])
-        ):
-            reasons[i].append(
-                f"achieved {achieved[i]:.3g} req/s, a stable run would complete {expect[i]:.3g}"
-            )
-        if growth is not None and not pd.isna(growth.iloc[i]) and growth.iloc[i] > growth_limit:
-            reasons[i].append(f"latency grew {growth.iloc[i]:.2f}x over the run")
-        if backlog is not None and not pd.isna(backlog.iloc[i]) and backlog.iloc[i] > backlog_limit:
-            reasons[i].append(f"{backlog.iloc[i]:.0%} of arrivals piled up in the system")
-    t["saturated"] = [bool(r) for r in reasons]
-    t["saturation_reason"] = ["; ".join(dict.fromkeys(r)) or None for r in reasons]
-    return t
 
 
 # --------------------------------------------------------------------------------------------

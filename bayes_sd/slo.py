@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from bayes_sd.errors import DataError
+
 __all__ = ["METRICS", "Term", "fraction_within", "parse_slo", "statistic_draws"]
 
 METRICS = {"ttft": "ttft", "tpot": "tpot", "e2el": "latency", "e2e": "latency",
@@ -181,11 +183,11 @@ def _goodput(text: str, attainment: float) -> list[Term]:
 
 
 def _from_structured(text: str) -> list[Term]:
-    import yaml  # YAML is a superset of JSON
+    from bayes_sd.io._safe import load_yaml  # YAML is a superset of JSON; bounded, safe
 
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        data = load_yaml(text, "the SLO")
+    except DataError as exc:
         raise ValueError(f"the SLO is not valid YAML/JSON: {str(exc)[:200]}") from None
     if isinstance(data, list):  # a list of SLA objects (vllm bench sweep --sla-params)
         if len(data) != 1:

@@ -91,7 +91,8 @@ def test_guidellm_v1_yaml_with_file_sidecar(fixtures, expected):
 
 def test_all_fixtures_together(fixtures):
     paths = [fixtures / "vllm_eagle", fixtures / "vllm_base", fixtures / "guidellm"]
-    t = read_sweep(paths)
+    with pytest.warns(UserWarning, match="'vllm_eagle' holds SD runs without a baseline"):
+        t = read_sweep(paths)  # folders given one by one: one source each, and said
     assert len(t) == 4 + 2 + 5 + 2
     assert t["run_id"].is_unique
     assert list(t.columns[: len(bayes_sd.SWEEP_COLUMNS)]) == list(bayes_sd.SWEEP_COLUMNS)
@@ -99,9 +100,12 @@ def test_all_fixtures_together(fixtures):
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_tidy_round_trip_is_exact(fixtures, tmp_path, suffix):
-    t = read_sweep([fixtures / "vllm_eagle", fixtures / "vllm_base", fixtures / "guidellm"])
+    paths = [fixtures / "vllm_eagle", fixtures / "vllm_base", fixtures / "guidellm"]
+    with pytest.warns(UserWarning, match="without a baseline"):
+        t = read_sweep(paths)
     path = write_sweep(t, tmp_path / f"sweep{suffix}")
-    back = read_sweep(path)
+    with pytest.warns(UserWarning, match="without a baseline"):
+        back = read_sweep(path)
     pd.testing.assert_frame_equal(back, t)
 
 
@@ -156,10 +160,12 @@ def test_saturation_flags(fixtures, tmp_path):
     obj["request_throughput"] = 1.9
     obj["completed"] = 95  # 5 of 100 prompts failed
     (tmp_path / "failed.json").write_text(json.dumps(obj))
-    t = read_sweep(tmp_path, gpu="H100", k=0, num_gpus=1).set_index("file")
+    with pytest.warns(UserWarning, match=r"1 run\(s\) had failed requests \(most: 5 in"):
+        t = read_sweep(tmp_path, gpu="H100", k=0, num_gpus=1).set_index("file")
     assert t.loc[str(tmp_path / "slow.json"), "saturated"]
     assert "achieved" in t.loc[str(tmp_path / "slow.json"), "saturation_reason"]
-    assert "5 failed" in t.loc[str(tmp_path / "failed.json"), "saturation_reason"]
+    failed = t.loc[str(tmp_path / "failed.json")]  # failures are not overload: kept, counted
+    assert not failed["saturated"] and pd.isna(failed["excluded"]) and failed["n_failed"] == 5
 
 
 def test_load_examples_from_any_directory(tmp_path, monkeypatch):
@@ -208,3 +214,81 @@ def test_no_warnings_on_clean_fixtures(fixtures):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_sweep([fixtures / "vllm_eagle", fixtures / "guidellm"])
+
+
+def test_one_results_folder_is_one_source_and_a_split_is_warned(fixtures, tmp_path):
+    # the natural layout: results/baseline/ and results/eagle3/ are one system with and
+    # without SD, so the SD runs are compared with their own baseline
+    root = tmp_path / "llama8b-h100"
+    shutil.copytree(fixtures / "vllm_base", root / "baseline")
+    shutil.copytree(fixtures / "vllm_eagle", root / "eagle3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one system: nothing to warn about
+        t = read_sweep(root)
+    assert set(t["k"]) == {0, 3} and t["source"].eq("llama8b-h100").all()
+    # the two folders given one by one are two sources: said, with the fix in the API's words
+    with pytest.warns(UserWarning, match=r"source 'eagle3' holds SD runs without a baseline"):
+        t = read_sweep([root / "baseline", root / "eagle3"])
+    assert set(t["source"]) == {"baseline", "eagle3"}
+    # and in the CLI's words from the CLI
+    from bayes_sd.errors import interface
+
+    with interface("cli"), pytest.warns(UserWarning, match="--meta source=NAME"):
+        read_sweep([root / "baseline", root / "eagle3"])
+
+
+def test_advice_for_missing_metadata_matches_the_format_and_the_interface(fixtures, tmp_path):
+    from bayes_sd.errors import interface
+
+    vllm = tmp_path / "vllm"
+    shutil.copytree(fixtures / "vllm_base", vllm)
+    (vllm / "bayes_sd.yaml").unlink()
+    with pytest.raises(DataError, match="vllm bench serve --metadata gpu=") as err:
+        read_sweep(vllm)
+    assert "read_sweep(..., gpu=...)" in str(err.value) and "--meta gpu" not in str(err.value)
+    guide = tmp_path / "guidellm"
+    shutil.copytree(fixtures / "guidellm", guide)
+    (guide / "bayes_sd.yaml").unlink()
+    with interface("cli"), pytest.raises(DataError, match="missing 'gpu'") as err:
+        read_sweep(guide)
+    text = str(err.value)  # GuideLLM has no --metadata; the CLI has no read_sweep
+    assert "--meta gpu=..." in text and "bayes_sd.yaml" in text
+    assert "vllm bench serve" not in text and "read_sweep" not in text
+
+
+def _vllm_run(fixtures, **changes):
+    import json
+
+    obj = json.loads((fixtures / "vllm_base" / "legacy-2.0qps.json").read_text())
+    for key in ("ttfts", "itls", "generated_texts", "errors", "input_lens", "output_lens"):
+        obj.pop(key)  # the summary fields carry what this test needs
+    obj["mean_e2el_ms"] = 2100.0
+    obj.update(changes)
+    return obj
+
+
+def test_failures_are_failures_and_overload_is_overload(fixtures):
+    meta = {"gpu": "H100", "target": "llama-3.1-8b", "k": 0}
+    # 2 failed of 200: kept, said to be failures, not flagged saturated
+    few = _vllm_run(fixtures, num_prompts=200, completed=198)
+    # 30 failed of 130: excluded from fits, with the reason
+    many = _vllm_run(fixtures, num_prompts=130, completed=100, request_rate=3.0,
+                     request_throughput=2.8, duration=35.7)  # fmt: skip
+    with pytest.warns(UserWarning) as said:
+        t = bayes_sd.sweep_from_results([("few.json", few), ("many.json", many)], **meta)
+    assert any("2 run(s) had failed requests" in str(w.message) for w in said)
+    assert any("1 with more than 5% failed are excluded" in str(w.message) for w in said)
+    assert not t["saturated"].any()
+    assert t["n_failed"].tolist() == [2, 30]
+    assert t["excluded"].tolist() == [False, True]
+    assert t.loc[1, "excluded_reason"] == "30 of 130 requests failed"
+    # a rate series whose TTFT explodes at the top rate (requests queue past capacity) while
+    # the finite run hides it in the achieved rate: flagged, its lower rates not
+    series = [
+        (f"r{rate}.json", _vllm_run(fixtures, request_rate=rate, mean_ttft_ms=ttft,
+                                   request_throughput=achieved, duration=100 / achieved))
+        for rate, ttft, achieved in ((1.0, 40.0, 0.98), (2.0, 55.0, 1.9), (6.0, 1600.0, 5.1))
+    ]  # fmt: skip
+    t = bayes_sd.sweep_from_results(series, **meta)
+    assert t["saturated"].tolist() == [False, False, True]
+    assert "mean TTFT 40x that of the lowest rate" in t.loc[2, "saturation_reason"]

@@ -172,11 +172,12 @@ def test_nearer_sidecar_overrides_a_folder_above(fixtures, tmp_path):
             (tmp_path / name / "bayes_sd.yaml").write_text(
                 yaml.safe_dump({"k": k, "method": "eagle3"})
             )
-    t = bayes_sd.read_sweep(tmp_path).set_index("source")
-    assert t.loc["baseline", "k"] == 0 and t.loc["eagle3", "k"] == 3
-    assert (
-        t.loc["eagle3", "method"] == "eagle3" and t.loc["eagle3", "gpu"] == t.loc["baseline", "gpu"]
-    )
+    t = bayes_sd.read_sweep(tmp_path)
+    assert t["source"].nunique() == 1  # one results folder: one system with and without SD
+    t = t.set_index("file")
+    base, eagle = (t.loc[str(tmp_path / name / "run.json")] for name in ("baseline", "eagle3"))
+    assert base["k"] == 0 and eagle["k"] == 3
+    assert eagle["method"] == "eagle3" and eagle["gpu"] == base["gpu"]
     (tmp_path / "eagle3" / "run.meta.yaml").write_text(yaml.safe_dump({"k": 4}))
     with pytest.raises(bayes_sd.DataError, match="conflicting values for 'k'"):
         bayes_sd.read_sweep(tmp_path)

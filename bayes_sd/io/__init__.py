@@ -6,17 +6,28 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from bayes_sd.errors import DataError
+from bayes_sd.errors import DataError, advice
 from bayes_sd.io._record import run_id
-from bayes_sd.io._safe import MAX_BYTES, MAX_FILES, load_yaml, parse_json_documents, read_text
+from bayes_sd.io._safe import (
+    MAX_BYTES,
+    MAX_FILES,
+    MAX_ROWS,
+    load_yaml,
+    parse_json_documents,
+    read_text,
+)
 from bayes_sd.io.guidellm import looks_like_guidellm, parse_guidellm
 from bayes_sd.io.inferencex import K_TABLE, looks_like_inferencex, parse_inferencex, read_k_table
 from bayes_sd.io.metadata import (
+    NUMERIC,
     canonical_metadata,
     is_sidecar,
     merge,
@@ -26,7 +37,8 @@ from bayes_sd.io.metadata import (
 from bayes_sd.io.stepcost import read_step_costs
 from bayes_sd.io.vllm import looks_like_vllm, parse_vllm
 from bayes_sd.registry import fill_sizes
-from bayes_sd.schema import SWEEP_COLUMNS, flag_saturation, validate_sweep, warn_assumed
+from bayes_sd.saturation import flag_failures, flag_saturation
+from bayes_sd.schema import SWEEP_COLUMNS, validate_sweep, warn_assumed
 
 __all__ = ["read_step_costs", "read_sweep", "sweep_from_results"]
 
@@ -50,7 +62,8 @@ def read_sweep(source: Source, /, *, max_bytes: int = MAX_BYTES, **metadata: Any
         skipped, as are ``warmup.json`` runs; ``*.failure.json`` are counted and reported). In
         directories, ``*.pytorch.json`` companions and metadata sidecars are skipped.
     max_bytes
-        Largest file that will be read (default 256 MiB).
+        Largest file that will be read (default 64 MiB); tidy tables are also limited
+        to a million rows.
     **metadata
         What the files do not record, applied to every run: ``gpu``, ``num_gpus``, ``target``,
         ``k``, ``method``, ``drafter``, ``alpha``, ``source``, ``dataset``, model sizes, or a
@@ -74,20 +87,88 @@ def read_sweep(source: Source, /, *, max_bytes: int = MAX_BYTES, **metadata: Any
     rows: list[dict[str, Any]] = []  # result-file rows since the last tidy table
     assumed: Counter[str] = Counter()
     for path in paths:
-        if path.suffix.lower() in (".csv", ".parquet", ".pq"):
-            _flush(rows, frames)
-            frame, file_assumed = _read_tidy(path, user, max_bytes, roots.get(path))
-            frames.append(frame)
-        else:
-            file_rows, file_assumed = _read_results(path, user, max_bytes, roots.get(path))
-            rows.extend(file_rows)
+        with _only_data_errors(path):
+            if path.suffix.lower() in (".csv", ".parquet", ".pq"):
+                _flush(rows, frames)
+                frame, file_assumed = _read_tidy(path, user, max_bytes, roots.get(path))
+                frames.append(frame)
+            else:
+                file_rows, file_assumed = _read_results(path, user, max_bytes, roots.get(path))
+                rows.extend(file_rows)
         assumed.update(file_assumed)
     _flush(rows, frames)
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     where = str(paths[0]) if len(paths) == 1 else None
     table = validate_sweep(table, file=where)
     warn_assumed(dict(assumed))
+    _warn_split_sources(table)
+    _warn_failures(table)
     return table
+
+
+def _warn_failures(table: pd.DataFrame) -> None:
+    """Say which runs lost requests: kept when few did, excluded (with the reason) when many."""
+    failed = pd.to_numeric(table["n_failed"], errors="coerce").fillna(0)
+    if not (failed > 0).any():
+        return
+    first = table.loc[failed.idxmax()]
+    dropped = int(table["excluded_reason"].astype(str).str.contains("requests failed").sum())
+    warnings.warn(
+        f"{int((failed > 0).sum())} run(s) had failed requests (most: {int(first['n_failed'])} "
+        f"in {first['file']} record {first['record']}); {dropped} with more than 5% failed are "
+        "excluded from fits, the others kept with the latencies of their completed requests",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _warn_split_sources(table: pd.DataFrame) -> None:
+    """Warn when SD runs sit in a source of their own while another source holds the runs
+    without SD of the same GPUs, target and engine: likely one system measured with and
+    without SD, split in two (the SD runs then have no baseline to be compared with)."""
+    keys = [c for c in ("gpu", "num_gpus", "target", "engine", "precision") if c in table]
+    k = pd.to_numeric(table["k"], errors="coerce")
+    system = pd.Series(["|".join(map(str, r)) for r in table[keys].itertuples(index=False)],
+                       index=table.index)  # fmt: skip
+    source = table["source"].astype(str)
+    has_base = set(zip(system[k == 0], source[k == 0], strict=True))
+    base_sources: dict[str, set[str]] = {}
+    for sys_, src in has_base:
+        base_sources.setdefault(sys_, set()).add(src)
+    for sys_, src in sorted(set(zip(system[k > 0], source[k > 0], strict=True))):
+        others = base_sources.get(sys_, set()) - {src}
+        if (sys_, src) not in has_base and others:
+            warnings.warn(
+                f"source {src!r} holds SD runs without a baseline (k = 0), and source "
+                f"{sorted(others)[0]!r} holds the baseline of the same GPUs and target: if they "
+                "are one system measured with and without SD, give them one source ("
+                + advice(cli="--meta source=NAME", python="read_sweep(..., source=NAME)")
+                + " or 'source: NAME' in a bayes_sd.yaml sidecar)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+# what malformed input can make Python's parsers and conversions raise: an integer of 5,000
+# digits, a YAML date that does not exist, a key that is not a string, a nesting too deep
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError,
+              UnicodeError, AttributeError)  # fmt: skip
+
+
+@contextmanager
+def _only_data_errors(path: Path):
+    """Whatever a file makes the readers raise leaves as a ``DataError`` naming the file."""
+    try:
+        yield
+    except DataError as err:
+        if all(p.file for p in err.problems):
+            raise
+        named = [replace(p, file=p.file or str(path)) for p in err.problems]
+        raise DataError(problems=named) from err
+    except MemoryError:
+        raise DataError("too large to read into memory", file=str(path)) from None
+    except _MALFORMED as err:
+        raise DataError(f"cannot read ({type(err).__name__}: {err})", file=str(path)) from err
 
 
 def _flush(rows: list[dict[str, Any]], frames: list[pd.DataFrame]) -> None:
@@ -95,7 +176,7 @@ def _flush(rows: list[dict[str, Any]], frames: list[pd.DataFrame]) -> None:
     if rows:
         table = _ensure_columns(pd.DataFrame(rows))
         table["saturated"] = table["saturated"].astype("boolean").fillna(False)
-        frames.append(flag_saturation(table))
+        frames.append(flag_failures(flag_saturation(table)))
         rows.clear()
 
 
@@ -118,7 +199,7 @@ def _expand(source: Source) -> tuple[list[Path], dict[Path, Path]]:
             found = _sweep_files(
                 sorted(
                     p
-                    for p in item.rglob("*")
+                    for p in _inside(item, item.rglob("*"))
                     if p.is_file()
                     and p.suffix.lower() in RESULT_SUFFIXES
                     and not p.name.endswith(".pytorch.json")
@@ -142,6 +223,23 @@ def _expand(source: Source) -> tuple[list[Path], dict[Path, Path]]:
     if not paths:
         raise DataError("no files given")
     return paths, roots
+
+
+def _inside(folder: Path, paths: Iterable[Path]) -> list[Path]:
+    """``paths`` that stay inside ``folder``: a link pointing out of the folder given is not
+    followed (its target is never read, so no message can show it), and said."""
+    top = folder.resolve()
+    inside, outside = [], 0
+    for p in paths:
+        linked = p.is_symlink() or p.parent.resolve() != p.parent.absolute()
+        if linked and not p.resolve().is_relative_to(top):
+            outside += 1
+            continue
+        inside.append(p)
+    if outside:
+        warnings.warn(f"{folder}: {outside} link(s) pointing outside the folder not followed",
+                      UserWarning, stacklevel=4)  # fmt: skip
+    return inside
 
 
 def _sweep_files(paths: list[Path]) -> list[Path]:
@@ -189,7 +287,9 @@ def _read_results(
         docs = [(f"item {i}", obj) for i, obj in enumerate(docs[0][1])]
     layers, defaults = sidecars_for(path, root)
     layers = [("read_sweep(...) arguments", user), *layers]
-    return _rows_from_documents(docs, file, layers, defaults, path.parent.name or path.stem)
+    # one folder given = one system's results, whatever its sub-folders (baseline/, eagle3/)
+    folder = (root if root is not None else path.parent).resolve()
+    return _rows_from_documents(docs, file, layers, defaults, folder.name or path.stem)
 
 
 def _rows_from_documents(
@@ -203,9 +303,9 @@ def _rows_from_documents(
     assumed: list[str] = []
     for record, obj in docs:
         if looks_like_guidellm(obj):
-            parsed = parse_guidellm(obj, file)
+            fmt, parsed = "guidellm", parse_guidellm(obj, file)
         elif looks_like_vllm(obj):
-            parsed = [parse_vllm(obj, file, record if len(docs) > 1 else "0")]
+            fmt, parsed = "vllm", [parse_vllm(obj, file, record if len(docs) > 1 else "0")]
         else:
             keys = ", ".join(list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
             raise DataError(
@@ -216,7 +316,7 @@ def _rows_from_documents(
             )
         for row, file_meta in parsed:
             meta = merge([*layers, (f"{file} (metadata keys)", file_meta)], defaults)
-            system, why = resolve_system(meta, file, row["record"])
+            system, why = resolve_system(meta, file, row["record"], fmt)
             assumed.extend(why)
             _fill_from_meta(row, meta)
             row.update(system)
@@ -257,7 +357,9 @@ def fill_sizes_rows(rows: list[dict]) -> None:
         info = lookup_model(row["target"])
         if info is None:
             raise DataError(
-                f"model {row['target']!r} is not in the registry; register_model it",
+                f"model {row['target']!r} is not in the registry; "
+                + advice(cli="give --meta target_params=N (and the MoE fields)",
+                         python="bayes_sd.register_model it"),
                 file=row["file"], record=row["record"], field="target",
             )  # fmt: skip
         row.setdefault("target_params", info.params)
@@ -282,7 +384,10 @@ def sweep_from_results(results: list[tuple[str, dict]], **metadata: Any) -> pd.D
         file_rows, _ = _rows_from_documents([("0", obj)], name, [("arguments", user)], [], "memory")
         rows.extend(file_rows)
     _flush(rows, frames)
-    return validate_sweep(frames[0])
+    table = validate_sweep(frames[0])
+    _warn_split_sources(table)
+    _warn_failures(table)
+    return table
 
 
 def _fill_from_meta(row: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -308,6 +413,32 @@ def _ensure_columns(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _check_agrees(table: pd.DataFrame, key: str, value: Any, file: str) -> None:
+    """A table's own value and the metadata's must agree (the metadata fills empty cells)."""
+    if key == "source":  # a label: the table's own wins
+        return
+    given = table[key].notna()
+    if key in NUMERIC:
+        clash = given & (pd.to_numeric(table[key], errors="coerce") != float(value))
+    else:
+        clash = given & (table[key].astype(str).str.strip() != str(value))
+    if clash.any():
+        i = int(np.flatnonzero(clash.to_numpy())[0])
+        said = f"the table says {str(table[key].iat[i])[:40]!r}, the metadata {str(value)[:40]!r}"
+        raise DataError(said, file=file, record=f"row {i + 1}", field=key)
+
+
+def _check_tidy_header(columns: list[str], n_rows: int | None, file: str) -> None:
+    """Before reading a table's cells: it must hold a measured latency, and not more rows
+    than a sweep reasonably has."""
+    if n_rows is not None and n_rows > MAX_ROWS:
+        raise DataError(f"the table has {n_rows:,} rows, over the {MAX_ROWS:,} limit", file=file)
+    has = set(columns)
+    if "latency_mean_s" not in has and not {"ttft_mean_s", "tpot_mean_s"} <= has:
+        raise DataError("not a sweep table: no 'latency_mean_s' column (nor ttft_mean_s and "
+                        "tpot_mean_s)", file=file, field="latency_mean_s")  # fmt: skip
+
+
 def _read_tidy(
     path: Path, user: dict, max_bytes: int, root: Path | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -320,7 +451,17 @@ def _read_tidy(
         raise DataError("the file is empty", file=file)
     try:
         if path.suffix.lower() == ".csv":
-            table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            header = pd.read_csv(path, dtype=str, nrows=0).columns
+            n_rows = None
+        else:
+            import pyarrow.parquet as pq
+
+            meta = pq.ParquetFile(path).metadata
+            header, n_rows = meta.schema.names, meta.num_rows
+        _check_tidy_header(list(header), n_rows, file)
+        if path.suffix.lower() == ".csv":
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
+                                nrows=MAX_ROWS + 1)  # fmt: skip
         else:
             table = pd.read_parquet(path)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
@@ -331,6 +472,8 @@ def _read_tidy(
         raise
     if table.empty:
         raise DataError("the table has no rows", file=file)
+    if len(table) > MAX_ROWS:
+        raise DataError(f"the table has over {MAX_ROWS:,} rows", file=file)
     layers, defaults = sidecars_for(path, root)
     meta = merge([("read_sweep(...) arguments", user), *layers], defaults)
     assumed: list[str] = []
@@ -339,6 +482,7 @@ def _read_tidy(
             if key not in table.columns:
                 table[key] = value
             else:
+                _check_agrees(table, key, value, file)
                 table[key] = table[key].where(table[key].notna(), value)
     if "num_gpus" not in table.columns:
         table["num_gpus"] = 1
@@ -355,7 +499,7 @@ def _read_tidy(
     if "saturated" not in table.columns:
         table["saturated"] = False
     checked = validate_sweep(table, file=file, allow_duplicates=True)
-    checked = flag_saturation(checked)
+    checked = flag_failures(flag_saturation(checked))
     for col, values in original_where.items():  # keep the provenance the table carried
         checked[col] = values.astype("string").to_numpy()
     return checked, assumed

@@ -11,7 +11,9 @@ import yaml
 
 from bayes_sd.errors import DataError
 
-MAX_BYTES = 256 * 2**20  # a detailed vLLM result of 10k prompts is tens of MB
+# a detailed vLLM result of 10k prompts is tens of MB; parsed JSON takes ~10x its size
+MAX_BYTES = 64 * 2**20
+MAX_ROWS = 1_000_000  # rows of a tidy table (a fleet of 10^5 runs fits)
 MAX_SIDECAR_BYTES = 2**20
 MAX_FILES = 10_000
 
@@ -75,11 +77,46 @@ def parse_json_documents(text: str, file: str) -> list[tuple[str, Any]]:
     return docs
 
 
+MAX_YAML_NODES = 2_000_000  # a large GuideLLM report holds a few hundred thousand
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (no Python objects, no code), with a bound on the nodes a
+    document expands to: a 438-byte file of nested aliases ("billion laughs") stands for 10^9
+    of them, which any later formatting or walk would materialise."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def size(n) -> int:
+            if id(n) not in sizes:
+                if isinstance(n, yaml.MappingNode):
+                    sizes[id(n)] = 1 + sum(size(k) + size(v) for k, v in n.value)
+                elif isinstance(n, yaml.SequenceNode):
+                    sizes[id(n)] = 1 + sum(size(v) for v in n.value)
+                else:
+                    sizes[id(n)] = 1
+                if sizes[id(n)] > MAX_YAML_NODES:
+                    raise yaml.YAMLError(
+                        f"the document expands to over {MAX_YAML_NODES:,} nodes (nested aliases?)"
+                    )
+            return sizes[id(n)]
+
+        if node is not None:
+            size(node)
+        return node
+
+
 def load_yaml(text: str, file: str) -> Any:
+    """The YAML document of ``text`` as plain data (the safe loader, bounded): any problem is a
+    ``DataError`` naming ``file``."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_BoundedSafeLoader)
     except RecursionError as err:
         raise DataError("YAML nested too deeply", file=file) from err
+    except (ValueError, TypeError, OverflowError) as err:  # 2001-02-30, !!int abc, ...
+        raise DataError(f"invalid YAML value: {err}", file=file) from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bayes_sd.errors import DataError
+from bayes_sd.errors import DataError, advice
 from bayes_sd.io._safe import MAX_SIDECAR_BYTES, load_yaml, read_text
 from bayes_sd.registry import lookup_model, normalize_model_name
 
@@ -84,7 +84,15 @@ def canonical_metadata(raw: dict[str, Any], where: str, *, strict: bool) -> dict
         if value is None:
             continue
         if canon == "speculative_config":
-            out.update(_speculative_config(value, where))
+            for spec_key, spec_value in _speculative_config(value, where).items():
+                if spec_key in out and out[spec_key] != spec_value:
+                    raise DataError(
+                        f"speculative_config says {spec_value!r}, the '{spec_key}' key "
+                        f"{out[spec_key]!r}",
+                        file=where,
+                        field=spec_key,
+                    )
+                out[spec_key] = spec_value
             continue
         if canon in NUMERIC:
             value = _number(value, where, canon)
@@ -116,8 +124,9 @@ def _number(value: Any, where: str, field: str) -> float:
         raise DataError(f"expected a number, got {value!r}", file=where, field=field)
     try:
         x = float(value)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"expected a number, got {value!r}", file=where, field=field) from err
+    except (TypeError, ValueError, OverflowError) as err:
+        shown = str(value)[:40] if isinstance(value, str) else type(value).__name__
+        raise DataError(f"expected a number, got {shown!r}", file=where, field=field) from err
     if not math.isfinite(x):
         raise DataError(f"expected a finite number, got {value!r}", file=where, field=field)
     return x
@@ -230,13 +239,21 @@ def is_sidecar(path: Path) -> bool:
     return path.name in SIDECAR_NAMES or path.name.endswith(SIDECAR_SUFFIXES)
 
 
-HOW_TO = (
-    "supply it with `vllm bench serve --metadata {key}=...`, a bayes_sd.yaml sidecar in the "
-    "results folder, or read_sweep(..., {key}=...)"
-)
+def how_to(key: str, fmt: str | None = None) -> str:
+    """How to supply metadata ``key`` a file of format ``fmt`` (``"vllm"``, ``"guidellm"``,
+    ``"table"``, …) lacks, in the words of the interface in use (:func:`bayes_sd.errors.advice`)."""
+    ways = [f"`vllm bench serve --metadata {key}=...` when benchmarking"] if fmt == "vllm" else []
+    if fmt == "table":
+        ways.append(f"a '{key}' column")
+    ways.append(f"'{key}: ...' in a bayes_sd.yaml sidecar in the results folder (or in "
+                "<file>.meta.yaml beside the file)")  # fmt: skip
+    ways.append(advice(cli=f"--meta {key}=...", python=f"read_sweep(..., {key}=...)"))
+    return "supply it with " + ", ".join(ways[:-1]) + " or " + ways[-1]
 
 
-def resolve_system(meta: dict[str, Any], file: str, record: str) -> tuple[dict, list[str]]:
+def resolve_system(
+    meta: dict[str, Any], file: str, record: str, fmt: str | None = None
+) -> tuple[dict, list[str]]:
     """Fill the system columns from metadata and the model registry.
 
     Returns ``(columns, assumed)``; ``assumed`` names the defaults that had to be assumed.
@@ -246,7 +263,7 @@ def resolve_system(meta: dict[str, Any], file: str, record: str) -> tuple[dict, 
     def need(key: str) -> Any:
         if key not in meta:
             raise DataError(
-                f"missing '{key}'; " + HOW_TO.format(key=key), file=file, record=record, field=key
+                f"missing '{key}'; " + how_to(key, fmt), file=file, record=record, field=key
             )
         return meta[key]
 
@@ -284,8 +301,8 @@ def resolve_system(meta: dict[str, Any], file: str, record: str) -> tuple[dict, 
         elif col == "target_params":
             raise DataError(
                 f"model {target!r} is not in the registry, so 'target_params' is needed; "
-                + HOW_TO.format(key="target_params")
-                + " (or bayes_sd.registry.register_model)",
+                + how_to("target_params", fmt)
+                + advice(cli="", python=" (or bayes_sd.register_model it)"),
                 file=file,
                 record=record,
                 field="target_params",
@@ -302,7 +319,7 @@ def resolve_system(meta: dict[str, Any], file: str, record: str) -> tuple[dict, 
     if k is None:
         raise DataError(
             "missing the draft length 'k' (0 for runs without SD), and the file has no SD "
-            "counters to infer it from; " + HOW_TO.format(key="k"),
+            "counters to infer it from; " + how_to("k", fmt),
             file=file,
             record=record,
             field="k",
@@ -315,7 +332,7 @@ def resolve_system(meta: dict[str, Any], file: str, record: str) -> tuple[dict, 
         if method is None:
             raise DataError(
                 "missing the SD 'method' (draft_model, eagle3, ngram, mtp, ...); "
-                + HOW_TO.format(key="method"),
+                + how_to("method", fmt),
                 file=file,
                 record=record,
                 field="method",

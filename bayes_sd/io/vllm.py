@@ -27,6 +27,9 @@ def _e2e_from_arrays(rec: Record) -> tuple[np.ndarray | None, str | None, np.nda
     out_lens = rec.array("output_lens")
     starts = rec.array("start_times")
     lat = rec.array("latencies")
+    for name, values in (("latencies", lat), ("ttfts", rec.array("ttfts"))):
+        if values is not None and (values < 0).any():  # a failed request records 0
+            raise rec.error(name, f"{int((values < 0).sum())} negative time(s)")
     if lat is not None and lat.size:
         ok = lat > 0
         if out_lens is not None and out_lens.size == lat.size:
@@ -87,6 +90,10 @@ def parse_vllm(obj: dict, file: str, record: str) -> tuple[dict[str, Any], dict[
     row["achieved_rate"] = rec.num("request_throughput", low=0)
     if row["achieved_rate"] is None and row["duration_s"]:
         row["achieved_rate"] = completed / row["duration_s"]
+    elif row["duration_s"] and not 0.5 < row["achieved_rate"] * row["duration_s"] / completed < 2:
+        raise rec.error("request_throughput",
+                        f"{row['achieved_rate']:.4g} req/s, but {completed:g} requests completed "
+                        f"in {row['duration_s']:.4g} s: the file is inconsistent")  # fmt: skip
     total_in = rec.num("total_input_tokens", low=0)
     total_out = rec.num("total_output_tokens", low=0)
     if total_in is not None:
@@ -150,6 +157,15 @@ def parse_vllm(obj: dict, file: str, record: str) -> tuple[dict[str, Any], dict[
     accepted = rec.num("spec_decode_accepted_tokens", low=0)
     length = rec.num("spec_decode_acceptance_length", low=1)
     per_pos = rec.array("spec_decode_per_position_acceptance_rates")
+    if per_pos is not None and ((per_pos < 0) | (per_pos > 1)).any():
+        raise rec.error("spec_decode_per_position_acceptance_rates",
+                        "acceptance rates are probabilities: each must lie in [0, 1]")  # fmt: skip
+    if per_pos is not None and (np.diff(per_pos) > 1e-9).any():
+        raise rec.error("spec_decode_per_position_acceptance_rates",
+                        "a draft position is accepted only after the one before it: the rates "
+                        "cannot rise with the position")  # fmt: skip
+    if drafts and accepted is not None and draft_tokens is not None and accepted > draft_tokens:
+        raise rec.error("spec_decode_accepted_tokens", "more tokens accepted than drafted")
     if drafts is not None and drafts == 0:
         meta.setdefault("k", 0.0)  # counters exposed but nothing drafted: SD was off
     elif drafts:
