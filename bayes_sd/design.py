@@ -9,6 +9,7 @@ system's baseline: the runs of one curve over load.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -295,6 +296,55 @@ class Design:
     @cached_property
     def system_gpu(self) -> np.ndarray:
         return pd.Index(self.gpus).get_indexer(self.sys_table["gpu_key"])
+
+    def match_acceptance(self, rows: pd.DataFrame) -> None:
+        """Prediction ``rows`` (labelled) of draft systems whose fitted runs measured their
+        acceptance: an SD row giving neither ``acceptance_length`` nor ``alpha`` takes the
+        mean measured at its k, or at another k the i.i.d. law with the α the measured runs
+        imply (warned: an extrapolation); a row giving ``alpha`` for a series the fit measured
+        is that series, not a new one. Draft systems with latent acceptance keep their
+        posterior."""
+        from bayes_sd.latency import alpha_from_tokens_per_cycle, tokens_per_cycle
+
+        fitted = pd.DataFrame(
+            {"draft_system": self.rows["draft_system"], "k": self.k, "e": self.acceptance}
+        )[self.k > 0]
+        latent = set(fitted.loc[fitted["e"].isna(), "draft_system"])
+        fitted = fitted[~fitted["draft_system"].isin(latent)]
+        # a row's alpha for a series fitted without one names that series
+        plain = rows["series"].str.replace(r"\|a[^|]*$", "", regex=True)
+        same = ~rows["series"].isin(self.series) & plain.isin(self.series)
+        rows.loc[same, "series"] = plain[same]
+        need = (rows["k"] > 0).to_numpy() & np.isnan(acceptance_of(rows))
+        need &= rows["draft_system"].isin(set(fitted["draft_system"])).to_numpy()
+        if not need.any():
+            return
+        at_k = fitted.groupby(["draft_system", "k"])["e"].mean()
+        alpha = (
+            fitted.assign(a=alpha_from_tokens_per_cycle(fitted["e"], fitted["k"]))
+            .groupby("draft_system")["a"]
+            .mean()
+        )
+        extrapolated = []
+        for i in np.flatnonzero(need):
+            d, k = rows["draft_system"].iat[i], float(rows["k"].iat[i])
+            if (d, k) in at_k.index:
+                rows.loc[rows.index[i], "acceptance_length"] = at_k[(d, k)]
+            else:
+                e = float(tokens_per_cycle(alpha[d], k))
+                rows.loc[rows.index[i], "acceptance_length"] = e
+                extrapolated.append((d, k, alpha[d], e))
+        if extrapolated:
+            shown = sorted(set(extrapolated))[:3]
+            warnings.warn(
+                "acceptance not measured at "
+                + "; ".join(f"k = {k:g} of {d} (i.i.d. law with α = {a:.2f} from its measured "
+                            f"k: {e:.2f} tokens per step)" for d, k, a, e in shown)
+                + ": an extrapolation without uncertainty; give acceptance_length or alpha to "
+                "set it",
+                UserWarning,
+                stacklevel=4,
+            )  # fmt: skip
 
     def levels(self, effect: str) -> list[str]:
         """The fitted levels of a categorical effect (``gpu``: GPU type and count)."""

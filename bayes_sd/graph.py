@@ -523,13 +523,16 @@ class _Builder:
         to the same run's measured mean (:func:`bayes_sd.laws.tail_log_ratios`: the ratio grows
         with the measured load), so a run's mean is not counted twice and the tails do not pull
         on the coefficients; one scale per percentile, and
-        per-engine terms around the population's when the sweep has several engines. The tail
-        parameters are always in the model: where no percentile was measured they keep their
-        priors, and ``predict``'s percentiles say so with wide intervals."""
+        per-engine terms around the population's when the sweep has several engines. A sweep
+        without percentiles leaves the tail law out of the graph (27 parameters only their
+        priors would inform cost the sampler time and mixing): ``predict`` then draws them from
+        their priors, so its percentiles say so with wide intervals."""
+        if not any(t in data for t in laws.TAILS):
+            return
         level, slope = self.prior("tail_level"), self.prior("tail_slope")
         sigma = self.prior("tail_sigma")
         engines = self.d.levels("engine")
-        if len(engines) > 1 and any(t in data for t in laws.TAILS):
+        if len(engines) > 1:
             z = pm.Normal("tail_engine_z", 0.0, 1.0, dims=("tail", "engine"))
             idx = pd.Index(engines).get_indexer(self.d.rows["engine"])
             level = level[:, None] + (self.prior("tail_engine_sd") * z)[:, idx]  # (tail, run)

@@ -10,7 +10,6 @@ the same signature when numba is missing — and, on request, the fitted measure
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -29,7 +28,8 @@ from bayes_sd.design import (
     label_systems,
     system_covariates,
 )
-from bayes_sd.errors import DataError
+from bayes_sd.errors import DataError, advice
+from bayes_sd.priors import draw_priors
 from bayes_sd.registry import fill_sizes
 from bayes_sd.schema import acceptance_of
 
@@ -50,6 +50,9 @@ POSTERIOR_VARS = (
 OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", "saturation_rate")
 # per-row percentiles of TTFT, TPOT and E2E (the tail law of bayes_sd.laws), with ``tails=True``
 TAIL_OUTPUTS = laws.TAILS
+# the tail law's parameters: a fit without measured percentiles has none, and its predictions
+# draw them from their priors (wide, honest intervals)
+_TAIL_PRIORS = ("tail_level", "tail_slope", "tail_sigma", "tail_engine_sd")
 
 
 @dataclass
@@ -150,11 +153,9 @@ def predict(
     if noise:
         _with_noise(design, rows, flat, planes, rng)
     names = OUTPUTS
-    if tails and "tail_level" not in flat:
-        warnings.warn("this model was fitted before the tail law (bayes_sd 0.x): refit it for "
-                      "percentile predictions", stacklevel=2)  # fmt: skip
-        tails = False
     if tails:
+        missing = [v for v in _TAIL_PRIORS if v not in post]  # no training run measured a tail
+        flat.update(draw_priors(model.priors, missing, draws, rng, {"tail": list(laws.TAILS)}))
         planes.update(_tail_draws(design, rows, flat, planes, rng, noise))
         names = OUTPUTS + TAIL_OUTPUTS
     decode = rows["decode_len"].to_numpy(dtype=float)
@@ -221,8 +222,11 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
         raise DataError(
-            f"unknown target {rows.at[i, 'target']!r}: give target_params (and the MoE "
-            "fields) or register_model it",
+            f"unknown target {rows.at[i, 'target']!r}: "
+            + advice(
+                cli="give --config target_params=N (and the MoE fields)",
+                python="give target_params (and the MoE fields) or register_model it",
+            ),
             record=f"row {i}",
             field="target_params",
         )
@@ -241,6 +245,7 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
         )
     _check_values(rows)
     label_systems(rows)
+    design.match_acceptance(rows)  # measured acceptance of seen draft systems
     return rows
 
 
@@ -283,7 +288,8 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
     n = len(configs)
     nc = len(COEFS)
     slope = flat["size_slope"][:, COEF_SLOPE]
-    effects = sum(_effect_draws(design, effect, configs, flat, draws, rng) for effect in EFFECTS)
+    priors = model.priors
+    effects = sum(_effect_draws(design, priors, e, configs, flat, draws, rng) for e in EFFECTS)
     effects = effects + flat["gpus_slope"][:, None, COEF_SLOPE] * cov["log_gpus"][None, :, None]
     shift = _draw_shifts(model, "system", configs["system"], flat, draws, rng)
     dshift = _draw_shifts(model, "draft", configs["draft_system"], flat, draws, rng)
@@ -317,7 +323,7 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
     return coef, incr, factor[:, :n], factor[:, n:]
 
 
-def _effect_draws(design: Design, effect: str, configs, flat, draws, rng) -> np.ndarray:
+def _effect_draws(design: Design, priors, effect: str, configs, flat, draws, rng) -> np.ndarray:
     """(draw, config, coef) effects of a GPU, engine or precision: fitted for the levels the
     model has seen, one new draw per unseen level from the pooled law (its spread)."""
     column = "gpu_key" if effect == "gpu" else effect
@@ -327,13 +333,9 @@ def _effect_draws(design: Design, effect: str, configs, flat, draws, rng) -> np.
     out = np.take(flat[f"{effect}_effect"], np.where(unseen, 0, idx), axis=1)
     if unseen.any():
         names, inverse = np.unique(labels[unseen], return_inverse=True)
-        if f"{effect}_sd" in flat:
-            sd = flat[f"{effect}_sd"].reshape(draws, 1, -1)  # one spread, or one per coefficient
-        else:  # fitted on one level: the spread's prior (its data are one contrast short)
-            from bayes_sd.priors import DEFAULT_PRIORS
-
-            prior = DEFAULT_PRIORS[f"{effect}_sd"]
-            sd = np.abs(rng.normal(size=(draws, 1, 1))) * prior.parameters["sigma"]
+        if f"{effect}_sd" not in flat:  # fitted on one level: the spread's prior (its data
+            flat.update(draw_priors(priors, [f"{effect}_sd"], draws, rng, {}))  # are one short)
+        sd = flat[f"{effect}_sd"].reshape(draws, 1, -1)  # one spread, or one per coefficient
         out[:, unseen] = (rng.normal(size=(draws, len(names), len(COEFS))) * sd)[:, inverse]
     return out
 
@@ -466,14 +468,8 @@ def _tail_draws(design: Design, rows, flat, planes: dict, rng, noise: bool) -> d
         sd = flat["tail_engine_sd"][:, None, None]
         seen = idx >= 0
         level[:, :, seen] += sd * flat["tail_engine_z"][:, :, idx[seen]]
-    else:  # fitted on one engine (or without percentiles): the spread's draws, or its prior
-        sd = flat.get("tail_engine_sd")
-        if sd is None:
-            from bayes_sd.priors import DEFAULT_PRIORS
-
-            sigma = DEFAULT_PRIORS["tail_engine_sd"].parameters["sigma"]
-            sd = np.abs(rng.normal(size=n_draws)) * sigma
-        sd = sd[:, None, None]
+    else:  # fitted on one engine (or without percentiles): the spread's draws, or its prior's
+        sd = flat["tail_engine_sd"][:, None, None]
         seen = np.zeros(len(idx), dtype=bool)  # one fitted engine: its terms are the population's
         seen[idx >= 0] = True
     unseen = ~seen

@@ -219,6 +219,30 @@ def resolve_priors(
     return priors
 
 
+def draw_priors(priors: dict, names, draws: int, rng, coords: dict) -> dict[str, np.ndarray]:
+    """``draws`` forward draws of the priors ``names`` (a fixed number is repeated), shaped
+    ``(draws, *dims)`` with the lengths of ``coords``: what a parameter the fit did not sample
+    (no data touched it) stands for in a prediction. Compiled without optimisation: a few
+    hundred draws of a few small priors take a fifth of a second."""
+    import pymc as pm
+
+    out, free = {}, []
+    with pm.Model(coords=coords):
+        for name in names:
+            spec = priors[name]
+            if isinstance(spec, float):  # fixed: shaped as the default prior's dims
+                dims = getattr(DEFAULT_PRIORS.get(name), "dims", None) or ()
+                shape = [len(coords[d]) for d in (dims if isinstance(dims, tuple) else (dims,))]
+                out[name] = np.full((draws, *shape), spec)
+            else:
+                free.append((name, spec.create_variable(name)))
+        if free:
+            values = pm.draw([v for _, v in free], draws=draws, random_seed=rng,
+                             mode="FAST_COMPILE")  # fmt: skip
+            out.update({name: np.asarray(v) for (name, _), v in zip(free, values, strict=True)})
+    return out
+
+
 def make_likelihood(spec: Prior, name: str, *, mu, sigma, observed, dims, nu=None):
     """The observed variable ``name`` of the family ``spec`` (a Prior without ``mu``): ``mu``,
     ``sigma`` and ``observed`` are filled in, and ``nu()`` (a callable creating the

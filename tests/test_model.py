@@ -669,3 +669,62 @@ def test_measured_percentiles_enter_as_log_ratios_to_their_means(sweep):
     assert np.all(np.diff(np.stack(mine), axis=0) > 0)
     point = model.initial_point()
     assert np.isfinite(model.compile_logp()(point))
+
+
+def test_a_sweep_without_percentiles_leaves_the_tail_law_to_its_prior(sweep, fitted):
+    from bayes_sd import laws
+    from bayes_sd.priors import DEFAULT_PRIORS
+
+    # no percentile measured: no tail parameter for the sampler to wander over
+    graph = LatencyModel().build_model(sweep)
+    assert not {"tail_level", "tail_slope", "tail_sigma"} & set(graph.named_vars)
+    assert "tail_level" not in fitted.idata["posterior"]
+    # predict draws the tail law from its prior: ordered percentiles with wide intervals
+    row = sweep.iloc[[0]]
+    pred = fitted.predict(row, random_seed=1, max_draws=400)
+    p50, p90, p99 = (pred.draws[f"ttft_{q}"].values.ravel() for q in laws.TAIL_STATS)
+    assert np.all((p50 < p90) & (p90 < p99))
+    ratio = np.log(p99 / pred.draws["ttft"].values.ravel())
+    # the p99/mean ratio spreads as the prior says (its gaps' sd is 1 on the log scale)
+    assert np.std(ratio) > 0.5
+    # a prior the user changed is the one drawn
+    tight = dict(fitted.priors, tail_level=DEFAULT_PRIORS["tail_level"].deepcopy())
+    tight["tail_level"].parameters["sigma"] = np.full(len(laws.TAILS), 1e-3)
+    tight["tail_slope"] = 0.0
+    fitted.priors, saved = tight, fitted.priors
+    try:
+        pred = fitted.predict(row, random_seed=1, max_draws=400)
+    finally:
+        fitted.priors = saved
+    level = DEFAULT_PRIORS["tail_level"].parameters["mu"][laws.TAILS.index("ttft_p50")]
+    ratio = pred.draws["ttft_p50"].values / pred.draws["ttft"].values
+    np.testing.assert_allclose(ratio, np.exp(level), rtol=0.01)
+
+
+def test_planning_rows_use_the_acceptance_the_fit_measured(sweep, mocked):
+    from bayes_sd.latency import tokens_per_cycle
+    from bayes_sd.schema import acceptance_of
+
+    # runs that measured their acceptance (vLLM's counters), no alpha
+    data = sweep.copy()
+    data["acceptance_length"] = acceptance_of(data)
+    data["alpha"] = np.nan
+    model = LatencyModel(sampler_config={"draws": 20, "chains": 2})
+    with pytest.warns(ConvergenceWarning):
+        model.fit(data, random_seed=3)
+    cfg = {k: CONFIGS[0][k] for k in ("gpu", "target", "drafter", "prefill_len", "decode_len")}
+    rows = pd.DataFrame([{**cfg, "k": k, "request_rate": 1.0} for k in (3, 4)])
+    with pytest.warns(UserWarning, match=r"k = 4 of .*i\.i\.d\. law with α = 0\.\d\d"):
+        pred = model.predict(rows, random_seed=2)  # no acceptance given: k = 3 was measured
+    assert np.isfinite(pred.draws["latency"].values).all()
+    filled = model.design.rows.query("k == 3 and drafter == @cfg['drafter']")
+    # the measured k = 3 is the mean of its runs: the same draws as giving it by hand
+    given = rows.iloc[[0]].assign(acceptance_length=filled["acceptance_length"].mean())
+    by_hand = model.predict(given, random_seed=2).draws["latency"].values[..., 0]
+    np.testing.assert_allclose(pred.draws["latency"].values[..., 0], by_hand)
+    # alpha for a measured series is that series (its fitted shift), not a new one
+    alpha = 0.8  # the sweep's alpha at k = 3
+    e = float(tokens_per_cycle(alpha, 3))
+    a = model.predict(rows.iloc[[0]].assign(alpha=alpha), random_seed=2).draws["latency"]
+    b = model.predict(rows.iloc[[0]].assign(acceptance_length=e), random_seed=2).draws["latency"]
+    np.testing.assert_allclose(a.values, b.values)
