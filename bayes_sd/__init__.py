@@ -1,13 +1,7 @@
 """bayes_sd: Bayesian latency models of speculative decoding in LLM serving."""
 
-from bayes_sd import latency
 from bayes_sd._version import __version__
-from bayes_sd.datasets import list_examples, load_example
 from bayes_sd.errors import DataError
-from bayes_sd.io import read_step_costs, read_sweep, sweep_from_results
-from bayes_sd.registry import lookup_model, register_model
-from bayes_sd.saturation import flag_saturation
-from bayes_sd.schema import SWEEP_COLUMNS, validate_sweep, write_sweep
 
 __all__ = [
     "SWEEP_COLUMNS",
@@ -30,14 +24,37 @@ __all__ = [
 ]
 
 
+# name -> module: imported on first use, so `bayes-sd --help` and every argument error answer
+# without loading pandas (0.5 s) or PyMC (seconds)
+_LAZY = {
+    "latency": "bayes_sd.latency",
+    "list_examples": "bayes_sd.datasets",
+    "load_example": "bayes_sd.datasets",
+    "read_step_costs": "bayes_sd.io",
+    "read_sweep": "bayes_sd.io",
+    "sweep_from_results": "bayes_sd.io",
+    "lookup_model": "bayes_sd.registry",
+    "register_model": "bayes_sd.registry",
+    "flag_saturation": "bayes_sd.saturation",
+    "SWEEP_COLUMNS": "bayes_sd.schema",
+    "validate_sweep": "bayes_sd.schema",
+    "write_sweep": "bayes_sd.schema",
+    "LatencyModel": "bayes_sd.model",
+    "ConvergenceWarning": "bayes_sd.model",
+    "StepLevelModel": "bayes_sd.stepfit",
+}
+
+
 def __getattr__(name: str):
-    # The model pulls in PyMC (seconds to import): load it on first use, not with the readers.
-    if name in ("LatencyModel", "ConvergenceWarning"):
-        from bayes_sd import model
+    import importlib
 
-        return getattr(model, name)
-    if name == "StepLevelModel":
-        from bayes_sd import stepfit
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bayes_sd' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if name == "latency" else getattr(module, name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return stepfit.StepLevelModel
-    raise AttributeError(f"module 'bayes_sd' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

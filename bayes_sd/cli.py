@@ -10,11 +10,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from bayes_sd import __version__
 from bayes_sd.errors import DataError, interface
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXIT_OK, EXIT_INTERNAL, EXIT_DATA = 0, 1, 2
 
@@ -295,6 +297,8 @@ def _load_model(path: str):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Posterior predictive latency, speedup and saturation rate for new rows."""
+    import pandas as pd
+
     from bayes_sd.schema import atomic_write
 
     model = _load_model(args.model)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from bayes_sd.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXIT_OK = 0
 
@@ -49,6 +51,8 @@ CONFIG_KEYS = _NUMERIC_CONFIG | {"gpu", "target", "drafter", "method", "dataset"
 
 def _check_config(model, cfg: dict) -> None:
     """Impossible values (``num_gpus=0``) fail here, in one line, before any computing."""
+    import pandas as pd
+
     from bayes_sd.predict import prediction_rows
 
     prediction_rows(model.design, pd.DataFrame([{**cfg, "k": 0.0, "request_rate": 1.0}]))
@@ -80,6 +84,8 @@ def _capacity_lines(capacity: pd.DataFrame) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Answer the capacity-planning questions for one configuration, with credibility."""
+    import pandas as pd
+
     from bayes_sd.slo import parse_slo
 
     # the arguments first (fast errors), then the model (PyMC's import takes seconds)

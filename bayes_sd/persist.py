@@ -2,10 +2,11 @@
 
 A file holds the posterior (``xarray.DataTree``), the model's configuration and its hash, a
 hash of the model's structure, the package version, the sampler settings and diagnostics, and
-the data it was fitted on (as CSV bytes). Loading rebuilds the model from that data and refuses
-a file whose structure differs (another version or configuration) with a
-:class:`~bayes_sd.DataError` naming the file and the field — as it does for files that are not
-bayes_sd models or are damaged.
+the data it was fitted on (as CSV bytes); the NetCDF bytes are followed by their SHA-256 (the
+file still opens with ``xarray.open_datatree``). Loading verifies the checksum before parsing,
+rebuilds the model from its data and refuses a file whose structure differs (another version
+or configuration) with a :class:`~bayes_sd.DataError` naming the file and the field — as it
+does for files that are not bayes_sd models or are damaged.
 """
 
 from __future__ import annotations
@@ -82,7 +83,34 @@ def save_tree(
         bayes_sd_version=__version__,
         **{f"bayes_sd_{k}": v if isinstance(v, str) else dumps(v) for k, v in attrs.items()},
     )
-    return atomic_write(path, lambda p: tree.to_netcdf(p, engine="h5netcdf"))
+
+    def write(p: Path) -> None:
+        tree.to_netcdf(p, engine="h5netcdf")
+        digest = hashlib.sha256(p.read_bytes()).hexdigest().encode()
+        with p.open("ab") as fh:
+            fh.write(_TRAILER + digest)
+
+    return atomic_write(path, write)
+
+
+# After the NetCDF bytes, a model file ends with the SHA-256 of them: a damaged file is refused
+# before libhdf5 parses it (HDF5 has no checksum of its data, and some damaged files make it
+# loop forever rather than fail)
+_TRAILER = b"\nbayes_sd-sha256:"
+
+
+def _open_tree(file: str):
+    """The DataTree of a model file, its checksum verified first (files written before the
+    checksum, 2026-12-03, are parsed as they are)."""
+    raw = Path(file).read_bytes()
+    n = len(_TRAILER) + 64
+    if len(raw) > n and raw[-n:].startswith(_TRAILER):
+        body, digest = raw[:-n], raw[-64:].decode("ascii", "replace")
+        if hashlib.sha256(body).hexdigest() != digest:
+            raise DataError("damaged model file: its bytes do not match their checksum",
+                            file=file)  # fmt: skip
+        return xr.load_datatree(io.BytesIO(body), engine="h5netcdf")
+    return xr.load_datatree(file, engine="h5netcdf")
 
 
 def load_tree(path: str | os.PathLike, *, kind: str, tables: dict[str, Any], json_keys=()):
@@ -95,9 +123,12 @@ def load_tree(path: str | os.PathLike, *, kind: str, tables: dict[str, Any], jso
     if not Path(file).is_file():
         raise DataError("no such model file", file=file)
     try:
-        tree = xr.load_datatree(file, engine="h5netcdf")
-    except (OSError, ValueError, KeyError, TypeError, MemoryError) as err:
-        raise DataError(f"cannot read as a bayes_sd model file: {err}", file=file) from err
+        tree = _open_tree(file)
+    except DataError:
+        raise
+    except Exception as err:  # h5py / h5netcdf on a damaged file raise many kinds
+        raise DataError(f"cannot read as a bayes_sd model file: {type(err).__name__}: {err}",
+                        file=file) from err  # fmt: skip
     raw_attrs = dict(tree.attrs)
     if "bayes_sd_model_config" not in raw_attrs and "bayes_sd_kind" not in raw_attrs:
         raise DataError("not a bayes_sd model file (no bayes_sd attributes)", file=file)

@@ -545,10 +545,16 @@ def test_load_rejects_other_files(fitted, tmp_path):
         LatencyModel.load(tmp_path / "other.nc")
     path = fitted.save(tmp_path / "model.nc")
     tree = xr.load_datatree(path, engine="h5netcdf")
-    tree.attrs["bayes_sd_structure"] = "0" * 16
+    tree.attrs["bayes_sd_structure"] = "0" * 16  # a valid file of another version
     tree.to_netcdf(tmp_path / "tampered.nc", engine="h5netcdf")
     with pytest.raises(DataError, match="different structure"):
         LatencyModel.load(tmp_path / "tampered.nc")
+    # damaged bytes (this pattern once made libhdf5 loop forever): refused before parsing
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 100] = bytes(100)
+    (tmp_path / "damaged.nc").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="do not match their checksum"):
+        LatencyModel.load(tmp_path / "damaged.nc")
     with pytest.raises(DataError, match="cannot read"):
         (tmp_path / "junk.nc").write_text("junk")
         LatencyModel.load(tmp_path / "junk.nc")
