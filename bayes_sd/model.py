@@ -182,6 +182,30 @@ class LatencyModel:
         self.diagnostics = self._diagnose(backend)
         return self.idata
 
+    def add_log_likelihood(self):
+        """Add the pointwise log-likelihood of every observed value to ``.idata`` (group
+        ``log_likelihood``, one variable per measured metric), so that ``arviz.loo`` and
+        ``arviz.compare`` work on the fit; :meth:`save` keeps it. Not computed by :meth:`fit`:
+        it compiles the likelihood once more and holds observations × draws numbers."""
+        import pymc as pm
+
+        if self.idata is None or self.model is None:
+            raise RuntimeError("fit (or load) the model before computing its log-likelihood")
+        pm.compute_log_likelihood(self.idata, model=self.model, progressbar=False)
+        return self.idata
+
+    def add_posterior_predictive(self, random_seed: int | None = None):
+        """Add posterior predictive draws of every observed value to ``.idata`` (group
+        ``posterior_predictive``) for ArviZ's predictive checks (``arviz.plot_ppc_dist``);
+        :meth:`save` keeps it. For new configurations use :meth:`predict`."""
+        import pymc as pm
+
+        if self.idata is None or self.model is None:
+            raise RuntimeError("fit (or load) the model before sampling its predictive")
+        pm.sample_posterior_predictive(self.idata, model=self.model, random_seed=random_seed,
+                                       extend_inferencedata=True, progressbar=False)  # fmt: skip
+        return self.idata
+
     def _adaptation(self, adaptation: str) -> str:
         """nutpie's mass-matrix adaptation; "auto" by the residuals' form (see ADAPTATIONS)."""
         if adaptation != "auto":

@@ -288,22 +288,38 @@ def _latency_figure(model, runs: pd.DataFrame, interval: float):
             ax.fill_between(grid, s["latency_lo"], s["latency_hi"], alpha=0.2,
                             color=line.get_color())  # fmt: skip
             ax.plot(x, g["latency_mean_s"].astype(float), "o", ms=3, color=line.get_color())
-        ax.set_title(_short(system), fontsize=7)
+        ax.set_title(_title(model, system), fontsize=9)
         ax.set_xlabel("request rate (req/s)" if part["request_rate"].notna().any() else "N")
         ax.set_ylabel("mean latency (s)")
         ax.set_yscale("log")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=8)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.tight_layout()
     return fig
 
 
-def _short(system: str) -> str:
+def _title(model, system: str) -> str:
+    """A system (or draft system) as a person would name it: "Meta-Llama-3-70B-Instruct on
+    4 × H100-SXM-80GB, ShareGPT 215/198 tokens" (and the drafter), not its pipe-joined key."""
     import textwrap
 
-    parts = system.split("|")
-    return "\n".join(textwrap.wrap(" | ".join(p for p in parts[1:] if p), 48))
+    base = system.split("|")
+    table = model.design.sys_table
+    key = next((s for s in table.index if system == s or system.startswith(s + "|")), None)
+    if key is None:
+        return "\n".join(textwrap.wrap(" ".join(p for p in base if p), 56))
+    r = table.loc[key]
+    text = f"{str(r['target']).split('/')[-1]} on {int(r['num_gpus'])} × {r['gpu']}"
+    extra = [str(r[c]) for c in ("engine", "precision") if str(r[c]) not in ("", "unknown")]
+    if str(r["dataset"]):
+        extra.append(f"{r['dataset']} {float(r['prefill_len']):.0f}/{float(r['decode_len']):.0f}"
+                     " tokens")  # fmt: skip
+    if extra:
+        text += ", " + ", ".join(extra)
+    if system != key:  # a draft system: its drafter (or method)
+        text += f"; drafter {system[len(key) + 1 :].split('/')[-1]}"
+    return "\n".join(textwrap.wrap(text, 56))
 
 
 def _speedup_figure(model, interval: float):
@@ -329,7 +345,8 @@ def _speedup_figure(model, interval: float):
                         color=line.get_color())  # fmt: skip
         s = be.summary(interval)
         if np.isfinite(s["break_even_hi"]) and s["break_even_hi"] > 0:
-            ax.axvspan(s["break_even_lo"], s["break_even_hi"], alpha=0.1, color=line.get_color())
+            ax.axvspan(s["break_even_lo"], s["break_even_hi"], alpha=0.1, color=line.get_color(),
+                       label=f"break-even rate, {interval:.0%} interval")  # fmt: skip
         base = rows[(rows["series"] == g["base_series"].iloc[0])]
         merged = g.merge(base[["request_rate", "latency_mean_s"]], on="request_rate",
                          suffixes=("", "_base"))  # fmt: skip
@@ -339,7 +356,7 @@ def _speedup_figure(model, interval: float):
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xlabel("request rate (req/s)")
     ax.set_ylabel("speedup (latency without SD / with SD)")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -370,8 +387,8 @@ def _best_k_figure(model, max_systems: int = 4):
         for k in ks:
             ax.bar(0, 0, color=cmap(k), label=f"k={k}")
         ax.set_yticks([])
-        ax.set_title(_short(name), fontsize=7)
-        ax.legend(fontsize=6, ncol=len(ks), loc="upper right")
+        ax.set_title(_title(model, name), fontsize=9)
+        ax.legend(fontsize=8, ncol=len(ks), loc="upper right")
     axes[-1, 0].set_xlabel("request rate (req/s)")
     fig.tight_layout()
     return fig

@@ -627,6 +627,17 @@ def test_report_draws_the_moe_coverage_of_moe_targets(fitted, tmp_path):
     assert ys.min() > 0 and ys.max() <= 1 and np.all(np.diff(ys) >= 0)  # coverage grows
 
 
+def test_report_titles_name_systems_as_people_do(fitted):
+    from bayes_sd.report import _title
+
+    systems = fitted.design.systems
+    titles = [_title(fitted, s) for s in systems]
+    assert not any("|" in t for t in titles)  # not the pipe-joined keys
+    assert any(t.startswith("llama-3.1-8b on 1 × H100-SXM-80GB") for t in titles), titles
+    draft = next(d for d in fitted.design.draft_systems if "eagle3-head-8b" in d)
+    assert _title(fitted, draft).replace("\n", " ").endswith("drafter eagle3-head-8b")
+
+
 @pytest.mark.parametrize("chunk_bytes", [1 << 22, 8 * 300 * 7])  # one block; blocks of 7
 @pytest.mark.parametrize("layout", ["C", "transposed"])
 def test_nan_quantiles_match_numpy_and_keep_saturated_draws(layout, chunk_bytes):

@@ -50,3 +50,32 @@ def test_verification_cost_is_pinned_by_the_data(recovered):
     for c in ("c1v", "c2v"):
         width = np.diff(_interval(post["intercept"].sel(coef=c).values.ravel()))[0]
         assert width < 0.5, (c, width)  # a factor of 1.65 end to end, against 9.8 a priori
+
+
+def test_log_likelihood_and_predictive_groups_for_arviz(recovered, tmp_path):
+    """az.loo and ArviZ's predictive checks work on a real fit, and the groups are saved."""
+    import warnings
+
+    import arviz as az
+
+    from bayes_sd.model import LatencyModel
+
+    _, model, _ = recovered
+    model = LatencyModel.load(model.save(tmp_path / "m.nc"))  # the session fit stays as it is
+    model.add_log_likelihood()
+    model.add_posterior_predictive(random_seed=1)
+    ll = model.idata["log_likelihood"].dataset["log_latency"]
+    assert ll.shape[-1] == len(model.design.rows)
+    pp = model.idata["posterior_predictive"].dataset["log_latency"]
+    observed = model.idata["observed_data"].dataset["log_latency"]
+    # the observed log latencies sit inside their predictive spread (2% noise)
+    inside = (pp.quantile(0.01, ("chain", "draw")) <= observed) & (
+        observed <= pp.quantile(0.99, ("chain", "draw"))
+    )
+    assert float(inside.mean()) > 0.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few high Pareto k are allowed here
+        loo = az.loo(model.idata)
+    assert np.isfinite(loo.elpd) and loo.elpd > 0  # log densities of 2%-noise log latencies
+    back = LatencyModel.load(model.save(tmp_path / "m2.nc"))
+    np.testing.assert_array_equal(back.idata["log_likelihood"].dataset["log_latency"], ll)
