@@ -265,6 +265,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             "chains": args.chains,
             "nuts_sampler": args.sampler,
             "adaptation": args.adaptation,
+            "target_accept": args.target_accept,
             "progressbar": not args.quiet,
         },
     )
@@ -433,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--draws", type=int, default=1000)
     fit.add_argument("--tune", type=int, default=1000)
     fit.add_argument("--chains", type=int, default=4)
+    fit.add_argument(
+        "--target-accept",
+        type=float,
+        default=0.9,
+        help="NUTS target acceptance (default: %(default)s); raise it (0.95) on divergences",
+    )
     fit.add_argument("--sampler", choices=["nutpie", "pymc", "numpyro"], default="nutpie")
     fit.add_argument(
         "--adaptation",

@@ -219,8 +219,9 @@ class LatencyModel:
         other = "non-centred" if self.centred else "hierarchically centred"
         advice = (
             f"The residuals are {'centred' if self.centred else 'non-centred'}: the "
-            f"{other} form (model_config={{'centred': {not self.centred}}}) may mix better "
-            "for this design."
+            f"{other} form (model_config={{'centred': {not self.centred}}}; bayes-sd fit "
+            f"--model-config FILE.yaml with 'centred: {str(not self.centred).lower()}') may "
+            "mix better for this design."
         )
         if backend.startswith("nutpie:"):  # measured, docs/model.md (Benchmark)
             other = "diag" if backend == "nutpie:draw_diag" else "draw_diag"

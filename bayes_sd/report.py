@@ -257,8 +257,22 @@ def _plt():
 
 
 def _series_label(series: str, system: str) -> str:
-    rest = series[len(system) :].strip("|")
-    return rest.replace("|", " ") or "k0"
+    """ "no SD", or "SD: <drafter>, k = 4" (α too when the sweep imposed one)."""
+    rest = series[len(system) :].strip("|").split("|")
+    if rest == ["k0"] or rest == [""]:
+        return "no SD"
+    parts = {p[:1]: p[1:] for p in rest[1:]}
+    text = f"SD: {rest[0].split('/')[-1]}, k = {parts.get('k', '?')}"
+    return text + (f", α = {parts['a']}" if "a" in parts else "")
+
+
+def _plain_log_ticks(axis) -> None:
+    """Log-axis tick labels as plain numbers (2, 3, 6), not 6×10⁰."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # between the decades: 2 and 5 labelled (all eight would collide)
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
 
 
 def _latency_figure(model, runs: pd.DataFrame, interval: float):
@@ -292,6 +306,7 @@ def _latency_figure(model, runs: pd.DataFrame, interval: float):
         ax.set_xlabel("request rate (req/s)" if part["request_rate"].notna().any() else "N")
         ax.set_ylabel("mean latency (s)")
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
         ax.legend(fontsize=8)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
@@ -339,7 +354,10 @@ def _speedup_figure(model, interval: float):
         rates = np.linspace(top / 100, top, 100)
         be = planning.break_even(model, cfg, k=k, interval=interval, rates=rates)
         a = be.along
-        label = f"{cfg['dataset'] or cfg['target']}: {_series_label(series, cfg['system'])}"
+        label = f"{cfg['dataset'] or cfg['target']}, {_series_label(series, cfg['system'])}"
+        # past the SD system's saturation its latency is unbounded: the curve stops there
+        # (a speedup of 0 drawn flat would read as a measurement)
+        a = a[a["speedup_median"] > 0]
         (line,) = ax.plot(a["rate"], a["speedup_median"], label=label)
         ax.fill_between(a["rate"], a["speedup_lo"], a["speedup_hi"], alpha=0.15,
                         color=line.get_color())  # fmt: skip
@@ -413,6 +431,7 @@ def _coverage_figure(model):
         ax.plot(passes, latency.expert_coverage(passes.to_numpy(), n, m), "|",
                 color=line.get_color(), ms=8)  # fmt: skip
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("tokens in a forward pass")
     ax.set_ylabel("share of experts read")
     ax.legend(fontsize=7)
@@ -432,6 +451,7 @@ def _collapse_figure(runs: pd.DataFrame):
     ax.set_xlabel("utilisation x = λ · C2 (posterior median)")
     ax.set_ylabel("latency / C1")
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.legend()
     fig.tight_layout()
     return fig
@@ -452,7 +472,9 @@ def _ppc_figure(runs: pd.DataFrame):
     lim = [float(runs[["observed", "lo"]].min().min()), float(runs[["observed", "hi"]].max().max())]
     ax.plot(lim, lim, "k-", lw=0.8)
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("predicted mean latency (s)")
     ax.set_ylabel("observed mean latency (s)")
     fig.tight_layout()

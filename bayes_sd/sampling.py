@@ -84,6 +84,9 @@ def check_sampler_config(config: dict | None, defaults: dict = DEFAULT_SAMPLER) 
             or value < (key != "tune")
         ):
             raise ValueError(f"sampler_config {key} must be a positive whole number")
+    accept = out.get("target_accept", 0.9)
+    if isinstance(accept, bool) or not isinstance(accept, numbers.Real) or not 0 < accept < 1:
+        raise ValueError(f"sampler_config target_accept must lie in (0, 1), not {accept!r}")
     return out
 
 
@@ -180,8 +183,9 @@ def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3, advice: str = 
     if problems:
         warnings.warn(
             "posterior may not be reliable: " + "; ".join(problems) + ". Try more tuning "
-            "and draws (sampler_config draws/tune), target_accept=0.95, or check that "
-            "saturated runs are flagged." + (f" {advice}" if advice else ""),
+            "and draws (sampler_config draws/tune; bayes-sd fit --draws/--tune), "
+            "target_accept=0.95 (--target-accept 0.95), or check that saturated runs are "
+            "flagged." + (f" {advice}" if advice else ""),
             ConvergenceWarning,
             stacklevel=stacklevel,
         )

@@ -277,6 +277,10 @@ def test_fit_passes_the_sampler_options(tmp_path, monkeypatch):
     assert seen["adaptation"] == "diag" and seen["draws"] == 50
     assert main(args) != EXIT_OK
     assert seen["adaptation"] == "auto" and seen["nuts_sampler"] == "nutpie"
+    assert seen["target_accept"] == 0.9  # the flag the convergence warning names
+    assert main([*args, "--target-accept", "0.95"]) != EXIT_OK
+    assert seen["target_accept"] == 0.95
+    assert main([*args, "--target-accept", "1.5"]) == 2  # one line, exit 2, before any fit
     with pytest.raises(SystemExit):
         main([*args, "--adaptation", "full"])
 
