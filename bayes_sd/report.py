@@ -469,8 +469,14 @@ def _ppc_figure(runs: pd.DataFrame):
         alpha=0.5,
         elinewidth=0.5,
     )
-    lim = [float(runs[["observed", "lo"]].min().min()), float(runs[["observed", "hi"]].max().max())]
+    # the axes span the runs (observed and predicted), a third of a decade beyond: one run's
+    # wide interval (an unseen configuration near saturation) is clipped, not the scale
+    points = runs[["observed", "predicted"]].to_numpy(dtype=float)
+    points = points[np.isfinite(points) & (points > 0)]
+    lim = [float(points.min()) / 2.0, float(points.max()) * 2.0]
     ax.plot(lim, lim, "k-", lw=0.8)
+    ax.set_xlim(lim)
+    ax.set_ylim(lim)
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
     ax.set_yscale("log")

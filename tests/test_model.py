@@ -638,6 +638,16 @@ def test_report_titles_name_systems_as_people_do(fitted):
     assert _title(fitted, draft).replace("\n", " ").endswith("drafter eagle3-head-8b")
 
 
+def test_posterior_predictive_figure_is_not_stretched_by_one_interval():
+    from bayes_sd.report import _ppc_figure
+
+    runs = pd.DataFrame({"observed": [1.0, 2.0, 4.0], "predicted": [1.1, 1.9, 4.2],
+                         "lo": [0.9, 1.7, 3.8], "hi": [1.2, 2.2, 400.0]})  # fmt: skip
+    fig = _ppc_figure(runs)
+    assert fig.axes[0].get_xlim()[1] <= 4.2 * 2 + 1e-9
+    assert fig.axes[0].get_ylim()[0] >= 1.0 / 2 - 1e-9
+
+
 @pytest.mark.parametrize("chunk_bytes", [1 << 22, 8 * 300 * 7])  # one block; blocks of 7
 @pytest.mark.parametrize("layout", ["C", "transposed"])
 def test_nan_quantiles_match_numpy_and_keep_saturated_draws(layout, chunk_bytes):
