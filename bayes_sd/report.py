@@ -529,6 +529,9 @@ _TEX_ESCAPE = {
     "~": r"\textasciitilde{}",
     "^": r"\^{}",
     "\\": r"\textbackslash{}",
+    "|": r"\textbar{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
 }
 
 
@@ -544,6 +547,7 @@ def _booktabs(df: pd.DataFrame, *, caption: str, label: str) -> str:
         r"\centering",
         rf"\caption{{{_tex(caption)}}}",
         rf"\label{{{label}}}",
+        r"\resizebox{\linewidth}{!}{%",  # wide tables fit the column (needs graphicx)
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",
         " & ".join(_tex(c) for c in d.columns) + r" \\",
@@ -551,5 +555,5 @@ def _booktabs(df: pd.DataFrame, *, caption: str, label: str) -> str:
     ]
     for row in d.itertuples(index=False):
         lines.append(" & ".join(_tex(_fmt(v)) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
     return "\n".join(lines)

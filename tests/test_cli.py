@@ -253,8 +253,11 @@ def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path):
 def test_latex_tables_escape_special_characters():
     from bayes_sd.report import _booktabs
 
-    tex = _booktabs(pd.DataFrame({"a_b": ["x&y", "50%"]}), caption="c_1", label="tab:t")
+    tex = _booktabs(pd.DataFrame({"a_b": ["x&y", "50%", "a|b"]}), caption="c_1", label="tab:t")
     assert r"a\_b" in tex and r"x\&y" in tex and r"50\%" in tex and r"\caption{c\_1}" in tex
+    assert r"a\textbar{}b" in tex and "|" not in tex  # a raw | is a column rule in LaTeX
+    # wide tables (the coefficients: 604 pt) are scaled to the column
+    assert r"\resizebox{\linewidth}{!}{%" in tex and r"\end{tabular}}" in tex
 
 
 def test_fit_passes_the_sampler_options(tmp_path, monkeypatch):
