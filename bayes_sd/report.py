@@ -142,8 +142,9 @@ def build_report(model, *, interval: float = 0.9, title: str | None = None) -> R
     if bk is not None:
         rep.figures["best_k_by_load"] = bk
         rep.notes["best_k_by_load"] = (
-            "Best draft length by request rate for each drafter configuration (colour: the k "
-            "with the lowest expected latency; shade: P(that k is best)); k = 0 is no SD."
+            "Best draft length by request rate for each drafter configuration: bar colour, the k "
+            "with the lowest expected latency; bar height, the posterior probability that it is "
+            "best (dashed: 0.5)."
         )
     moe = _coverage_figure(model)
     if moe is not None:
@@ -397,16 +398,20 @@ def _best_k_figure(model, max_systems: int = 4):
         res = planning.best_k(model, cfg, ks=ks, rates=rates, max_draws=400)
         ch = res.choice
         cmap = plt.get_cmap("viridis", max(ks) + 1)
+        # bar colour: the k chosen at that rate; bar height: P(that k is best) — a height
+        # below the dashed 0.5 line is a choice the posterior does not settle
         for _, r in ch.iterrows():
             if np.isnan(r["k"]):
                 continue
-            ax.bar(r["rate"], 1, width=rates[1] - rates[0], color=cmap(int(r["k"])),
-                   alpha=0.3 + 0.7 * r["p_best"])  # fmt: skip
-        for k in ks:
-            ax.bar(0, 0, color=cmap(k), label=f"k={k}")
-        ax.set_yticks([])
+            ax.bar(r["rate"], r["p_best"], width=rates[1] - rates[0], color=cmap(int(r["k"])))
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=cmap(k), label="no SD" if k == 0 else f"k = {k}") for k in ks]
+        ax.axhline(0.5, color="k", lw=0.8, ls="--")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("P(best)")
         ax.set_title(_title(model, name), fontsize=9)
-        ax.legend(fontsize=8, ncol=len(ks), loc="upper right")
+        ax.legend(handles=handles, fontsize=8, ncol=len(ks), loc="lower left", framealpha=0.9)
     axes[-1, 0].set_xlabel("request rate (req/s)")
     fig.tight_layout()
     return fig

@@ -638,6 +638,17 @@ def test_report_titles_name_systems_as_people_do(fitted):
     assert _title(fitted, draft).replace("\n", " ").endswith("drafter eagle3-head-8b")
 
 
+def test_best_k_figure_plots_the_probability_of_the_choice(fitted):
+    from bayes_sd.report import _best_k_figure
+
+    fig = _best_k_figure(fitted, max_systems=1)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "P(best)" and ax.get_ylim() == (0.0, 1.05)
+    heights = [p.get_height() for p in ax.patches]
+    assert heights and all(0.0 <= h <= 1.0 for h in heights)
+    assert ax.get_legend().get_texts()[0].get_text() == "no SD"
+
+
 def test_posterior_predictive_figure_is_not_stretched_by_one_interval():
     from bayes_sd.report import _ppc_figure
 
