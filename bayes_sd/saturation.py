@@ -13,7 +13,13 @@ import pandas as pd
 
 from bayes_sd.schema import CONFIG_KEYS
 
-__all__ = ["expected_achieved_rate", "flag_failures", "flag_saturation"]
+__all__ = [
+    "MAX_FAILED_SHARE",
+    "expected_achieved_rate",
+    "failed_share",
+    "flag_failures",
+    "flag_saturation",
+]
 
 
 def expected_achieved_rate(rate, n_requests, latency_mean_s):
@@ -124,20 +130,29 @@ def _ttft_over_lowest_rate(t: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def flag_failures(table: pd.DataFrame, *, max_share: float = 0.05) -> pd.DataFrame:
+MAX_FAILED_SHARE = 0.05  # above it a run measured its survivors: excluded from fits
+
+
+def failed_share(table: pd.DataFrame) -> np.ndarray:
+    """Per run, the share of its requests that failed (NaN where not recorded)."""
+    failed = pd.to_numeric(table.get("n_failed"), errors="coerce")
+    if failed is None:
+        return np.full(len(table), np.nan)
+    done = pd.to_numeric(table["n_requests"], errors="coerce")
+    return (failed / (failed + done)).to_numpy(dtype=float)
+
+
+def flag_failures(table: pd.DataFrame, *, max_share: float = MAX_FAILED_SHARE) -> pd.DataFrame:
     """Exclude (``excluded``, with ``excluded_reason``) runs where more than ``max_share`` of
     the requests failed: what they measured is the surviving requests'. Runs with fewer
     failures are kept (their ``n_failed`` stays in the table; :func:`bayes_sd.read_sweep`
     reports them)."""
     t = table.copy()
-    failed = pd.to_numeric(t.get("n_failed"), errors="coerce")
-    if failed is None or not (failed > 0).any():
-        return t
-    done = pd.to_numeric(t["n_requests"], errors="coerce")
-    share = (failed / (failed + done)).to_numpy(dtype=float)
-    many = share > max_share
+    many = failed_share(t) > max_share
     if not many.any():
         return t
+    failed = pd.to_numeric(t["n_failed"], errors="coerce")
+    done = pd.to_numeric(t["n_requests"], errors="coerce")
     excluded = t["excluded"].astype("boolean").fillna(False).to_numpy(dtype=bool)
     reason = t["excluded_reason"].astype("object").to_numpy(copy=True)
     for i in np.flatnonzero(many & ~excluded):

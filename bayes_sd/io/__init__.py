@@ -37,7 +37,7 @@ from bayes_sd.io.metadata import (
 from bayes_sd.io.stepcost import read_step_costs
 from bayes_sd.io.vllm import looks_like_vllm, parse_vllm
 from bayes_sd.registry import fill_sizes
-from bayes_sd.saturation import flag_failures, flag_saturation
+from bayes_sd.saturation import MAX_FAILED_SHARE, failed_share, flag_failures, flag_saturation
 from bayes_sd.schema import SWEEP_COLUMNS, validate_sweep, warn_assumed
 
 __all__ = ["read_step_costs", "read_sweep", "sweep_from_results"]
@@ -112,10 +112,11 @@ def _warn_failures(table: pd.DataFrame) -> None:
     if not (failed > 0).any():
         return
     first = table.loc[failed.idxmax()]
-    dropped = int(table["excluded_reason"].astype(str).str.contains("requests failed").sum())
+    dropped = int((failed_share(table) > MAX_FAILED_SHARE).sum())
     warnings.warn(
         f"{int((failed > 0).sum())} run(s) had failed requests (most: {int(first['n_failed'])} "
-        f"in {first['file']} record {first['record']}); {dropped} with more than 5% failed are "
+        f"in {first['file']} record {first['record']}); {dropped} with more than "
+        f"{MAX_FAILED_SHARE:.0%} failed are "
         "excluded from fits, the others kept with the latencies of their completed requests",
         UserWarning,
         stacklevel=3,
