@@ -222,24 +222,34 @@ def resolve_priors(
 def draw_priors(priors: dict, names, draws: int, rng, coords: dict) -> dict[str, np.ndarray]:
     """``draws`` forward draws of the priors ``names`` (a fixed number is repeated), shaped
     ``(draws, *dims)`` with the lengths of ``coords``: what a parameter the fit did not sample
-    (no data touched it) stands for in a prediction. Compiled without optimisation: a few
-    hundred draws of a few small priors take a fifth of a second."""
+    (no data touched it) stands for in a prediction. Flat priors are drawn in one call of a
+    sized distribution (0.02 s for the tail law, on predict's path); a hierarchical one goes
+    through a model, one draw at a time (0.1 s)."""
     import pymc as pm
 
-    out, free = {}, []
-    with pm.Model(coords=coords):
-        for name in names:
-            spec = priors[name]
-            if isinstance(spec, float):  # fixed: shaped as the default prior's dims
-                dims = getattr(DEFAULT_PRIORS.get(name), "dims", None) or ()
-                shape = [len(coords[d]) for d in (dims if isinstance(dims, tuple) else (dims,))]
-                out[name] = np.full((draws, *shape), spec)
-            else:
-                free.append((name, spec.create_variable(name)))
-        if free:
-            values = pm.draw([v for _, v in free], draws=draws, random_seed=rng,
-                             mode="FAST_COMPILE")  # fmt: skip
-            out.update({name: np.asarray(v) for (name, _), v in zip(free, values, strict=True)})
+    def shape(spec) -> list[int]:
+        dims = getattr(spec, "dims", None) or ()
+        return [len(coords[d]) for d in (dims if isinstance(dims, tuple) else (dims,))]
+
+    out, flat, nested = {}, [], []
+    for name in names:
+        spec = priors[name]
+        if isinstance(spec, float):  # fixed: shaped as the default prior's dims
+            out[name] = np.full((draws, *shape(DEFAULT_PRIORS.get(name))), spec)
+        elif any(isinstance(v, Prior) for v in spec.parameters.values()):
+            nested.append(name)
+        else:
+            size = (draws, *shape(spec))
+            flat.append((name, spec.pymc_distribution.dist(**spec.parameters, size=size)))
+    if flat:
+        values = pm.draw([v for _, v in flat], draws=1, random_seed=rng, mode="FAST_COMPILE")
+        values = values if isinstance(values, list) else [values]
+        out.update({name: np.asarray(v) for (name, _), v in zip(flat, values, strict=True)})
+    if nested:
+        with pm.Model(coords=coords):
+            made = [priors[name].create_variable(name) for name in nested]
+            values = pm.draw(made, draws=draws, random_seed=rng, mode="FAST_COMPILE")
+        out.update({name: np.asarray(v) for name, v in zip(nested, values, strict=True)})
     return out
 
 
