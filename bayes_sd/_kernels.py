@@ -221,8 +221,8 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, k
         kk = k[j]
         for i in range(draws):
             e = e_known[j]
-            if math.isnan(e):  # latent acceptance of the draft system
-                e = 1.0 + kk * acc[i, d_idx[j]]
+            if math.isnan(e):  # the acceptance law's draw for the row's (group, k)
+                e = acc[i, d_idx[j]]
             _terms(coef, incr, f_sd[i, q], i, q, kk, act[q], kink[i], tm)
             _phases(tm, kk, e, dl[j], plen[j], rate[j], conc[j], is_open[j], n[j], cap[i, q],
                     share[i], log_q[q], moe[q], res)  # fmt: skip
@@ -275,7 +275,8 @@ def predict(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=No
 
     ``params``: ``coef``, ``incr`` (8, draws, configs), ``f_sd``, ``f_base``, ``capacity``
     (draws, configs), per configuration ``experts``, ``experts_per_token``, ``active_share``,
-    per draw ``kink_tokens``, ``ttft_share``, and ``acceptance`` (draws, draft systems).
+    per draw ``kink_tokens``, ``ttft_share``, and ``acceptance`` (draws, combinations): the
+    acceptance law's tokens per cycle per (group, k) of the rows without a given one.
     ``rows``: ``cfg``, ``k``, ``e_known``, ``d_idx``, ``decode_len``, ``prefill_len``,
     ``rate``, ``conc`` (NaN where not given), ``is_open``, ``engines``, ``base_of`` (an id of
     each row's baseline: rows with one id have the same baseline configuration and load).
@@ -341,7 +342,7 @@ def _numpy_block(params: dict, rows: dict) -> dict:
     e = np.broadcast_to(rows["e_known"], (draws, len(cfg))).copy()
     latent = np.isnan(rows["e_known"])
     if latent.any():
-        e[:, latent] = 1.0 + k[latent] * params["acceptance"][:, rows["d_idx"][latent]]
+        e[:, latent] = params["acceptance"][:, rows["d_idx"][latent]]
     coef = np.take(params["coef"], cfg, axis=2)
     incr = np.take(params["incr"], cfg, axis=2)
     act = params["active_share"][cfg]

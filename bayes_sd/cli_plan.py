@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise DataError(f"--credibility must be between 0 and 1, got {args.credibility:g}")
     if args.goodput_at:
         _helpers()._parse_floats(args.goodput_at, "--goodput-at")
+    if args.schedule_json and Path(args.schedule_json).is_dir():
+        raise DataError("--schedule-json names a folder; give a file such as schedule.json",
+                        file=args.schedule_json)  # fmt: skip
     model = _helpers()._load_model(args.model)
     _check_config(model, cfg)
     from bayes_sd import planning
@@ -140,9 +144,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "\n## Break-even rate (SD stops paying), 90% interval\n\n",
             _table(breaks),
         ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        schedule = best.schedule()
     text += [
-        f"\n## Best draft length by batch size (objective: {args.objective})\n\n",
-        _table(best.schedule()),
+        f"\n## Best draft length by running batch size per engine (objective: "
+        f"{args.objective}; ranges include both ends; p_best: the lowest P(k is best) in the "
+        "range)\n\n",
+        _table(schedule),
+        *(f"\nNote: {w.message}\n" for w in caught),
     ]
     if nxt is not None:
         text += [
@@ -161,6 +171,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if not breaks.empty:
             atomic_write(out / "break_even.csv", lambda p: breaks.to_csv(p, index=False))
         print(f"wrote {out / 'plan.md'}", file=sys.stderr)
+    if args.schedule_json:
+        import json
+
+        value = json.dumps(best.to_vllm(), indent=1) + "\n"
+        atomic_write(Path(args.schedule_json), lambda p: p.write_text(value, encoding="utf-8"))
+        print(f"wrote {args.schedule_json} (merge into vLLM's --speculative-config)",
+              file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
 
@@ -252,6 +269,11 @@ def add_commands(add) -> None:
     plan.add_argument("--objective", choices=["mean", "quantile", "shortfall"], default="mean",
                       help="best-k objective (default: %(default)s)")  # fmt: skip
     plan.add_argument("--out", default=None, help="folder for plan.md and CSV tables")
+    plan.add_argument(
+        "--schedule-json", default=None, metavar="FILE",
+        help="write the best-k schedule as vLLM speculative-config fields "
+        "(num_speculative_tokens, num_speculative_tokens_per_batch_size)",
+    )  # fmt: skip
     plan.set_defaults(func=cmd_plan)
 
     front = add(

@@ -22,9 +22,12 @@ from bayes_sd.laws import length_covariates, requests_in_flight
 from bayes_sd.schema import acceptance_of, validate_sweep
 
 __all__ = [
+    "ACCEPTANCE_KEYS",
     "CONFIG_SIZE_COLUMNS",
     "SYSTEM_KEYS",
+    "AcceptanceLaw",
     "Design",
+    "acceptance_groups",
     "drafter_log_size",
     "label_systems",
     "step_design",
@@ -92,6 +95,47 @@ def label_systems(rows: pd.DataFrame) -> None:
         # object dtype: converting 10^5 labels to Arrow strings took 0.13 s of a predict
         labels = uniq[col].to_numpy(dtype=object)[group]
         rows[col] = pd.Series(labels, index=rows.index, dtype=object)
+
+
+# Acceptance belongs to what is drafted and checked — the dataset, the target, the drafter (or
+# method) and the engine's verification — not to the GPU, the lengths or the load
+# (docs/serving.md §4): the runs of one acceptance group share the positional law's (θ, δ).
+ACCEPTANCE_KEYS = ("dataset", "target", "drafter", "engine")
+
+
+def acceptance_groups(rows: pd.DataFrame) -> np.ndarray:
+    """The acceptance group of each row (labelled): ``dataset|target|drafter|engine`` for SD
+    rows whose acceptance is not imposed by an ``alpha``; ``""`` for the others (k = 0, or a
+    simulated α, whose i.i.d. acceptance is a setting, not something to learn)."""
+    free = ((rows["k"].astype(float) > 0) & rows["alpha"].isna()).to_numpy()
+    drafter = rows["drafter"].where(rows["drafter"].notna() & (rows["drafter"] != ""),
+                                    rows["method"])  # fmt: skip
+    keys = pd.DataFrame({"dataset": rows["dataset"], "target": rows["target"],
+                         "drafter": drafter, "engine": rows["engine"]})  # fmt: skip
+    labels = [_label(tuple(t)) for t in keys.itertuples(index=False)]
+    return np.where(free, np.asarray(labels, dtype=object), "")
+
+
+@dataclass(frozen=True)
+class AcceptanceLaw:
+    """Where the positional acceptance law (:mod:`bayes_sd.acceptance`) enters a design: its
+    groups, the (group, k) combinations the runs need, and per run its combination (−1 outside
+    the law) and whether it measured its acceptance length."""
+
+    groups: list[str]
+    combo_group: np.ndarray
+    combo_k: np.ndarray
+    run_combo: np.ndarray
+    measured: np.ndarray
+
+    @property
+    def combos(self) -> list[str]:
+        return [f"{self.groups[g]}|k{k:g}" for g, k in zip(self.combo_group, self.combo_k,
+                                                            strict=True)]  # fmt: skip
+
+    @property
+    def k_max(self) -> int:
+        return int(self.combo_k.max(initial=0))
 
 
 def system_covariates(table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -187,6 +231,23 @@ class Design:
     def acceptance(self) -> np.ndarray:
         """Tokens per cycle of each run: measured, from α, 1 at k = 0; NaN where latent."""
         return acceptance_of(self.rows)
+
+    @cached_property
+    def acceptance_law(self) -> AcceptanceLaw:
+        """The runs under the positional acceptance law: SD runs without an imposed α."""
+        group = acceptance_groups(self.rows)
+        inside = group != ""
+        groups = sorted(set(group[inside]))
+        g = pd.Index(groups).get_indexer(group)
+        combo = pd.DataFrame({"g": g, "k": self.k})[inside]
+        uniq = combo.drop_duplicates().sort_values(["g", "k"]).reset_index(drop=True)
+        run_combo = np.full(len(self.rows), -1)
+        if len(uniq):
+            where = pd.MultiIndex.from_frame(uniq)
+            run_combo[inside] = where.get_indexer(pd.MultiIndex.from_frame(combo))
+        return AcceptanceLaw(groups, uniq["g"].to_numpy(dtype=int),
+                             uniq["k"].to_numpy(dtype=float), run_combo,
+                             inside & ~np.isnan(self.acceptance))  # fmt: skip
 
     @cached_property
     def is_open(self) -> np.ndarray:
@@ -298,19 +359,19 @@ class Design:
         return pd.Index(self.gpus).get_indexer(self.sys_table["gpu_key"])
 
     def match_acceptance(self, rows: pd.DataFrame) -> None:
-        """Prediction ``rows`` (labelled) of draft systems whose fitted runs measured their
-        acceptance: an SD row giving neither ``acceptance_length`` nor ``alpha`` takes the
-        mean measured at its k, or at another k the i.i.d. law with the α the measured runs
-        imply (warned: an extrapolation); a row giving ``alpha`` for a series the fit measured
-        is that series, not a new one. Draft systems with latent acceptance keep their
-        posterior."""
-        from bayes_sd.latency import alpha_from_tokens_per_cycle, tokens_per_cycle
+        """Prediction ``rows`` (labelled): a row giving ``alpha`` for a series the fit measured
+        is that series, not a new one. Draft systems fitted under an imposed α (simulated
+        sweeps): an SD row giving neither ``acceptance_length`` nor ``alpha`` takes the mean
+        measured at its k, or at another k the i.i.d. law with the α of the fitted runs
+        (warned). Draft systems under the positional law keep their posterior (predict)."""
+        from bayes_sd.acceptance import alpha_from_tokens_per_cycle, tokens_per_cycle
 
+        imposed = self.rows["alpha"].notna().to_numpy()
         fitted = pd.DataFrame(
             {"draft_system": self.rows["draft_system"], "k": self.k, "e": self.acceptance}
-        )[self.k > 0]
-        latent = set(fitted.loc[fitted["e"].isna(), "draft_system"])
-        fitted = fitted[~fitted["draft_system"].isin(latent)]
+        )[(self.k > 0) & imposed & ~np.isnan(self.acceptance)]
+        law = set(self.rows.loc[~imposed & (self.k > 0), "draft_system"])
+        fitted = fitted[~fitted["draft_system"].isin(law)]
         # a row's alpha for a series fitted without one names that series
         plain = rows["series"].str.replace(r"\|a[^|]*$", "", regex=True)
         same = ~rows["series"].isin(self.series) & plain.isin(self.series)

@@ -19,14 +19,14 @@ import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
-from bayes_sd import latency, laws, phases
+from bayes_sd import acceptance, latency, laws, phases
+from bayes_sd import graph_side as side
 from bayes_sd.coefs import (
     COEF_SLOPE,
     COEFS,
     DRAFT_COEFS,
     LENGTH_COEFS,
     LEVEL,
-    REF_TARGET_PARAMS,
     SLOPE_COEFS,
     TARGET_COEFS,
 )
@@ -65,9 +65,9 @@ def build_graph(design: Design, priors: dict, options: GraphOptions, step_rows=N
         terms = b.series_terms(c_pv, c_d, inc, data, tokens)  # per series, then per run
         predicted = b.phases(data, terms, tokens)  # TTFT, TPOT, E2E per run
         b.likelihoods(data, predicted)
-        b.tails(data)  # the percentiles' ratios to their means
+        side.tails(b, data)  # the percentiles' ratios to their means
         if step_rows is not None:
-            b.step_likelihood(step_rows, pop)
+            side.step_likelihood(b, step_rows, pop)
     return model
 
 
@@ -86,6 +86,8 @@ def _coords(design: Design) -> dict:
         "source": design.sources,
         "run": design.rows["run_id"].astype(str).tolist(),
         "tail": list(laws.TAILS),
+        "accept_group": design.acceptance_law.groups or ["none"],
+        "accept_combo": design.acceptance_law.combos or ["none"],
     }
     for effect in EFFECTS:
         coords[effect] = design.levels(effect)
@@ -355,12 +357,41 @@ class _Builder:
     # ------------------------------------------------------------------ acceptance, terms
 
     def acceptance(self, data):
-        """Tokens per cycle per run: measured, from alpha, or latent per draft system."""
+        """Tokens per cycle per run: measured, from an imposed α, or the positional law's
+        ``E(k)`` of the run's acceptance group (:mod:`bayes_sd.acceptance`). Measured
+        acceptance lengths of the law's runs are observed around it (``acceptance_obs``), so
+        a run at k = 7 informs every k ≤ 7 and the runs that measured nothing."""
+        law = self.d.acceptance_law
+        if not law.groups:
+            return data["e_known"]
+        logit, decay = self.acceptance_groups(len(law.groups))
+        e = acceptance.positional_tokens(logit[law.combo_group], decay[law.combo_group],
+                                         law.combo_k, k_max=law.k_max)  # fmt: skip
+        e = pm.Deterministic("acceptance_length", e, dims="accept_combo")
+        if law.measured.any():
+            observed = np.log(self.d.acceptance[law.measured])
+            pm.Normal("acceptance_obs", mu=pt.log(e[law.run_combo[law.measured]]),
+                      sigma=self.prior("accept_sigma"), observed=observed)  # fmt: skip
         latent = np.isnan(self.d.acceptance)
         if not latent.any():
             return data["e_known"]
-        accept = self.prior("acceptance")
-        return pt.switch(latent, 1.0 + data["k"] * accept[self.d.draft_idx], data["e_known"])
+        return pt.switch(latent, e[np.maximum(law.run_combo, 0)], data["e_known"])
+
+    def acceptance_groups(self, n: int):
+        """(θ, δ) per acceptance group: the population's, scattered per group (non-centred:
+        a group is pinned by its runs only through their latencies where none measured
+        acceptance); one group is the population's own."""
+        logit, decay = self.prior("accept_logit"), self.prior("accept_decay")
+        if n > 1:
+            z = pm.Normal("accept_logit_z", 0.0, 1.0, dims="accept_group")
+            logit = logit + self.prior("accept_logit_sd") * z
+            z = pm.Normal("accept_decay_z", 0.0, 1.0, dims="accept_group")
+            decay = decay * pt.exp(self.prior("accept_decay_sd") * z)
+        else:
+            logit, decay = pt.stack([logit]), pt.stack([decay])
+        logit = pm.Deterministic("accept_group_logit", logit, dims="accept_group")
+        decay = pm.Deterministic("accept_group_decay", decay, dims="accept_group")
+        return logit, decay
 
     def series_terms(self, c_pv, c_d, inc, data, tokens) -> phases.StepTerms:
         """The step terms (:func:`bayes_sd.phases.step_terms`) per series, with the series
@@ -517,84 +548,3 @@ class _Builder:
                 dims=dims,
                 nu=lambda: self.prior("nu"),
             )
-
-    def tails(self, data) -> None:
-        """Each measured percentile (p50, p90, p99 of TTFT, TPOT, E2E) enters as its log ratio
-        to the same run's measured mean (:func:`bayes_sd.laws.tail_log_ratios`: the ratio grows
-        with the measured load), so a run's mean is not counted twice and the tails do not pull
-        on the coefficients; one scale per percentile, and
-        per-engine terms around the population's when the sweep has several engines. A sweep
-        without percentiles leaves the tail law out of the graph (27 parameters only their
-        priors would inform cost the sampler time and mixing): ``predict`` then draws them from
-        their priors, so its percentiles say so with wide intervals."""
-        if not any(t in data for t in laws.TAILS):
-            return
-        level, slope = self.prior("tail_level"), self.prior("tail_slope")
-        sigma = self.prior("tail_sigma")
-        engines = self.d.levels("engine")
-        if len(engines) > 1:
-            z = pm.Normal("tail_engine_z", 0.0, 1.0, dims=("tail", "engine"))
-            idx = pd.Index(engines).get_indexer(self.d.rows["engine"])
-            level = level[:, None] + (self.prior("tail_engine_sd") * z)[:, idx]  # (tail, run)
-        else:
-            level = level[:, None]
-        load = laws.tail_load(self.d.batch)  # the measured requests in flight per engine
-        for metric in laws.TAIL_METRICS:
-            terms = [laws.TAILS.index(f"{metric}_{q}") for q in laws.TAIL_STATS]
-            if not any(laws.TAILS[t] in data for t in terms):
-                continue
-            ratios = laws.tail_log_ratios([level[t] for t in terms], [slope[t] for t in terms],
-                                          load)  # fmt: skip
-            for t, ratio in zip(terms, ratios, strict=True):
-                tail = laws.TAILS[t]
-                if tail not in data:
-                    continue
-                idx = np.flatnonzero(~np.isnan(self.d.tail_ratio(tail)))
-                dims = f"run_{tail}"
-                pm.modelcontext(None).add_coord(dims, self.d.rows["run_id"].to_numpy()[idx])
-                make_likelihood(
-                    self.priors["likelihood"],
-                    f"log_{tail}",
-                    mu=ratio[idx],
-                    sigma=sigma[t],
-                    observed=data[tail][idx],
-                    dims=dims,
-                    nu=lambda: self.prior("nu"),
-                )
-
-    def step_likelihood(self, sr: pd.DataFrame, pop) -> None:
-        """Forward-pass timings of the sweep's dense targets on its GPUs (docs/model.md, "Step
-        level"): a decode pass over B sequences at context ctx costs ``c1v + B · c2v(ctx)`` and
-        a one-sequence prefill of P tokens ``c1p(P)``, with the coefficients of the population
-        laws (no configuration shifts) less a serving overhead per level (scheduling, sampling
-        and the like are in the served latency, not in an isolated forward pass)."""
-        model = pm.modelcontext(None)
-        model.add_coord("step", np.arange(len(sr)))
-        g = pd.Index(self.d.gpus).get_indexer(sr["gpu"])
-        size = np.log(sr["params_active"].to_numpy(dtype=float) / REF_TARGET_PARAMS)
-        ctx_len = np.log(np.maximum(sr["ctx"].to_numpy(dtype=float), 1.0) / 1024)
-        p_len = np.log(sr["tokens"].to_numpy(dtype=float) / 1024)
-        names = ("c1v", "c2v", "c1p")
-        idx = [COEFS.index(n) for n in names]
-        law = laws.log_coefficients(
-            pop["intercept"][idx],
-            pop["size_slope"][idx],
-            size[:, None],
-            pop["effects"]["gpu"][g][:, idx],
-            pop["length_slope"],
-            np.stack([p_len, p_len, ctx_len], axis=1),
-            names,
-        )
-        overhead = self.prior("step_overhead")  # log serving overhead per level
-        c1v, c2v, c1p = (pt.exp(law[:, i] - overhead[LEVEL[j]]) for i, j in enumerate(idx))
-        is_decode = (sr["phase"] == "decode").to_numpy()
-        batch = sr["batch"].to_numpy(dtype=float)
-        make_likelihood(
-            self.priors["step_likelihood"],
-            "log_step_time",
-            mu=pt.log(pt.switch(is_decode, c1v + batch * c2v, c1p)),
-            sigma=self.prior("step_sigma"),
-            observed=np.log(sr["time_s"].to_numpy(dtype=float)),
-            dims="step",
-            nu=lambda: self.prior("step_nu"),
-        )

@@ -31,6 +31,15 @@ import numpy as np
 from bayes_sd._backend import check as _check
 from bayes_sd._backend import numeric as _numeric
 from bayes_sd._backend import ops as _ops
+
+# acceptance has its own module; its functions stay importable from here
+from bayes_sd.acceptance import (
+    acceptance_rate,
+    alpha_from_tokens_per_cycle,
+    tokens_per_cycle,
+    tokens_per_cycle_from_rate,
+    tokens_per_cycle_positional,
+)
 from bayes_sd.coefs import COEFS, Coefficients
 
 __all__ = [
@@ -61,95 +70,6 @@ __all__ = [
     "tokens_per_cycle_from_rate",
     "tokens_per_cycle_positional",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# Acceptance: expected tokens per draft–verify cycle
-
-
-def tokens_per_cycle(alpha: Any, k: Any) -> Any:
-    """Expected tokens committed per cycle with i.i.d. per-token acceptance ``alpha``.
-
-    ``E = (1 − α^(k+1)) / (1 − α)``, with ``E = k + 1`` at ``α = 1`` and ``E = 1`` at ``k = 0``.
-    """
-    ops = _ops(alpha, k)
-    if ops.tensor:
-        alpha, k = ops.convert(alpha, k)
-    else:
-        alpha = _numeric("alpha", alpha, low=0.0, high=1.0)
-        k = _numeric("k", k, low=0.0)
-    gap = 1.0 - alpha
-    near_one = ops.abs(gap) < 1e-6
-    safe_gap = ops.where(near_one, 1.0, gap)
-    # Near α = 1 the closed form cancels; its first-order expansion is exact to O(gap²).
-    series = (k + 1.0) - 0.5 * k * (k + 1.0) * gap
-    return ops.where(near_one, series, (1.0 - alpha ** (k + 1.0)) / safe_gap)
-
-
-def tokens_per_cycle_positional(rates: Any, *, conditional: bool = True) -> Any:
-    """Expected tokens per cycle from per-position acceptance probabilities (last axis = k).
-
-    With ``conditional=True`` (model.md §2) ``rates[i]`` is the probability that position
-    ``i+1`` is accepted given all earlier ones were: ``E = 1 + Σ_i Π_{j≤i} a_j``.
-    With ``conditional=False`` they are vLLM's unconditional per-position rates
-    (accepted at position i / drafts): ``E = 1 + Σ_i r_i``.
-    """
-    ops = _ops(rates)
-    if ops.tensor:
-        (rates,) = ops.convert(rates)
-    else:
-        rates = _numeric("per-position acceptance", rates, low=0.0, high=1.0)
-        if rates.ndim == 0:
-            raise ValueError("per-position acceptance needs a last axis of length k")
-    terms = ops.cumprod(rates, axis=-1) if conditional else rates
-    return 1.0 + ops.sum(terms, axis=-1)
-
-
-def tokens_per_cycle_from_rate(rate: Any, k: Any) -> Any:
-    """Expected tokens per cycle from vLLM's acceptance rate (accepted / drafted, a fraction)."""
-    ops = _ops(rate, k)
-    if ops.tensor:
-        rate, k = ops.convert(rate, k)
-    else:
-        rate = _numeric("acceptance rate", rate, low=0.0, high=1.0)
-        k = _numeric("k", k, low=0.0)
-    return 1.0 + rate * k
-
-
-def acceptance_rate(tokens: Any, k: Any) -> Any:
-    """vLLM's acceptance rate ``(E − 1) / k`` (a fraction; NaN at k = 0)."""
-    ops = _ops(tokens, k)
-    if ops.tensor:
-        tokens, k = ops.convert(tokens, k)
-    else:
-        tokens = _numeric("tokens per cycle", tokens, low=1.0)
-        k = _numeric("k", k, low=0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(k > 0, (tokens - 1.0) / np.where(k > 0, k, 1.0), np.nan)
-    return (tokens - 1.0) / k
-
-
-def alpha_from_tokens_per_cycle(tokens: Any, k: Any) -> np.ndarray:
-    """The i.i.d. acceptance ``α`` with ``tokens_per_cycle(α, k) == tokens`` (NumPy only).
-
-    ``tokens`` must lie in ``[1, k + 1]``; ``k = 0`` gives NaN (α is not identified).
-    """
-    tokens = _numeric("tokens per cycle", tokens, low=1.0)
-    k = _numeric("k", k, low=0.0)
-    tokens, k = np.broadcast_arrays(tokens, k)
-    _check(
-        np.isnan(tokens) | (tokens <= k + 1.0 + 1e-9),
-        "tokens per cycle must be <= k + 1",
-    )
-    lo = np.zeros(tokens.shape)
-    hi = np.ones(tokens.shape)
-    for _ in range(60):  # E(α, k) is increasing in α: bisection to machine precision
-        mid = 0.5 * (lo + hi)
-        below = tokens_per_cycle(mid, k) < tokens
-        lo = np.where(below, mid, lo)
-        hi = np.where(below, hi, mid)
-    out = 0.5 * (lo + hi)
-    return np.where((k > 0) & ~np.isnan(tokens), out, np.nan)
 
 
 # --------------------------------------------------------------------------------------------

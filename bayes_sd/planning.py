@@ -237,6 +237,10 @@ def break_even(
     return BreakEven(k, be, along)
 
 
+# below this P(best) the data do not single out the draft length of a schedule's range
+SCHEDULE_MIN_P_BEST = 0.5
+
+
 @dataclass
 class BestK:
     """Best draft length by load, with its credibility, and a schedule by batch size."""
@@ -245,25 +249,62 @@ class BestK:
     choice: pd.DataFrame  # one row per rate: k chosen, its objective, p_best, batch size
     objective: str
 
-    def schedule(self) -> pd.DataFrame:
-        """Draft length by batch size (runs of equal choice merged): ``batch_from``,
-        ``batch_to``, ``k``, ``min_p_best`` — a table to turn into a vLLM per-batch-size
-        speculative setting."""
-        c = self.choice.dropna(subset=["batch_size"])
-        out, start = [], 0
-        for i in range(1, len(c) + 1):
-            if i == len(c) or c["k"].iloc[i] != c["k"].iloc[start]:
-                part = c.iloc[start:i]
-                out.append(
-                    {
-                        "batch_from": float(part["batch_size"].iloc[0]),
-                        "batch_to": float(part["batch_size"].iloc[-1]),
-                        "k": int(part["k"].iloc[0]),
-                        "min_p_best": float(part["p_best"].min()),
-                    }
-                )
-                start = i
-        return pd.DataFrame(out)
+    def schedule(self, *, warn: bool = True) -> pd.DataFrame:
+        """Draft length by running batch size per engine: integer, contiguous,
+        non-overlapping ranges ``batch_from``–``batch_to`` (both included) from 1 to the
+        largest batch a chosen k sustains (loads where every k saturates are left out), with
+        ``k`` (0: no SD) and ``p_best`` (the lowest P(k is best) over the range's loads).
+
+        The batch of a load is λ·L / engines (Little's law, median latency of the chosen
+        k); the boundary between two ranges lies half-way between the batches of the last
+        load of one and the first of the next. Warns where ``p_best`` < 0.5: there the
+        posterior does not single out a draft length. :meth:`to_vllm` gives vLLM's
+        ``num_speculative_tokens_per_batch_size``."""
+        cols = ["batch_from", "batch_to", "k", "p_best"]
+        c = self.choice[np.isfinite(self.choice["batch_size"]) & self.choice["k"].notna()]
+        c = c.sort_values("batch_size", kind="stable")
+        if c.empty:
+            return pd.DataFrame(columns=cols)
+        batch, ks, p = (c[x].to_numpy(dtype=float) for x in ("batch_size", "k", "p_best"))
+        runs = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])  # first point of each run
+        ends = np.r_[runs[1:], len(ks)] - 1
+        top = max(int(np.floor(batch[-1])), 1)
+        out: list[dict] = []
+        lo = 1
+        for first, last, nxt in zip(runs, ends, np.r_[runs[1:], -1], strict=True):
+            hi = top if nxt < 0 else int(np.floor((batch[last] + batch[nxt]) / 2))
+            if hi < lo:  # a range narrower than one batch size: its neighbours take it
+                continue
+            part = {"batch_from": lo, "batch_to": min(hi, top), "k": int(ks[first]),
+                    "p_best": float(p[first : last + 1].min())}  # fmt: skip
+            if out and out[-1]["k"] == part["k"]:
+                out[-1].update(batch_to=part["batch_to"],
+                               p_best=min(out[-1]["p_best"], part["p_best"]))  # fmt: skip
+            else:
+                out.append(part)
+            lo = part["batch_to"] + 1
+            if lo > top:
+                break
+        sched = pd.DataFrame(out, columns=cols)
+        weak = sched[sched["p_best"] < SCHEDULE_MIN_P_BEST]
+        if warn and len(weak):
+            shown = "; ".join(f"batch {r.batch_from}–{r.batch_to}: k = {r.k} with P(best) "
+                              f"{r.p_best:.2f}" for r in weak.head(3).itertuples())  # fmt: skip
+            warnings.warn(
+                f"the schedule's draft length is uncertain ({shown}): the posterior does not "
+                "single out a k there; measure those loads at the competing draft lengths",
+                UserWarning,
+                stacklevel=2,
+            )
+        return sched
+
+    def to_vllm(self) -> dict:
+        """The schedule as vLLM's speculative-config fields: ``num_speculative_tokens`` (the
+        longest k) and ``num_speculative_tokens_per_batch_size`` (``[[from, to, k], ...]``)."""
+        sched = self.schedule(warn=False)
+        ranges = [[int(r.batch_from), int(r.batch_to), int(r.k)] for r in sched.itertuples()]
+        return {"num_speculative_tokens": max((r[2] for r in ranges), default=0),
+                "num_speculative_tokens_per_batch_size": ranges}  # fmt: skip
 
 
 def best_k(
@@ -312,6 +353,7 @@ def best_k(
             )
     table = pd.DataFrame(rows)
     chosen = np.argmin(obj, axis=0)
+    engines = float(_config(config).get("engines", 1.0) or 1.0)
     choice = []
     for r, rate in enumerate(rates):
         j = int(chosen[r])
@@ -324,7 +366,8 @@ def best_k(
                 "objective": float(obj[j, r]),
                 "p_best": float(np.mean(best[:, r] == j)),
                 "median_latency": med,
-                "batch_size": rate * med if feasible else np.nan,  # Little's Law
+                # requests running per engine, by Little's law
+                "batch_size": rate * med / engines if feasible else np.nan,
             }
         )
     return BestK(table, pd.DataFrame(choice), objective)

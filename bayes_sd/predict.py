@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayes_sd import _kernels, laws
+from bayes_sd import _kernels, acceptance, laws
 from bayes_sd.coefs import COEF_SLOPE, COEFS, LEVEL, TARGET_COEFS
 from bayes_sd.design import (
     CONFIG_SIZE_COLUMNS,
     EFFECTS,
     Design,
+    acceptance_groups,
     drafter_log_size,
     fill_labels,
     label_systems,
@@ -41,13 +42,16 @@ POSTERIOR_VARS = (
     "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_effect", "engine_effect",
     "precision_effect",
     "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd", "series_sd", "shift_system",
-    "shift_draft", "shift_series", "moe_excess", "acceptance", "kink_tokens", "ttft_share",
+    "shift_draft", "shift_series", "moe_excess", "kink_tokens", "ttft_share", "accept_logit",
+    "accept_decay", "accept_logit_sd", "accept_decay_sd", "accept_group_logit",
+    "accept_group_decay",
     "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma", "ttft_sigma",
     "tpot_sigma", "load_noise", "nu", "tail_level", "tail_slope", "tail_sigma", "tail_engine_sd",
     "tail_engine_z",
 )  # fmt: skip
 # per-row outputs: the kernel's planes and what follows from them
-OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", "saturation_rate")
+OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", "saturation_rate",
+           "acceptance_length")  # fmt: skip
 # per-row percentiles of TTFT, TPOT and E2E (the tail law of bayes_sd.laws), with ``tails=True``
 TAIL_OUTPUTS = laws.TAILS
 # the tail law's parameters: a fit without measured percentiles has none, and its predictions
@@ -142,9 +146,9 @@ def predict(
         "active_share": np.exp(-cov["log_total_over_active"]),
         "kink_tokens": flat.get("kink_tokens", np.full(draws, np.inf)),
         "ttft_share": flat.get("ttft_share", np.full(draws, 0.5)),
-        "acceptance": flat.get("acceptance", np.zeros((draws, 1))),
     }  # fmt: skip
     per_row = {"cfg": group, **_row_arrays(design, rows, flat)}
+    params["acceptance"] = _acceptance_draws(model, design, rows, flat, per_row, draws, rng)
     per_row["base_of"] = _moe_baselines(rows, np.ones(len(rows), dtype=bool))
     # one pass over (row, draw): the fused kernel, or the NumPy algebra (same signature)
     kernel = _kernels.predict if _kernels.AVAILABLE else _kernels.predict_numpy
@@ -152,6 +156,10 @@ def predict(
     planes = dict(zip(_kernels.PLANES, (plane.T for plane in out), strict=False))  # (draw, row)
     if noise:
         _with_noise(design, rows, flat, planes, rng)
+    # tokens per step: as given, or the acceptance law's draws
+    e = np.broadcast_to(per_row["e_known"], (draws, len(rows)))
+    planes["acceptance_length"] = np.where(np.isnan(e), params["acceptance"][:, per_row["d_idx"]],
+                                           e)  # fmt: skip
     names = OUTPUTS
     if tails:
         missing = [v for v in _TAIL_PRIORS if v not in post]  # no training run measured a tail
@@ -187,18 +195,9 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in need if c not in rows.columns]
     if missing:
         raise DataError(f"prediction rows need column(s) {', '.join(missing)}", field=missing[0])
-    defaults = {
-        "num_gpus": 1,
-        "engines": 1.0,
-        "layout": "",
-        "drafter": None,
-        "method": None,
-        "acceptance_length": np.nan,
-        "alpha": np.nan,
-        "request_rate": np.nan,
-        "concurrency": np.nan,
-        "drafter_params": np.nan,
-    }
+    defaults = {"num_gpus": 1, "engines": 1.0, "layout": "", "drafter": None, "method": None,
+                "acceptance_length": np.nan, "alpha": np.nan, "request_rate": np.nan,
+                "concurrency": np.nan, "drafter_params": np.nan}  # fmt: skip
     if len(design.sources) == 1:
         defaults["source"] = design.sources[0]
     datasets = design.rows["dataset"].fillna("").unique()
@@ -390,33 +389,57 @@ def _draw_shifts(model, group, labels, flat, draws, rng) -> np.ndarray:
 
 
 def _row_arrays(design: Design, rows, flat) -> dict[str, np.ndarray]:
-    """Per-row inputs of the prediction kernel; checks latent acceptance is available."""
+    """Per-row inputs of the prediction kernel (``d_idx``: set by :func:`_acceptance_draws`)."""
     k = rows["k"].to_numpy(dtype=float)
-    e_known = acceptance_of(rows)
-    d_idx = pd.Index(design.draft_systems).get_indexer(rows["draft_system"])
-    latent = np.isnan(e_known)
-    if latent.any():
-        bad = latent & (d_idx < 0)
-        if "acceptance" not in flat or bad.any():
-            i = int(np.flatnonzero(bad)[0]) if bad.any() else int(np.flatnonzero(latent)[0])
-            raise DataError(
-                "give acceptance_length or alpha for SD rows of drafter "
-                "configurations the model has not seen",
-                record=f"row {i}",
-                field="acceptance_length",
-            )
     rate = rows["request_rate"].astype(float).to_numpy()
     return {
         "engines": rows["engines"].to_numpy(dtype=float),
         "k": k,
-        "e_known": e_known,
-        "d_idx": np.where(latent, d_idx, 0),
+        "e_known": acceptance_of(rows),
+        "d_idx": np.zeros(len(rows), dtype=int),
         "decode_len": rows["decode_len"].to_numpy(dtype=float),
         "prefill_len": rows["prefill_len"].to_numpy(dtype=float),
         "rate": rate,
         "conc": rows["concurrency"].astype(float).to_numpy(),
         "is_open": ~np.isnan(rate),
     }
+
+
+def _acceptance_draws(model, design: Design, rows, flat, per_row, draws, rng) -> np.ndarray:
+    """(draws, combinations) tokens per cycle of the rows without a given acceptance: the
+    positional law (:func:`bayes_sd.acceptance.positional_tokens`) at each (acceptance group,
+    k) the rows need, with the fitted (θ, δ) of a seen group and fresh draws from the
+    population for an unseen one (another dataset, drafter, engine); ``per_row["d_idx"]``
+    is set to each row's combination."""
+    latent = np.isnan(per_row["e_known"])
+    if not latent.any():
+        return np.ones((draws, 1))
+    groups = acceptance_groups(rows)
+    if "accept_group_logit" not in flat:  # the fit learnt no acceptance law
+        i = int(np.flatnonzero(latent)[0])
+        raise DataError("give acceptance_length or alpha for SD rows: the model learnt no "
+                        "acceptance (its runs imposed α, or had no SD)", record=f"row {i}",
+                        field="acceptance_length")  # fmt: skip
+    combo = pd.DataFrame({"g": groups, "k": per_row["k"]})[latent]
+    uniq = combo.drop_duplicates().reset_index(drop=True)
+    per_row["d_idx"][latent] = pd.MultiIndex.from_frame(uniq).get_indexer(
+        pd.MultiIndex.from_frame(combo)
+    )
+    fitted = pd.Index(design.acceptance_law.groups).get_indexer(uniq["g"])
+    logit = np.take(flat["accept_group_logit"], np.maximum(fitted, 0), axis=1)
+    decay = np.take(flat["accept_group_decay"], np.maximum(fitted, 0), axis=1)
+    new = fitted < 0
+    if new.any():
+        spreads = [v for v in ("accept_logit_sd", "accept_decay_sd") if v not in flat]
+        flat.update(draw_priors(model.priors, spreads, draws, rng, {}))
+        names = pd.unique(uniq["g"][new])
+        z = rng.standard_normal((2, draws, len(names)))
+        at = pd.Index(names).get_indexer(uniq["g"][new])
+        logit[:, new] = (flat["accept_logit"][:, None]
+                         + flat["accept_logit_sd"][:, None] * z[0])[:, at]  # fmt: skip
+        decay[:, new] = (flat["accept_decay"][:, None]
+                         * np.exp(flat["accept_decay_sd"][:, None] * z[1]))[:, at]  # fmt: skip
+    return acceptance.positional_tokens(logit, decay, uniq["k"].to_numpy(dtype=float)[None, :])
 
 
 def _with_noise(design: Design, rows, flat, planes: dict, rng) -> None:

@@ -37,8 +37,15 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
 * ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
   what a dense model of the total size would", Normal(0, 0.5). Hierarchically centred with the
   residuals when the prior is a location family (its ``mu`` shifted by the anchor).
-* ``acceptance``: per drafter configuration where the data carry no acceptance, Beta(2, 2) on
-  the acceptance rate (E − 1)/k.
+* Acceptance (the positional law of :mod:`bayes_sd.acceptance`, ``logit a_i = θ − δ (i − 1)``,
+  per acceptance group: dataset, target, drafter, engine): ``accept_logit`` θ, Normal(1, 1) —
+  a first position accepted 73% of the time, 27–95% within one sd (EAGLE-type drafters
+  0.7–0.9, small draft models on chat 0.5–0.7); ``accept_decay`` δ, HalfNormal(0.7) — from
+  i.i.d. (0) to an MTP head whose E(k) is flat past k = 3 (≈ 1); a fixed 0 is the i.i.d. law.
+  Groups scatter around them with ``accept_logit_sd`` HalfNormal(0.5) and ``accept_decay_sd``
+  HalfNormal(0.5) (log scale); a run's measured log acceptance length scatters around the law
+  with ``accept_sigma`` HalfNormal(0.05). Where no run measured acceptance the law is latent,
+  learnt from the latencies at several k.
 * ``sigma``: measurement noise on log mean E2E latency per source, HalfNormal(0.1) (a few
   percent is typical of benchmark means; InferenceX repeats of one point on other dates differ
   by 7% median); ``ttft_sigma`` HalfNormal(0.2) and ``tpot_sigma`` HalfNormal(0.1) the same for
@@ -151,7 +158,11 @@ def _latency_defaults() -> dict[str, Prior]:
         "draft_sd": Prior("HalfNormal", sigma=0.3),
         "series_sd": Prior("HalfNormal", sigma=0.1),
         "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="coef_pv"),
-        "acceptance": Prior("Beta", alpha=2.0, beta=2.0, dims="draft_system"),
+        "accept_logit": Prior("Normal", mu=1.0, sigma=1.0),
+        "accept_decay": Prior("HalfNormal", sigma=0.7),
+        "accept_logit_sd": Prior("HalfNormal", sigma=0.5),
+        "accept_decay_sd": Prior("HalfNormal", sigma=0.5),
+        "accept_sigma": Prior("HalfNormal", sigma=0.05),
         "sigma": Prior("HalfNormal", sigma=0.1, dims="source"),
         "ttft_sigma": Prior("HalfNormal", sigma=0.2, dims="source"),
         "tpot_sigma": Prior("HalfNormal", sigma=0.1, dims="source"),

@@ -200,7 +200,7 @@ _TOL = 1e-6
 def acceptance_of(rows: pd.DataFrame) -> np.ndarray:
     """Expected tokens per cycle of each run: measured ``acceptance_length``, else from
     ``alpha`` (i.i.d.), 1 without SD, NaN where the rows carry neither."""
-    from bayes_sd.latency import tokens_per_cycle
+    from bayes_sd.acceptance import tokens_per_cycle
 
     k = rows["k"].to_numpy(dtype=float)
     e = rows["acceptance_length"].astype(float).to_numpy().copy()

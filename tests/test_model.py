@@ -15,7 +15,7 @@ import pytest
 from pymc.testing import mock_sample
 from pymc_extras.prior import Prior
 
-from bayes_sd import DataError
+from bayes_sd import DataError, acceptance
 from bayes_sd.baseline import fit_baseline
 from bayes_sd.model import ConvergenceWarning, LatencyModel
 from bayes_sd.population import DEFAULT_POPULATION, simulate_from_model, with_overrides
@@ -145,7 +145,34 @@ def test_latent_acceptance_when_data_carry_none(sweep):
     blind.loc[blind["k"] > 0, "acceptance_length"] = np.nan
     blind["alpha"] = np.nan
     model = LatencyModel().build_model(blind)
-    assert "acceptance" in {v.name for v in model.free_RVs}
+    free = {v.name for v in model.free_RVs}
+    assert {"accept_logit", "accept_decay"} <= free
+    assert "acceptance_obs" not in model.named_vars  # nothing measured: latent
+    # the latent runs take the positional law's E(k) of their group
+    point = {"accept_logit": 1.2, "accept_decay_log__": np.log(0.4)}
+    (law,) = model.replace_rvs_by_values([model["acceptance_length"]])
+    law = model.compile_fn(law, inputs=model.value_vars, on_unused_input="ignore")
+    ip = model.initial_point()
+    ip.update(point)
+    if "accept_logit_z" in ip:
+        ip["accept_logit_z"] = np.zeros_like(ip["accept_logit_z"])
+        ip["accept_decay_z"] = np.zeros_like(ip["accept_decay_z"])
+    combos = model.coords["accept_combo"]
+    ks = np.array([float(c.rsplit("|k", 1)[1]) for c in combos])
+    np.testing.assert_allclose(law(ip), acceptance.positional_tokens(1.2, 0.4, ks), rtol=1e-9)
+
+
+def test_measured_acceptance_informs_the_law(sweep):
+    """Measured acceptance lengths of runs without an imposed α are observed around the law;
+    runs with α keep it (a simulated setting, nothing to learn)."""
+    real = sweep.copy()
+    real["alpha"] = np.nan
+    model = LatencyModel().build_model(real)
+    assert "acceptance_obs" in model.named_vars
+    observed = model.rvs_to_values[model["acceptance_obs"]].eval()
+    assert observed.size == int((real["k"] > 0).sum())
+    imposed = LatencyModel().build_model(sweep)
+    assert "accept_logit" not in imposed.named_vars
 
 
 def test_config_validation():
@@ -752,14 +779,22 @@ def test_planning_rows_use_the_acceptance_the_fit_measured(sweep, mocked):
         model.fit(data, random_seed=3)
     cfg = {k: CONFIGS[0][k] for k in ("gpu", "target", "drafter", "prefill_len", "decode_len")}
     rows = pd.DataFrame([{**cfg, "k": k, "request_rate": 1.0} for k in (3, 4)])
-    with pytest.warns(UserWarning, match=r"k = 4 of .*i\.i\.d\. law with α = 0\.\d\d"):
-        pred = model.predict(rows, random_seed=2)  # no acceptance given: k = 3 was measured
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the law's draws: no extrapolation warning
+        pred = model.predict(rows, random_seed=2)  # no acceptance given
     assert np.isfinite(pred.draws["latency"].values).all()
-    filled = model.design.rows.query("k == 3 and drafter == @cfg['drafter']")
-    # the measured k = 3 is the mean of its runs: the same draws as giving it by hand
-    given = rows.iloc[[0]].assign(acceptance_length=filled["acceptance_length"].mean())
-    by_hand = model.predict(given, random_seed=2).draws["latency"].values[..., 0]
-    np.testing.assert_allclose(pred.draws["latency"].values[..., 0], by_hand)
+    # both rows take the positional law of their group, draw by draw
+    post = model.idata["posterior"].dataset
+    group = model.design.rows.loc[model.design.rows["drafter"] == cfg["drafter"], "dataset"]
+    assert group.nunique() == 1
+    label = [g for g in post["accept_group"].values if f"|{cfg['drafter']}|" in g]
+    theta = post["accept_group_logit"].sel(accept_group=label[0]).values
+    delta = post["accept_group_decay"].sel(accept_group=label[0]).values
+    for i, k in enumerate((3, 4)):
+        np.testing.assert_allclose(pred.draws["acceptance_length"].values[..., i],
+                                   acceptance.positional_tokens(theta, delta, k))  # fmt: skip
+    assert (pred.draws["acceptance_length"].values[..., 1]
+            > pred.draws["acceptance_length"].values[..., 0]).all()  # fmt: skip
     # alpha for a measured series is that series (its fitted shift), not a new one
     alpha = 0.8  # the sweep's alpha at k = 3
     e = float(tokens_per_cycle(alpha, 3))

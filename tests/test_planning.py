@@ -1,6 +1,8 @@
 """Planning decisions on a real (small) posterior: each answer is checked against the draws it
 claims to summarise, and against the closed form where one exists."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,9 +75,13 @@ def test_best_k_probabilities_and_schedule(model):
     for rate, g in res.table.groupby("rate"):
         chosen = res.choice.loc[np.isclose(res.choice["rate"], rate), "k"].iloc[0]
         assert g.loc[g["expected_latency"].idxmin(), "k"] == chosen
-    sched = res.schedule()
-    assert {"batch_from", "batch_to", "k", "min_p_best"} <= set(sched.columns)
-    assert (sched["batch_from"] <= sched["batch_to"]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # P(best) may be low on this small fit
+        sched = res.schedule()
+    _check_schedule(sched)
+    vllm = res.to_vllm()
+    assert vllm["num_speculative_tokens_per_batch_size"] == sched[
+        ["batch_from", "batch_to", "k"]].to_numpy().tolist()  # fmt: skip
     tail = planning.best_k(model, CONFIG, ks=(0, 2), rates=rates, objective="shortfall")
     assert tail.objective == "shortfall"
     with pytest.raises(ValueError, match="objective"):
@@ -220,3 +226,45 @@ def test_goodput_counts_requests_meeting_every_threshold(model):
     with pytest.warns(UnmeasuredTailWarning):
         single = goodput(model, CONFIG, "tpot:30", [1.0], ks=(0,), load="rate")
     assert single["goodput_low"].iloc[0] == pytest.approx(single["goodput_high"].iloc[0])
+
+
+def _check_schedule(sched):
+    """Integer, contiguous, non-overlapping ranges from batch 1, each with its k and P(best)."""
+    assert list(sched.columns) == ["batch_from", "batch_to", "k", "p_best"]
+    assert len(sched) and sched["batch_from"].iloc[0] == 1
+    for col in ("batch_from", "batch_to", "k"):
+        assert all(isinstance(v, int) for v in sched[col].tolist())
+    assert (sched["batch_from"] <= sched["batch_to"]).all()
+    assert (sched["batch_from"].iloc[1:].to_numpy() == sched["batch_to"].iloc[:-1] + 1).all()
+    assert (sched["k"].iloc[1:].to_numpy() != sched["k"].iloc[:-1].to_numpy()).all()
+    assert sched["p_best"].between(0, 1).all()
+
+
+def test_schedule_ranges_are_whole_contiguous_and_stop_at_saturation():
+    """From a known choice: boundaries half-way between loads, saturated loads left out, a
+    range narrower than one batch size absorbed, a weak choice warned about."""
+    choice = pd.DataFrame({
+        "rate": [1, 2, 3, 4, 5, 6, 7, 8],
+        "k": [5, 5, 3, 3, 1, 0, 0, np.nan],
+        "p_best": [0.9, 0.8, 0.7, 0.45, 0.6, 0.9, 0.95, np.nan],
+        "batch_size": [0.6, 2.4, 5.2, 9.0, 9.3, 20.5, 41.7, np.nan],
+    })  # fmt: skip
+    best = planning.BestK(pd.DataFrame(), choice, "mean")
+    with pytest.warns(UserWarning, match=r"batch 4–9: k = 3 with P\(best\) 0\.45"):
+        sched = best.schedule()
+    _check_schedule(sched)
+    # 1–3 at k = 5 (half-way 2.4 → 5.2 is 3.8), k = 3 up to (9.0 + 9.3) / 2; k = 1 (9.3 only)
+    # would span 10–14 and stays; k = 0 to the last sustained batch, 41
+    assert sched[["batch_from", "batch_to", "k"]].to_numpy().tolist() == [
+        [1, 3, 5], [4, 9, 3], [10, 14, 1], [15, 41, 0]]  # fmt: skip
+    assert sched["p_best"].tolist() == [0.8, 0.45, 0.6, 0.9]
+    assert best.to_vllm()["num_speculative_tokens"] == 5
+    # a load whose choice is one point between two equal neighbours, narrower than a batch
+    thin = choice.assign(batch_size=[0.6, 2.4, 5.2, 9.0, 9.05, 9.1, 41.7, np.nan],
+                         k=[5, 5, 3, 3, 1, 3, 3, np.nan])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sched = planning.BestK(pd.DataFrame(), thin, "mean").schedule()
+    _check_schedule(sched)
+    assert sched["k"].tolist() == [5, 3]
+    assert planning.BestK(pd.DataFrame(), choice.iloc[[7]], "mean").schedule().empty

@@ -1,0 +1,101 @@
+"""The side observations of :mod:`bayes_sd.graph`'s model: per-run percentiles (the tail law
+of :mod:`bayes_sd.laws`) and forward-pass step timings (a joint fit with step costs). Each
+function takes the graph's term builder (its design, priors and ``prior``) and adds its
+likelihood to the model in context.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytensor.tensor as pt
+
+from bayes_sd import laws
+from bayes_sd.coefs import COEFS, LEVEL, REF_TARGET_PARAMS
+from bayes_sd.priors import make_likelihood
+
+__all__ = ["step_likelihood", "tails"]
+
+
+def tails(b, data) -> None:
+    """Each measured percentile (p50, p90, p99 of TTFT, TPOT, E2E) enters as its log ratio
+    to the same run's measured mean (:func:`bayes_sd.laws.tail_log_ratios`: the ratio grows
+    with the measured load), so a run's mean is not counted twice and the tails do not pull
+    on the coefficients; one scale per percentile, and
+    per-engine terms around the population's when the sweep has several engines. A sweep
+    without percentiles leaves the tail law out of the graph (27 parameters only their
+    priors would inform cost the sampler time and mixing): ``predict`` then draws them from
+    their priors, so its percentiles say so with wide intervals."""
+    if not any(t in data for t in laws.TAILS):
+        return
+    level, slope = b.prior("tail_level"), b.prior("tail_slope")
+    sigma = b.prior("tail_sigma")
+    engines = b.d.levels("engine")
+    if len(engines) > 1:
+        z = pm.Normal("tail_engine_z", 0.0, 1.0, dims=("tail", "engine"))
+        idx = pd.Index(engines).get_indexer(b.d.rows["engine"])
+        level = level[:, None] + (b.prior("tail_engine_sd") * z)[:, idx]  # (tail, run)
+    else:
+        level = level[:, None]
+    load = laws.tail_load(b.d.batch)  # the measured requests in flight per engine
+    for metric in laws.TAIL_METRICS:
+        terms = [laws.TAILS.index(f"{metric}_{q}") for q in laws.TAIL_STATS]
+        if not any(laws.TAILS[t] in data for t in terms):
+            continue
+        ratios = laws.tail_log_ratios([level[t] for t in terms], [slope[t] for t in terms],
+                                      load)  # fmt: skip
+        for t, ratio in zip(terms, ratios, strict=True):
+            tail = laws.TAILS[t]
+            if tail not in data:
+                continue
+            idx = np.flatnonzero(~np.isnan(b.d.tail_ratio(tail)))
+            dims = f"run_{tail}"
+            pm.modelcontext(None).add_coord(dims, b.d.rows["run_id"].to_numpy()[idx])
+            make_likelihood(
+                b.priors["likelihood"],
+                f"log_{tail}",
+                mu=ratio[idx],
+                sigma=sigma[t],
+                observed=data[tail][idx],
+                dims=dims,
+                nu=lambda: b.prior("nu"),
+            )
+
+
+def step_likelihood(b, sr: pd.DataFrame, pop) -> None:
+    """Forward-pass timings of the sweep's dense targets on its GPUs (docs/model.md, "Step
+    level"): a decode pass over B sequences at context ctx costs ``c1v + B · c2v(ctx)`` and
+    a one-sequence prefill of P tokens ``c1p(P)``, with the coefficients of the population
+    laws (no configuration shifts) less a serving overhead per level (scheduling, sampling
+    and the like are in the served latency, not in an isolated forward pass)."""
+    model = pm.modelcontext(None)
+    model.add_coord("step", np.arange(len(sr)))
+    g = pd.Index(b.d.gpus).get_indexer(sr["gpu"])
+    size = np.log(sr["params_active"].to_numpy(dtype=float) / REF_TARGET_PARAMS)
+    ctx_len = np.log(np.maximum(sr["ctx"].to_numpy(dtype=float), 1.0) / 1024)
+    p_len = np.log(sr["tokens"].to_numpy(dtype=float) / 1024)
+    names = ("c1v", "c2v", "c1p")
+    idx = [COEFS.index(n) for n in names]
+    law = laws.log_coefficients(
+        pop["intercept"][idx],
+        pop["size_slope"][idx],
+        size[:, None],
+        pop["effects"]["gpu"][g][:, idx],
+        pop["length_slope"],
+        np.stack([p_len, p_len, ctx_len], axis=1),
+        names,
+    )
+    overhead = b.prior("step_overhead")  # log serving overhead per level
+    c1v, c2v, c1p = (pt.exp(law[:, i] - overhead[LEVEL[j]]) for i, j in enumerate(idx))
+    is_decode = (sr["phase"] == "decode").to_numpy()
+    batch = sr["batch"].to_numpy(dtype=float)
+    make_likelihood(
+        b.priors["step_likelihood"],
+        "log_step_time",
+        mu=pt.log(pt.switch(is_decode, c1v + batch * c2v, c1p)),
+        sigma=b.prior("step_sigma"),
+        observed=np.log(sr["time_s"].to_numpy(dtype=float)),
+        dims="step",
+        nu=lambda: b.prior("step_nu"),
+    )

@@ -1,0 +1,288 @@
+"""Held-out draft lengths: fit some k, predict the others, and ask which k is best per load.
+
+Run: ``.venv/bin/python validation/held_out_k.py [--draws 300] [--real]`` (two sweeps × two
+acceptance laws × two acceptance records: eight fits of a few minutes on 2 cores; ``--real``
+adds the InferenceX fold).
+
+**Simulated sweeps (labelled so):** the package's discrete-event simulator
+(:mod:`bayes_sd.simulate`, driven by the measured H100 step costs) serving a dense target with an
+EAGLE-3-type head and an MoE target with a small draft model, closed loop at 1 to 256 requests in
+flight, k ∈ {0, 1, 3, 5, 6, 7}, each request accepting a prefix of its drafts with *known*
+per-position conditional rates (:func:`bayes_sd.acceptance.conditional_rates`): a slowly
+decaying head (θ = 1.5, δ = 0.2) and a saturating one (θ = 2.0, δ = 0.9, an MTP-like
+E(k) flat past k = 3). Fitted on k ∈ {0, 1, 3, 7}, k = 5 and 6 predicted at every load —
+once with the runs' acceptance counters (vLLM records them) and once without (the sweep of
+issue 19 had none), under the positional law (default priors) and under the i.i.d. law
+(``accept_decay`` fixed at 0).
+
+**Real (``--real``):** InferenceX (DeepSeek-R1 with its MTP head; no acceptance recorded): the MTP
+runs at k = 3 held out, predicted from the k = 1 and 2 runs of the other configurations (the
+recipes set k per configuration).
+
+Scores per held-out set: median and maximum relative error of the posterior median of mean
+E2E latency and TPOT, coverage of the 90% posterior predictive interval, and per load whether
+the measured best k (lowest mean latency over every k measured, held out or not) is the
+predicted most probable best k (:func:`bayes_sd.planning.best_k` over concurrencies).
+
+Writes ``validation/results/held_out_k.json`` and ``docs/validation/held_out_k.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+import _common
+import numpy as np
+import pandas as pd
+
+import bayes_sd
+from bayes_sd import acceptance
+from bayes_sd.model import ConvergenceWarning, LatencyModel
+from bayes_sd.simulate import SimConfig, simulate
+from bayes_sd.stepmodel import StepCostModel
+
+KS = (0, 1, 3, 5, 6, 7)
+TRAIN_KS = (0, 1, 3, 7)
+CONCURRENCY = (1, 4, 16, 64, 128, 256)
+# (name, target, drafter, θ, δ): the truth of each simulated sweep's acceptance
+SYSTEMS = (
+    ("dense 8B + EAGLE-3 head (δ = 0.2)", "llama-3.1-8b", "eagle3-head-8b", 1.5, 0.2),
+    ("MoE 30B-A3B + 1B drafter (δ = 0.9)", "qwen3-30b-a3b", "llama-3.2-1b", 2.0, 0.9),
+)
+GPU = "H100-SXM-80GB"
+LAWS = {"positional": {}, "i.i.d.": {"accept_decay": 0.0}}
+METRICS = {"latency": "latency_mean_s", "tpot": "tpot_mean_s"}
+
+
+def simulated_sweep(seed: int) -> pd.DataFrame:
+    """Every (system, k, concurrency) run of the two simulated sweeps (SIMULATED data)."""
+    steps = StepCostModel.from_table(bayes_sd.load_example("stepcost"))
+    rows = []
+    for name, target, drafter, theta, delta in SYSTEMS:
+        for k in KS:
+            rates = (
+                tuple(float(a) for a in acceptance.conditional_rates(theta, delta, k))
+                if k
+                else None
+            )
+            cfg = SimConfig(
+                target,
+                GPU,
+                k=k,
+                drafter=drafter if k else None,
+                acceptance=rates,
+                prompt_len=1024,
+                output_len=256,
+            )
+            for c in CONCURRENCY:
+                res = simulate(
+                    cfg, steps, concurrency=c, n_requests=max(300, 6 * c), seed=seed + 1000 * k + c
+                )
+                row = res.to_row(
+                    f"{name}/k{k}/c{c}.json", source="simulated held-out k", dataset="simulated"
+                )
+                row["system_name"] = name
+                rows.append(row)
+        print(f"  simulated {name}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def measured_best(held_all: pd.DataFrame) -> pd.Series:
+    """Per concurrency, the k with the lowest measured mean latency."""
+    idx = held_all.groupby("concurrency")["latency_mean_s"].idxmin()
+    return held_all.loc[idx].set_index("concurrency")["k"]
+
+
+def score(model, held: pd.DataFrame, seed: int) -> dict:
+    out = {}
+    query = held.drop(columns=["acceptance_length", "alpha"], errors="ignore")
+    mean = model.predict(query, random_seed=seed).summary
+    noisy = model.predict(query, random_seed=seed, noise=True).summary
+    for metric, col in METRICS.items():
+        truth = held[col].to_numpy(dtype=float)
+        err = np.abs(mean[f"{metric}_median"].to_numpy() / truth - 1)
+        inside = (noisy[f"{metric}_lo"].to_numpy() <= truth) & (
+            truth <= noisy[f"{metric}_hi"].to_numpy()
+        )
+        out[metric] = {
+            "median_error": float(np.median(err)),
+            "max_error": float(err.max()),
+            "coverage_90": float(inside.mean()),
+            "runs": len(held),
+        }
+    return out
+
+
+def best_k_match(model, system_rows: pd.DataFrame, seed: int) -> dict:
+    """Predicted most probable best k per concurrency against the measured best k."""
+    cfg = system_rows[system_rows["k"] > 0].iloc[0]
+    config = {
+        c: cfg[c]
+        for c in (
+            "gpu",
+            "target",
+            "drafter",
+            "prefill_len",
+            "decode_len",
+            "num_gpus",
+            "dataset",
+            "source",
+        )
+    }
+    rows = pd.DataFrame(
+        [
+            {**config, "k": float(k), "concurrency": float(c), **({} if k else {"drafter": None})}
+            for k in KS
+            for c in CONCURRENCY
+        ]
+    )
+    draws = model.predict(rows, random_seed=seed).draws["latency"].values
+    lat = np.nan_to_num(draws.reshape(-1, len(KS), len(CONCURRENCY)), nan=np.inf)
+    best = np.argmin(lat, axis=1)
+    prob = np.stack([(best == j).mean(axis=0) for j in range(len(KS))])  # (k, conc)
+    predicted = [KS[j] for j in prob.argmax(axis=0)]
+    measured = measured_best(system_rows)
+    hits = [int(measured[c] == p) for c, p in zip(CONCURRENCY, predicted, strict=True)]
+    return {
+        "measured": [int(measured[c]) for c in CONCURRENCY],
+        "predicted": predicted,
+        "p_best": [round(float(prob[KS.index(p), i]), 2) for i, p in enumerate(predicted)],
+        "hits": int(sum(hits)),
+        "loads": len(CONCURRENCY),
+    }
+
+
+def fit(train, args, law: str, what: str):
+    model = LatencyModel(
+        model_config={"priors": LAWS[law]} if LAWS[law] else None,
+        sampler_config=_common.sampler_config(args),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        seconds = _common.fit_timed(model, train, args, what)
+    return model, {"seconds": round(seconds, 1), **model.diagnostics}
+
+
+def simulated(args) -> tuple[list, list]:
+    sweep = simulated_sweep(args.seed)
+    results, fits = [], []
+    for recorded in (True, False):
+        data = sweep.copy()
+        if not recorded:
+            data["acceptance_length"] = np.nan
+        train = data[data["k"].isin(TRAIN_KS)].drop(columns="system_name")
+        for law in LAWS:
+            what = f"simulated, acceptance {'recorded' if recorded else 'not recorded'}, {law}"
+            model, diag = fit(train, args, law, what)
+            fits.append({"fit": what, **diag})
+            for name, *_ in SYSTEMS:
+                rows = data[data["system_name"] == name].drop(columns="system_name")
+                held = rows[~rows["k"].isin(TRAIN_KS)]
+                results.append(
+                    {
+                        "sweep": name,
+                        "acceptance": "recorded" if recorded else "not recorded",
+                        "law": law,
+                        **score(model, held, args.seed),
+                        "best_k": best_k_match(model, rows, args.seed),
+                    }
+                )
+                print(f"  {name}: {results[-1]}", flush=True)
+    return results, fits
+
+
+def real(args) -> tuple[list, list]:
+    """InferenceX: MTP runs at k = 3 held out (no acceptance recorded)."""
+    data = bayes_sd.load_example("inferencex")
+    fitted = data[
+        ~data["saturated"].astype(bool)
+        & ~data["excluded"].fillna(False).astype(bool)
+        & data["k"].notna()
+    ]
+    held = fitted[fitted["k"] == 3]
+    train = data.drop(index=held.index)
+    results, fits = [], []
+    for law in LAWS:
+        model, diag = fit(train, args, law, f"inferencex without MTP k = 3, {law}")
+        fits.append({"fit": f"inferencex, {law}", **diag})
+        results.append(
+            {
+                "sweep": "inferencex MTP k = 3 (real)",
+                "acceptance": "not recorded",
+                "law": law,
+                **score(model, held, args.seed),
+            }
+        )
+        print(f"  {results[-1]}", flush=True)
+    return results, fits
+
+
+def table(results: list) -> pd.DataFrame:
+    out = []
+    for r in results:
+        bk = r.get("best_k")
+        out.append(
+            {
+                "sweep": r["sweep"],
+                "acceptance": r["acceptance"],
+                "law": r["law"],
+                "runs": r["latency"]["runs"],
+                **{f"{m} median error": f"{r[m]['median_error']:.1%}" for m in METRICS},
+                **{f"{m} max error": f"{r[m]['max_error']:.1%}" for m in METRICS},
+                **{f"{m} 90% coverage": f"{r[m]['coverage_90']:.0%}" for m in METRICS},
+                "best k right": "" if bk is None else f"{bk['hits']} of {bk['loads']}",
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def main(argv=None) -> int:
+    p = _common.parser(__doc__, draws=300, chains=2)
+    p.add_argument("--real", action="store_true", help="also the InferenceX fold")
+    p.add_argument("--no-simulated", action="store_true", help="only the InferenceX fold")
+    args = _common.parse(p, argv, "held_out_k")
+    start = time.perf_counter()
+    results, fits = [], []
+    if not args.no_simulated:
+        r, f = simulated(args)
+        results += r
+        fits += f
+    if args.real or args.no_simulated:
+        r, f = real(args)
+        results += r
+        fits += f
+    from bayes_sd.report import markdown_table
+
+    tab = table(results)
+    print(markdown_table(tab))
+    _common.write_json(
+        args.out,
+        {
+            "results": results,
+            "fits": fits,
+            "settings": {"draws": args.draws, "chains": args.chains, "seed": args.seed},
+            "seconds": round(time.perf_counter() - start),
+        },
+    )
+    best = "\n".join(
+        f"* {r['sweep']}, acceptance {r['acceptance']}, {r['law']} law: measured best "
+        f"k by concurrency {r['best_k']['measured']}, predicted {r['best_k']['predicted']} "
+        f"(P(best) {r['best_k']['p_best']})"
+        for r in results
+        if "best_k" in r
+    )
+    diag = markdown_table(pd.DataFrame(fits))
+    page = (
+        f"# Held-out draft lengths\n\nGenerated by `validation/held_out_k.py` (see its "
+        f"docstring for the sweeps; the simulated ones are SIMULATED).\n\n{markdown_table(tab)}\n\n"
+        f"## Best k per load (concurrency {list(CONCURRENCY)})\n\n{best}\n\n"
+        f"## Fits\n\n{diag}\n"
+    )
+    _common.write_text(args.docs / "held_out_k.md", page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
