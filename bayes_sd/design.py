@@ -19,7 +19,7 @@ import pandas as pd
 from bayes_sd.coefs import NGRAM_PARAMS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS
 from bayes_sd.errors import DataError
 from bayes_sd.laws import length_covariates, requests_in_flight
-from bayes_sd.schema import acceptance_of, validate_sweep
+from bayes_sd.schema import acceptance_of, per_position_rates, validate_sweep
 
 __all__ = [
     "ACCEPTANCE_KEYS",
@@ -126,7 +126,8 @@ class AcceptanceLaw:
     combo_group: np.ndarray
     combo_k: np.ndarray
     run_combo: np.ndarray
-    measured: np.ndarray
+    measured: np.ndarray  # measured an acceptance length (and no per-position rates)
+    positions: pd.DataFrame  # measured per-position rates: run, group, position (0-based), rate
 
     @property
     def combos(self) -> list[str]:
@@ -245,9 +246,17 @@ class Design:
         if len(uniq):
             where = pd.MultiIndex.from_frame(uniq)
             run_combo[inside] = where.get_indexer(pd.MultiIndex.from_frame(combo))
+        cells = self.rows["acceptance_per_position"]
+        pos = []
+        for i in np.flatnonzero(inside & cells.notna().to_numpy()):
+            rates = per_position_rates(cells.iat[i])
+            pos += [] if rates is None else [(i, g[i], j, r) for j, r in enumerate(rates)]
+        pos = pd.DataFrame(pos, columns=["run", "group", "position", "rate"])
+        measured = inside & ~np.isnan(self.acceptance)
+        measured[pos["run"].to_numpy(dtype=int)] = False  # its rates say more than their sum
         return AcceptanceLaw(groups, uniq["g"].to_numpy(dtype=int),
-                             uniq["k"].to_numpy(dtype=float), run_combo,
-                             inside & ~np.isnan(self.acceptance))  # fmt: skip
+                             uniq["k"].to_numpy(dtype=float), run_combo, measured,
+                             pos)  # fmt: skip
 
     @cached_property
     def is_open(self) -> np.ndarray:

@@ -372,6 +372,13 @@ class _Builder:
             observed = np.log(self.d.acceptance[law.measured])
             pm.Normal("acceptance_obs", mu=pt.log(e[law.run_combo[law.measured]]),
                       sigma=self.prior("accept_sigma"), observed=observed)  # fmt: skip
+        pos = law.positions
+        if len(pos):  # vLLM's per-position rates: r_i of the run's group
+            width = int(pos["position"].max()) + 1
+            rates = acceptance.unconditional_rates(logit, decay, width)  # (group, position)
+            at = rates[pos["group"].to_numpy(), pos["position"].to_numpy()]
+            pm.Normal("acceptance_pos_obs", mu=pt.log(at), sigma=self.prior("accept_pos_sigma"),
+                      observed=np.log(np.maximum(pos["rate"].to_numpy(), 1e-3)))  # fmt: skip
         latent = np.isnan(self.d.acceptance)
         if not latent.any():
             return data["e_known"]

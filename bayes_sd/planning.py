@@ -32,6 +32,7 @@ import pandas as pd
 __all__ = [
     "BestK",
     "BreakEven",
+    "UncertainScheduleWarning",
     "best_k",
     "break_even",
     "next_measurement",
@@ -241,6 +242,10 @@ def break_even(
 SCHEDULE_MIN_P_BEST = 0.5
 
 
+class UncertainScheduleWarning(UserWarning):
+    """A range of a draft-length schedule whose k is best with probability below 0.5."""
+
+
 @dataclass
 class BestK:
     """Best draft length by load, with its credibility, and a schedule by batch size."""
@@ -293,7 +298,7 @@ class BestK:
             warnings.warn(
                 f"the schedule's draft length is uncertain ({shown}): the posterior does not "
                 "single out a k there; measure those loads at the competing draft lengths",
-                UserWarning,
+                UncertainScheduleWarning,
                 stacklevel=2,
             )
         return sched

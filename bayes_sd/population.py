@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayes_sd import latency, laws
+from bayes_sd import acceptance, latency, laws
 from bayes_sd.coefs import COEFS, LENGTH_COEFS
 from bayes_sd.registry import lookup_model
 from bayes_sd.schema import validate_sweep
@@ -189,7 +189,7 @@ def simulate_from_model(
         for k, alpha in [(0, None), *cfg.get("sd", [])]:
             if k and not cfg.get("drafter"):
                 raise ValueError(f"config {ci}: SD (k={k}) needs a drafter")
-            tokens = float(latency.tokens_per_cycle(alpha, k)) if k else 1.0
+            tokens = float(acceptance.tokens_per_cycle(alpha, k)) if k else 1.0
             args = (unsat, incr, k, tokens, cfg["decode_len"])
             sat = float(latency.moe_saturation_rate(*args))
             for f in fractions:

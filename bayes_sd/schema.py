@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ __all__ = [
     "LOAD_MODES",
     "SWEEP_COLUMNS",
     "Column",
+    "per_position_rates",
     "validate_sweep",
     "write_sweep",
 ]
@@ -117,6 +119,12 @@ SWEEP_COLUMNS: dict[str, Column] = {
     ),
     "acceptance_source": Column(
         "str", False, "Where acceptance_length came from: server, client_stream, metadata."
+    ),
+    "acceptance_per_position": Column(
+        "str",
+        False,
+        "vLLM's per-position acceptance rates (accepted at draft position i over "
+        "drafts, unconditional; k numbers separated by spaces, non-increasing).",
     ),
     # Workload
     "prefill_len": Column("float", True, "Mean prompt tokens per request.", low=0, low_open=True),
@@ -380,6 +388,32 @@ def _check_measured(
         )
 
 
+def per_position_rates(text: Any) -> np.ndarray | None:
+    """The rates of an ``acceptance_per_position`` cell (None when empty or not numbers)."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        return np.array([float(v) for v in text.replace(",", " ").split()[:65]])
+    except ValueError:
+        return None
+
+
+def _bad_positions(text: Any, k: float) -> str | None:
+    """What is wrong with a per-position cell, or None."""
+    if pd.isna(text) or not str(text).strip():
+        return None
+    rates = per_position_rates(str(text))
+    if rates is None or not np.isfinite(rates).all():
+        return "per-position rates must be numbers separated by spaces"
+    if ((rates < 0) | (rates > 1)).any():
+        return "per-position rates are probabilities: each must lie in [0, 1]"
+    if (np.diff(rates) > 1e-9).any():
+        return "a draft position is accepted only after the one before it: rates cannot rise"
+    if np.isfinite(k) and len(rates) != k:
+        return f"{len(rates)} per-position rates for k = {k:g}"
+    return None
+
+
 def _check_consistency(
     t: pd.DataFrame, problems: list[Problem], file: str | None, allow_duplicates: bool
 ) -> None:
@@ -400,6 +434,9 @@ def _check_consistency(
         al = row.acceptance_length
         if not pd.isna(al) and not (1 - _TOL <= al <= k + 1 + _TOL):
             add(i, "acceptance_length", f"must lie in [1, k + 1] = [1, {k + 1}], got {al:g}")
+        bad = _bad_positions(row.acceptance_per_position, k)
+        if bad:
+            add(i, "acceptance_per_position", bad)
         means = [getattr(row, f"{m}_mean_s") for m in ("latency", "ttft", "tpot")]
         if not pd.isna(means[0]) and not pd.isna(means[1]) and means[1] > means[0] * 1.01:
             add(i, "ttft_mean_s", f"mean TTFT {means[1]:g} s exceeds the mean E2E {means[0]:g} s")

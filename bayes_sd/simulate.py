@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bayes_sd.acceptance import tokens_per_cycle_positional
 from bayes_sd.schema import atomic_write
 from bayes_sd.stepmodel import StepCostModel
 
@@ -260,7 +261,7 @@ def saturation_estimate(cfg: SimConfig, steps: StepCostModel) -> float:
     tokens = 1.0
     if cfg.k:
         probs = cfg.acceptance if cfg.acceptance is not None else [cfg.alpha] * cfg.k
-        tokens = 1.0 + float(np.sum(np.cumprod(probs)))
+        tokens = float(tokens_per_cycle_positional(probs))
     ctx = p + d / 2
     cycle, _ = steps.time_ms(cfg.target, cfg.gpu, batch, cfg.k + 1, ctx)
     if cfg.k:

@@ -175,6 +175,31 @@ def test_measured_acceptance_informs_the_law(sweep):
     assert "accept_logit" not in imposed.named_vars
 
 
+def test_per_position_rates_enter_the_law_and_bad_ones_are_refused(sweep):
+    real = sweep.copy()
+    real["alpha"] = np.nan
+    sd = np.flatnonzero((real["k"] > 0).to_numpy())
+    one = int(sd[0])
+    k = int(real.at[one, "k"])
+    rates = acceptance.unconditional_rates(1.0, 0.5, k)
+    real["acceptance_per_position"] = None
+    real.loc[one, "acceptance_per_position"] = " ".join(f"{r:.4f}" for r in rates)
+    model = LatencyModel().build_model(real)
+    observed = model.rvs_to_values[model["acceptance_pos_obs"]].eval()
+    np.testing.assert_allclose(np.exp(observed), rates, rtol=1e-3)
+    # the run's rates replace its length in acceptance_obs (not counted twice)
+    length = model.rvs_to_values[model["acceptance_obs"]].eval()
+    assert length.size == len(sd) - 1
+    for cell, message in (("0.8 0.9" + " 0.1" * (k - 2), "cannot rise"),
+                          ("0.8 " * (k + 1), f"for k = {k}"), ("0.8 x", "numbers"),
+                          ("1.2" + " 0.1" * (k - 1), "probabilities")):  # fmt: skip
+        bad = real.copy()
+        bad.loc[one, "acceptance_per_position"] = cell
+        with pytest.raises(DataError, match=message) as err:
+            LatencyModel().build_model(bad)
+        assert err.value.problems[0].field == "acceptance_per_position"
+
+
 def test_config_validation():
     model = LatencyModel(
         model_config={"priors": {"sigma": Prior("HalfNormal", sigma=0.05, dims="source")}}

@@ -250,7 +250,8 @@ def test_schedule_ranges_are_whole_contiguous_and_stop_at_saturation():
         "batch_size": [0.6, 2.4, 5.2, 9.0, 9.3, 20.5, 41.7, np.nan],
     })  # fmt: skip
     best = planning.BestK(pd.DataFrame(), choice, "mean")
-    with pytest.warns(UserWarning, match=r"batch 4–9: k = 3 with P\(best\) 0\.45"):
+    weak = r"batch 4–9: k = 3 with P\(best\) 0\.45"
+    with pytest.warns(planning.UncertainScheduleWarning, match=weak):
         sched = best.schedule()
     _check_schedule(sched)
     # 1–3 at k = 5 (half-way 2.4 → 5.2 is 3.8), k = 3 up to (9.0 + 9.3) / 2; k = 1 (9.3 only)

@@ -292,3 +292,56 @@ def test_failures_are_failures_and_overload_is_overload(fixtures):
     t = bayes_sd.sweep_from_results(series, **meta)
     assert t["saturated"].tolist() == [False, False, True]
     assert "mean TTFT 40x that of the lowest rate" in t.loc[2, "saturation_reason"]
+
+
+SCRAPE = """# HELP vllm:spec_decode_num_drafts Number of spec decoding drafts.
+# TYPE vllm:spec_decode_num_drafts counter
+vllm:spec_decode_num_drafts_total{{engine="0",model_name="m"}} {drafts}
+vllm:spec_decode_num_drafts_created{{engine="0",model_name="m"}} 1.7e+09
+# TYPE vllm:spec_decode_num_draft_tokens counter
+vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="m"}} {tokens}
+# TYPE vllm:spec_decode_num_accepted_tokens counter
+vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="m"}} {accepted}
+# TYPE vllm:spec_decode_num_accepted_tokens_per_pos counter
+vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",model_name="m",position="0"}} {p0}
+vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",model_name="m",position="1"}} {p1}
+vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",model_name="m",position="2"}} {p2}
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{{engine="0",model_name="m"}} 0.0
+"""
+
+
+def _scrape(drafts, accepted_per_pos):
+    p0, p1, p2 = accepted_per_pos
+    counts = {"p0": p0, "p1": p1, "p2": p2, "accepted": p0 + p1 + p2}
+    return SCRAPE.format(drafts=drafts, tokens=3 * drafts, **counts)
+
+
+def test_prometheus_scrapes_beside_a_result_give_its_acceptance(fixtures, tmp_path):
+    """A result without spec-decode fields, scraped before and after: the difference is the
+    run's counters (k from draft tokens per draft, per-position rates, acceptance length)."""
+    import json
+
+    src = fixtures / "vllm_eagle"
+    name = "eagle3-4.0qps-Llama-3.1-8B-Instruct-20261101-101500"
+    obj = json.loads((src / f"{name}.json").read_text())
+    obj = {k: v for k, v in obj.items() if not k.startswith("spec_decode")}
+    (tmp_path / "run.json").write_text(json.dumps(obj))
+    shutil.copy(src / "bayes_sd.yaml", tmp_path / "bayes_sd.yaml")
+    (tmp_path / "run.before.prom").write_text(_scrape(1000, [700, 500, 300]))
+    (tmp_path / "run.prom").write_text(_scrape(11000, [8700, 6500, 4300]))
+    row = read_sweep(tmp_path).iloc[0]
+    assert row["k"] == 3 and row["acceptance_source"] == "server"
+    np.testing.assert_allclose([float(v) for v in row["acceptance_per_position"].split()],
+                               [0.8, 0.6, 0.4])  # fmt: skip
+    assert row["acceptance_length"] == pytest.approx(1 + (8000 + 6000 + 4000) / 10000)
+    # a counter that fell (a restarted server) and a file that is not a scrape: DataErrors
+    (tmp_path / "run.before.prom").write_text(_scrape(20000, [700, 500, 300]))
+    with pytest.raises(DataError, match="fell") as err:
+        read_sweep(tmp_path)
+    assert err.value.file.endswith("run.prom")
+    (tmp_path / "run.before.prom").unlink()
+    (tmp_path / "run.prom").write_text("vllm:spec_decode_num_drafts_total{engine=} x\n")
+    with pytest.raises(DataError, match="Prometheus") as err:
+        read_sweep(tmp_path)
+    assert err.value.file.endswith("run.prom")

@@ -100,6 +100,10 @@ def test_acceptance_accounting(steps):
     assert obj["spec_decode_acceptance_length"] == pytest.approx(
         float(latency.tokens_per_cycle_positional(probs)), rel=0.01
     )
+    # the reader keeps vLLM's per-position rates in the canonical table
+    row = simulate(cfg, steps, rate=5.0, n_requests=200, seed=1).to_row()
+    rates = [float(v) for v in row["acceptance_per_position"].split()]
+    np.testing.assert_allclose(rates, obj["spec_decode_per_position_acceptance_rates"], rtol=1e-5)
 
 
 def test_sd_helps_at_light_load_and_costs_capacity(steps, eagle):

@@ -7,7 +7,8 @@ adds the InferenceX fold).
 **Simulated sweeps (labelled so):** the package's discrete-event simulator
 (:mod:`bayes_sd.simulate`, driven by the measured H100 step costs) serving a dense target with an
 EAGLE-3-type head and an MoE target with a small draft model, closed loop at 1 to 256 requests in
-flight, k ∈ {0, 1, 3, 5, 6, 7}, each request accepting a prefix of its drafts with *known*
+flight, prompts of 820–1,228 and outputs of 205–307 tokens (uniform, as `vllm bench serve
+--random-range-ratio 0.2`), k ∈ {0, 1, 3, 5, 6, 7}, each request accepting a prefix of its drafts with *known*
 per-position conditional rates (:func:`bayes_sd.acceptance.conditional_rates`): a slowly
 decaying head (θ = 1.5, δ = 0.2) and a saturating one (θ = 2.0, δ = 0.9, an MTP-like
 E(k) flat past k = 3). Fitted on k ∈ {0, 1, 3, 7}, k = 5 and 6 predicted at every load —
@@ -52,6 +53,12 @@ SYSTEMS = (
     ("MoE 30B-A3B + 1B drafter (δ = 0.9)", "qwen3-30b-a3b", "llama-3.2-1b", 2.0, 0.9),
 )
 GPU = "H100-SXM-80GB"
+# lengths drawn per request, ±20% as `vllm bench serve --random-range-ratio 0.2`: with fixed
+# lengths a closed loop runs in synchronised waves (every request of a wave finishes at once and
+# the next wave queues for prefill: mean TTFT = concurrency × one prefill), which no engine
+# benchmark shows
+PROMPT = ("uniform", 820, 1228)
+OUTPUT = ("uniform", 205, 307)
 LAWS = {"positional": {}, "i.i.d.": {"accept_decay": 0.0}}
 METRICS = {"latency": "latency_mean_s", "tpot": "tpot_mean_s"}
 
@@ -73,8 +80,8 @@ def simulated_sweep(seed: int) -> pd.DataFrame:
                 k=k,
                 drafter=drafter if k else None,
                 acceptance=rates,
-                prompt_len=1024,
-                output_len=256,
+                prompt_len=PROMPT,
+                output_len=OUTPUT,
             )
             for c in CONCURRENCY:
                 res = simulate(
@@ -144,12 +151,16 @@ def best_k_match(model, system_rows: pd.DataFrame, seed: int) -> dict:
     prob = np.stack([(best == j).mean(axis=0) for j in range(len(KS))])  # (k, conc)
     predicted = [KS[j] for j in prob.argmax(axis=0)]
     measured = measured_best(system_rows)
+    median = np.median(lat, axis=0)  # (k, concurrency): predicted against measured means
+    truth = system_rows.pivot_table(index="k", columns="concurrency", values="latency_mean_s")
+    ratio = median / truth.reindex(index=list(KS), columns=list(CONCURRENCY)).to_numpy()
     hits = [int(measured[c] == p) for c, p in zip(CONCURRENCY, predicted, strict=True)]
     return {
         "measured": [int(measured[c]) for c in CONCURRENCY],
         "predicted": predicted,
         "p_best": [round(float(prob[KS.index(p), i]), 2) for i, p in enumerate(predicted)],
         "hits": int(sum(hits)),
+        "predicted_over_measured": np.round(ratio, 3).tolist(),
         "loads": len(CONCURRENCY),
     }
 

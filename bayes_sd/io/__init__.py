@@ -34,6 +34,7 @@ from bayes_sd.io.metadata import (
     resolve_system,
     sidecars_for,
 )
+from bayes_sd.io.prometheus import counters_for
 from bayes_sd.io.stepcost import read_step_costs
 from bayes_sd.io.vllm import looks_like_vllm, parse_vllm
 from bayes_sd.registry import fill_sizes
@@ -286,6 +287,9 @@ def _read_results(
         return _inferencex_rows(path, docs[0][1], user, root), []
     if len(docs) == 1 and isinstance(docs[0][1], list):  # a list of results (summary.json)
         docs = [(f"item {i}", obj) for i, obj in enumerate(docs[0][1])]
+    scraped = counters_for(path, max_bytes)  # a Prometheus scrape beside the result
+    if scraped and len(docs) == 1 and looks_like_vllm(docs[0][1]):
+        docs = [(docs[0][0], {**scraped, **docs[0][1]})]  # the result's own fields first
     layers, defaults = sidecars_for(path, root)
     layers = [("read_sweep(...) arguments", user), *layers]
     # one folder given = one system's results, whatever its sub-folders (baseline/, eagle3/)

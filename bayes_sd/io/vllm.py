@@ -187,4 +187,6 @@ def parse_vllm(obj: dict, file: str, record: str) -> tuple[dict[str, Any], dict[
     if length is not None:
         row["acceptance_length"] = length
         row["acceptance_source"] = "server"
+    if per_pos is not None and per_pos.size:
+        row["acceptance_per_position"] = " ".join(f"{r:.6g}" for r in per_pos)
     return row, meta
