@@ -66,14 +66,68 @@ def fill_labels(rows: pd.DataFrame) -> None:
     rows["engines"] = rows["engines"].astype(float).fillna(1.0)
 
 
-def label_systems(rows: pd.DataFrame) -> None:
+# Runs of one workload measure slightly different mean lengths (sampled prompts, outputs that
+# stop at an end token, vLLM's --random-range-ratio): mean lengths within 10% of the shortest of
+# their cluster are one workload, labelled by the cluster's median
+LENGTH_TOLERANCE = 0.10
+LENGTHS = ("prefill_len", "decode_len")
+
+
+def _clusters(values: np.ndarray) -> dict[float, float]:
+    """Each value's cluster median: sorted values, a new cluster past the tolerance."""
+    out: dict[float, float] = {}
+    members: list[float] = []
+    for v in [*sorted(set(values.tolist())), np.inf]:
+        if members and not v <= members[0] * (1 + LENGTH_TOLERANCE):
+            out.update(dict.fromkeys(members, round(float(np.median(members)), 1)))
+            members = []
+        members.append(v)
+    return out
+
+
+def workload_lengths(rows: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The workload's (prefill, decode) lengths of each row — what labels its system: runs of
+    one workload clustered (:data:`LENGTH_TOLERANCE`); with ``reference`` (labelled training
+    rows) a prediction row takes the fitted workload of its configuration within the tolerance,
+    its own lengths otherwise."""
+    others = [c for c in SYSTEM_KEYS if c not in LENGTHS]
+    key = [_label(t) for t in rows[others].itertuples(index=False)]
+    out = rows[list(LENGTHS)].astype(float).copy()
+    for col in LENGTHS:
+        values = out[col].to_numpy()
+        for g in set(key):
+            at = np.flatnonzero(np.asarray(key, dtype=object) == g)
+            if reference is None:
+                snap = _clusters(values[at][~np.isnan(values[at])])
+                out.iloc[at, out.columns.get_loc(col)] = [snap.get(v, v) for v in values[at]]
+                continue
+            fitted = reference.loc[reference["_workload"] == g, f"_{col}"].unique()
+            if not len(fitted):
+                continue
+            for i in at:
+                near = fitted[np.argmin(np.abs(np.log(fitted / values[i])))]
+                if abs(values[i] / near - 1) <= LENGTH_TOLERANCE:
+                    out.iat[i, out.columns.get_loc(col)] = near
+    return out
+
+
+def label_systems(rows: pd.DataFrame, reference: pd.DataFrame | None = None) -> None:
     """Add ``gpu_key``, ``system`` and ``draft_system`` (drafter, or method for n-gram) labels,
-    ``series`` and ``base_series``. Labels are built once per distinct configuration (a
-    prediction table of 10^5 rates of a few configurations costs a few label builds)."""
+    ``series`` and ``base_series``; lengths enter the labels as workloads
+    (:func:`workload_lengths`, against the fitted ``reference`` rows for predictions). Labels
+    are built once per distinct configuration (a prediction table of 10^5 rates of a few
+    configurations costs a few label builds)."""
     cols = [*SYSTEM_KEYS, "drafter", "method", "k", "alpha"]
     group = rows.groupby(cols, dropna=False, sort=False).ngroup().to_numpy()
     _, first = np.unique(group, return_index=True)
     uniq = rows.iloc[first][cols].copy()
+    work = workload_lengths(uniq, reference)
+    for col in LENGTHS:
+        rows[f"_{col}"] = work[col].to_numpy()[group]  # uniq is in group order
+    others = [c for c in SYSTEM_KEYS if c not in LENGTHS]
+    rows["_workload"] = np.asarray([_label(t) for t in uniq[others].itertuples(index=False)],
+                                   dtype=object)[group]  # fmt: skip
+    uniq[list(LENGTHS)] = work[list(LENGTHS)].to_numpy()
     # the level of the GPU effect: the GPU type (the count is a covariate, ``gpus_slope``)
     uniq["gpu_key"] = uniq["gpu"].astype(str)
     uniq["system"] = [_label(t) for t in uniq[list(SYSTEM_KEYS)].itertuples(index=False)]

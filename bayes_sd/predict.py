@@ -243,7 +243,7 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
             "each row needs exactly one of request_rate or concurrency", field="request_rate"
         )
     _check_values(rows)
-    label_systems(rows)
+    label_systems(rows, reference=design.rows)  # the fitted workloads of its configurations
     design.match_acceptance(rows)  # measured acceptance of seen draft systems
     return rows
 

@@ -826,3 +826,26 @@ def test_planning_rows_use_the_acceptance_the_fit_measured(sweep, mocked):
     a = model.predict(rows.iloc[[0]].assign(alpha=alpha), random_seed=2).draws["latency"]
     b = model.predict(rows.iloc[[0]].assign(acceptance_length=e), random_seed=2).draws["latency"]
     np.testing.assert_allclose(a.values, b.values)
+
+
+def test_runs_of_one_workload_are_one_system(sweep):
+    """Measured mean lengths scatter from run to run (sampled prompts, outputs ending at an end
+    token): within 10% they are one workload, and a prediction at the nominal lengths is that
+    system; twice the prompt is another."""
+    from bayes_sd.design import Design
+    from bayes_sd.predict import prediction_rows
+
+    exact = Design.from_sweep(sweep)
+    jitter = sweep.copy()
+    rng = np.random.default_rng(0)
+    for col in ("prefill_len", "decode_len"):
+        jitter[col] = jitter[col] * rng.uniform(0.97, 1.03, len(jitter))
+    d = Design.from_sweep(jitter)
+    assert len(d.systems) == len(exact.systems) and len(d.series) == len(exact.series)
+    first = sweep.iloc[0]
+    row = {c: first[c] for c in ("gpu", "target", "prefill_len", "decode_len")}
+    rows = prediction_rows(d, pd.DataFrame([{**row, "k": 0, "request_rate": 1.0},
+                                            {**row, "k": 0, "request_rate": 1.0,
+                                             "prefill_len": 2 * row["prefill_len"]}]))  # fmt: skip
+    assert rows["system"].iloc[0] in d.systems
+    assert rows["system"].iloc[1] not in d.systems

@@ -5,16 +5,16 @@ acceptance laws × two acceptance records: eight fits of a few minutes on 2 core
 adds the InferenceX fold).
 
 **Simulated sweeps (labelled so):** the package's discrete-event simulator
-(:mod:`bayes_sd.simulate`, driven by the measured H100 step costs) serving a dense target with an
-EAGLE-3-type head and an MoE target with a small draft model, closed loop at 1 to 256 requests in
-flight, prompts of 820–1,228 and outputs of 205–307 tokens (uniform, as `vllm bench serve
---random-range-ratio 0.2`), k ∈ {0, 1, 3, 5, 6, 7}, each request accepting a prefix of its drafts with *known*
-per-position conditional rates (:func:`bayes_sd.acceptance.conditional_rates`): a slowly
-decaying head (θ = 1.5, δ = 0.2) and a saturating one (θ = 2.0, δ = 0.9, an MTP-like
-E(k) flat past k = 3). Fitted on k ∈ {0, 1, 3, 7}, k = 5 and 6 predicted at every load —
-once with the runs' acceptance counters (vLLM records them) and once without (the sweep of
-issue 19 had none), under the positional law (default priors) and under the i.i.d. law
-(``accept_decay`` fixed at 0).
+(:mod:`bayes_sd.simulate`, driven by the measured H100 step costs) serving a dense target with
+an EAGLE-3-type head and an MoE target with a small draft model, closed loop at 1 to 256
+requests in flight, prompts of 820–1,228 and outputs of 205–307 tokens (uniform, as `vllm bench
+serve --random-range-ratio 0.2`), k ∈ {0, 1, 3, 5, 6, 7}, each request accepting a prefix of its
+drafts with *known* per-position conditional rates
+(:func:`bayes_sd.acceptance.conditional_rates`): a slowly decaying head (θ = 1.5, δ = 0.2) and a
+saturating one (θ = 2.0, δ = 0.9, an MTP-like E(k) flat past k = 3). Fitted on k ∈ {0, 1, 3, 7},
+k = 5 and 6 predicted at every load — once with the runs' acceptance counters (vLLM records
+them) and once without (the sweep of issue 19 had none), under the positional law (default
+priors) and under the i.i.d. law (``accept_decay`` fixed at 0).
 
 **Real (``--real``):** InferenceX (DeepSeek-R1 with its MTP head; no acceptance recorded): the MTP
 runs at k = 3 held out, predicted from the k = 1 and 2 runs of the other configurations (the
@@ -165,6 +165,27 @@ def best_k_match(model, system_rows: pd.DataFrame, seed: int) -> dict:
     }
 
 
+def recovery(model) -> list[dict]:
+    """Posterior of each simulated system's (θ, δ) against the truth it was simulated with."""
+    post = model.idata["posterior"].dataset
+    out = []
+    for name, target, _, theta, delta in SYSTEMS:
+        group = [g for g in post["accept_group"].values if f"|{target}|" in g]
+        if not group:
+            continue
+        row = {"sweep": name}
+        for var, truth in (("accept_group_logit", theta), ("accept_group_decay", delta)):
+            x = post[var].sel(accept_group=group[0]).values.ravel()
+            lo, med, hi = np.quantile(x, [0.05, 0.5, 0.95])
+            row[var.removeprefix("accept_group_")] = {
+                "truth": truth, "median": round(float(med), 3),
+                "interval_90": [round(float(lo), 3), round(float(hi), 3)],
+                "covered": bool(lo <= truth <= hi),
+            }  # fmt: skip
+        out.append(row)
+    return out
+
+
 def fit(train, args, law: str, what: str):
     model = LatencyModel(
         model_config={"priors": LAWS[law]} if LAWS[law] else None,
@@ -181,13 +202,14 @@ def simulated(args) -> tuple[list, list]:
     results, fits = [], []
     for recorded in (True, False):
         data = sweep.copy()
-        if not recorded:
+        if not recorded:  # neither the length nor the per-position rates
             data["acceptance_length"] = np.nan
+            data["acceptance_per_position"] = None
         train = data[data["k"].isin(TRAIN_KS)].drop(columns="system_name")
         for law in LAWS:
             what = f"simulated, acceptance {'recorded' if recorded else 'not recorded'}, {law}"
             model, diag = fit(train, args, law, what)
-            fits.append({"fit": what, **diag})
+            fits.append({"fit": what, **diag, "recovery": recovery(model)})
             for name, *_ in SYSTEMS:
                 rows = data[data["system_name"] == name].drop(columns="system_name")
                 held = rows[~rows["k"].isin(TRAIN_KS)]
