@@ -44,10 +44,9 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   i.i.d. (0) to an MTP head whose E(k) is flat past k = 3 (≈ 1); a fixed 0 is the i.i.d. law.
   Groups scatter around them with ``accept_logit_sd`` HalfNormal(0.5) and ``accept_decay_sd``
   HalfNormal(0.5) (log scale); a run's measured log acceptance length scatters around the law
-  with ``accept_sigma`` HalfNormal(0.05), a measured per-position rate (vLLM's, log scale)
-  around its group's ``r_i`` with ``accept_pos_sigma`` HalfNormal(0.1) (rare late positions are
-  noisier than the length). Where no run measured acceptance the law is latent,
-  learnt from the latencies at several k.
+  with ``accept_sigma`` HalfNormal(0.05), a measured per-position rate (vLLM's, on its own
+  scale) around its group's ``r_i`` with ``accept_pos_sigma`` HalfNormal(0.05). Where no run
+  measured acceptance the law is latent, learnt from the latencies at several k.
 * ``sigma``: measurement noise on log mean E2E latency per source, HalfNormal(0.1) (a few
   percent is typical of benchmark means; InferenceX repeats of one point on other dates differ
   by 7% median); ``ttft_sigma`` HalfNormal(0.2) and ``tpot_sigma`` HalfNormal(0.1) the same for
@@ -165,7 +164,7 @@ def _latency_defaults() -> dict[str, Prior]:
         "accept_logit_sd": Prior("HalfNormal", sigma=0.5),
         "accept_decay_sd": Prior("HalfNormal", sigma=0.5),
         "accept_sigma": Prior("HalfNormal", sigma=0.05),
-        "accept_pos_sigma": Prior("HalfNormal", sigma=0.1),
+        "accept_pos_sigma": Prior("HalfNormal", sigma=0.05),
         "sigma": Prior("HalfNormal", sigma=0.1, dims="source"),
         "ttft_sigma": Prior("HalfNormal", sigma=0.2, dims="source"),
         "tpot_sigma": Prior("HalfNormal", sigma=0.1, dims="source"),

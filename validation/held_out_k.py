@@ -6,10 +6,10 @@ adds the InferenceX fold).
 
 **Simulated sweeps (labelled so):** the package's discrete-event simulator
 (:mod:`bayes_sd.simulate`, driven by the measured H100 step costs) serving a dense target with
-an EAGLE-3-type head and an MoE target with a small draft model, closed loop at 1 to 256
-requests in flight, prompts of 820–1,228 and outputs of 205–307 tokens (uniform, as `vllm bench
-serve --random-range-ratio 0.2`), k ∈ {0, 1, 3, 5, 6, 7}, each request accepting a prefix of its
-drafts with *known* per-position conditional rates
+an EAGLE-3-type head and an MoE target (OLMoE-1B-7B) with a small draft model, closed loop at 1
+to 256 requests in flight, prompts of 820–1,228 and outputs of 205–307 tokens (uniform, as `vllm
+bench serve --random-range-ratio 0.2`), k ∈ {0, 1, 3, 5, 6, 7}, each request accepting a prefix
+of its drafts with *known* per-position conditional rates
 (:func:`bayes_sd.acceptance.conditional_rates`): a slowly decaying head (θ = 1.5, δ = 0.2) and a
 saturating one (θ = 2.0, δ = 0.9, an MTP-like E(k) flat past k = 3). Fitted on k ∈ {0, 1, 3, 7},
 k = 5 and 6 predicted at every load — once with the runs' acceptance counters (vLLM records
@@ -50,7 +50,10 @@ CONCURRENCY = (1, 4, 16, 64, 128, 256)
 # (name, target, drafter, θ, δ): the truth of each simulated sweep's acceptance
 SYSTEMS = (
     ("dense 8B + EAGLE-3 head (δ = 0.2)", "llama-3.1-8b", "eagle3-head-8b", 1.5, 0.2),
-    ("MoE 30B-A3B + 1B drafter (δ = 0.9)", "qwen3-30b-a3b", "llama-3.2-1b", 2.0, 0.9),
+    # OLMoE (7B total): its KV cache holds every load here; Qwen3-30B-A3B on one H100 (61 GB of
+    # weights) runs out of KV cache near 86 requests and queues past it — a capacity-bound
+    # closed loop the fit mixed badly on (R-hat 1.26), which would confound the acceptance check
+    ("MoE 7B-A1B + 68M drafter (δ = 0.9)", "olmoe-1b-7b", "llama-68m", 2.0, 0.9),
 )
 GPU = "H100-SXM-80GB"
 # lengths drawn per request, ±20% as `vllm bench serve --random-range-ratio 0.2`: with fixed
