@@ -166,8 +166,12 @@ def acceptance_groups(rows: pd.DataFrame) -> np.ndarray:
                                     rows["method"])  # fmt: skip
     keys = pd.DataFrame({"dataset": rows["dataset"], "target": rows["target"],
                          "drafter": drafter, "engine": rows["engine"]})  # fmt: skip
-    labels = [_label(tuple(t)) for t in keys.itertuples(index=False)]
-    return np.where(free, np.asarray(labels, dtype=object), "")
+    # one label per distinct key (10^5 prediction rows of a few configurations: a few labels)
+    group = keys.groupby(list(keys), dropna=False, sort=False).ngroup().to_numpy()
+    _, first = np.unique(group, return_index=True)
+    labels = np.asarray([_label(tuple(t)) for t in keys.iloc[first].itertuples(index=False)],
+                        dtype=object)  # fmt: skip
+    return np.where(free, labels[group], "")
 
 
 @dataclass(frozen=True)

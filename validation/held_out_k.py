@@ -203,7 +203,7 @@ def fit(train, args, law: str, what: str):
 def simulated(args) -> tuple[list, list]:
     sweep = simulated_sweep(args.seed)
     results, fits = [], []
-    for recorded in (True, False):
+    for recorded in (r == "recorded" for r in args.records.split(",")):
         data = sweep.copy()
         if not recorded:  # neither the length nor the per-position rates
             data["acceptance_length"] = np.nan
@@ -278,6 +278,12 @@ def main(argv=None) -> int:
     p = _common.parser(__doc__, draws=300, chains=2)
     p.add_argument("--real", action="store_true", help="also the InferenceX fold")
     p.add_argument("--no-simulated", action="store_true", help="only the InferenceX fold")
+    p.add_argument("--records", default="recorded,not-recorded",
+                   help="simulated sets: acceptance recorded, not recorded, or both")  # fmt: skip
+    p.add_argument(
+        "--keep", action="store_true",
+        help="keep the previous results (in --out) of the sets not run this time",
+    )  # fmt: skip
     args = _common.parse(p, argv, "held_out_k")
     start = time.perf_counter()
     results, fits = [], []
@@ -289,6 +295,17 @@ def main(argv=None) -> int:
         r, f = real(args)
         results += r
         fits += f
+    if args.keep and args.out.exists():
+        import json
+
+        old = json.loads(args.out.read_text())
+
+        def key(r):
+            return r["sweep"], r["acceptance"], r["law"]
+
+        ran, fitted = {key(r) for r in results}, {f["fit"] for f in fits}
+        results = [r for r in old["results"] if key(r) not in ran] + results
+        fits = [f for f in old["fits"] if f["fit"] not in fitted] + fits
     from bayes_sd.report import markdown_table
 
     tab = table(results)
