@@ -164,8 +164,7 @@ def acceptance_groups(rows: pd.DataFrame) -> np.ndarray:
     free = ((rows["k"].astype(float) > 0) & rows["alpha"].isna()).to_numpy()
     drafter = rows["drafter"].where(rows["drafter"].notna() & (rows["drafter"] != ""),
                                     rows["method"])  # fmt: skip
-    keys = pd.DataFrame({"dataset": rows["dataset"], "target": rows["target"],
-                         "drafter": drafter, "engine": rows["engine"]})  # fmt: skip
+    keys = rows[list(ACCEPTANCE_KEYS)].assign(drafter=drafter)
     # one label per distinct key (10^5 prediction rows of a few configurations: a few labels)
     group = keys.groupby(list(keys), dropna=False, sort=False).ngroup().to_numpy()
     _, first = np.unique(group, return_index=True)

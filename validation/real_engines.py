@@ -16,8 +16,8 @@ Folds (each a fresh fit on the training part; predictions for the held-out part)
 * ``gpu``: every run of one GPU type held out (``--gpus``, default MI325X, B300, H100);
 * ``engine``: every run of one engine held out (``--engines``, default sglang, dynamo-sglang);
 * ``mtp``: the MTP runs of one GPU type held out (``--mtp-gpus``, default H200, MI325X), predicted
-  from the rest plus an acceptance: the population mean of the fitted MTP acceptance (InferenceX
-  records none).
+  from the rest, their acceptance from the fitted acceptance law of the MTP group (dataset,
+  target, drafter, engine; InferenceX records none).
 
 Alternatives scored on the same runs: ``curve_fit`` — per series and metric, the paper's law
 fitted to that series' own training runs (closed loop ``a + b N``, open loop ``C1 / (1 − λ C2)``
@@ -122,29 +122,13 @@ def score(pred_mean, pred_noisy, held: pd.DataFrame, label: str) -> pd.DataFrame
     return pd.concat(out, ignore_index=True)
 
 
-def acceptance_plug_in(model, held: pd.DataFrame) -> pd.DataFrame:
-    """Unseen MTP draft systems: the population mean of the fitted latent acceptance rates."""
-    post = model.idata["posterior"].dataset
-    if "acceptance" not in post:
-        return held
-    rate = float(post["acceptance"].mean())
-    held = held.copy()
-    sd = held["k"] > 0
-    held.loc[sd, "acceptance_length"] = 1.0 + rate * held.loc[sd, "k"].astype(float)
-    return held
-
-
 def bayes(train, held, args, name):
     model = LatencyModel(sampler_config=_common.sampler_config(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         seconds = _common.fit_timed(model, train, args, name)
-    query = features(held)
-    try:
-        mean = model.predict(query, random_seed=args.seed).summary
-    except bayes_sd.DataError:  # an unseen drafter configuration: give it an acceptance
-        query = acceptance_plug_in(model, query)
-        mean = model.predict(query, random_seed=args.seed).summary
+    query = features(held)  # unseen MTP configurations: their group's acceptance law
+    mean = model.predict(query, random_seed=args.seed).summary
     noisy = model.predict(query, random_seed=args.seed, noise=True).summary
     return score(mean, noisy, held, "bayes_sd"), {"seconds": round(seconds, 1),
                                                    **model.diagnostics}  # fmt: skip
