@@ -164,7 +164,7 @@ def predict(
     if tails:
         missing = [v for v in _TAIL_PRIORS if v not in post]  # no training run measured a tail
         flat.update(draw_priors(model.priors, missing, draws, rng, {"tail": list(laws.TAILS)}))
-        planes.update(_tail_draws(design, rows, flat, planes, rng, noise))
+        planes.update(_tail_draws(design, rows, flat, planes, per_row, rng, noise))
         names = OUTPUTS + TAIL_OUTPUTS
     decode = rows["decode_len"].to_numpy(dtype=float)
     gpus = rows["num_gpus"].to_numpy(dtype=float)
@@ -478,50 +478,35 @@ def _with_noise(design: Design, rows, flat, planes: dict, rng) -> None:
         planes["latency"] = np.where(np.isfinite(lat), noisy, lat)
 
 
-def _tail_draws(design: Design, rows, flat, planes: dict, rng, noise: bool) -> dict:
+def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
+                noise: bool) -> dict:  # fmt: skip
     """(draw, row) percentiles of TTFT, TPOT and E2E: each metric's (noisy) mean times the tail
     law's ratio at the row's load (requests in flight per engine), with the engine's fitted
     terms (fresh draws from their spread for an engine the model has not seen) and, with
-    ``noise``, the fitted scatter of a measured ratio."""
-    n_draws, n_rows = planes["latency"].shape
-    level = np.repeat(flat["tail_level"][:, :, None], n_rows, axis=2)  # (draw, tail, row)
-    labels = rows["engine"].astype(str).to_numpy()
+    ``noise``, the fitted scatter of a measured ratio. One fused pass (``_kernels.tails``)."""
+    draws = planes["latency"].shape[0]
+    labels, lab = np.unique(rows["engine"].astype(str).to_numpy(), return_inverse=True)
     idx = pd.Index(design.levels("engine")).get_indexer(labels)
+    level = np.repeat(flat["tail_level"][:, :, None], len(labels), axis=2)  # (draw, tail, label)
+    sd = flat["tail_engine_sd"][:, None, None]
     if "tail_engine_z" in flat:
-        sd = flat["tail_engine_sd"][:, None, None]
         seen = idx >= 0
         level[:, :, seen] += sd * flat["tail_engine_z"][:, :, idx[seen]]
-    else:  # fitted on one engine (or without percentiles): the spread's draws, or its prior's
-        sd = flat["tail_engine_sd"][:, None, None]
-        seen = np.zeros(len(idx), dtype=bool)  # one fitted engine: its terms are the population's
-        seen[idx >= 0] = True
-    unseen = ~seen
-    if unseen.any():
-        names, inverse = np.unique(labels[unseen], return_inverse=True)
-        z = rng.normal(size=(n_draws, len(laws.TAILS), len(names)))
-        level[:, :, unseen] += (sd * z)[:, :, inverse]
-    slope = flat["tail_slope"][:, :, None]
-    rate = rows["request_rate"].astype(float).to_numpy()
-    in_flight = laws.requests_in_flight(  # as in the likelihood, at the predicted latency
-        ~np.isnan(rate),
-        rate,
-        planes["latency"],
-        rows["concurrency"].astype(float).to_numpy(),
-        rows["engines"].to_numpy(dtype=float),
-    )
-    load = laws.tail_load(np.nan_to_num(in_flight, nan=0.0, posinf=np.inf))
-    out = {}
-    for metric in laws.TAIL_METRICS:
-        terms = [laws.TAILS.index(f"{metric}_{q}") for q in laws.TAIL_STATS]
-        ratios = laws.tail_log_ratios([level[:, t] for t in terms], [slope[:, t] for t in terms],
-                                      load)  # fmt: skip
-        for t, ratio in zip(terms, ratios, strict=True):
-            if noise:
-                scale = flat["tail_sigma"][:, t, None]
-                ratio = ratio + rng.standard_t(flat["nu"][:, None], size=ratio.shape) * scale
+    else:  # fitted on one engine (or without percentiles): its terms are the population's
+        seen = idx >= 0
+    if (~seen).any():  # an engine the model has not seen: new draws from the spread
+        level[:, :, ~seen] += sd * rng.normal(size=(draws, len(laws.TAILS), int((~seen).sum())))
+    kernel = _kernels.tails if _kernels.AVAILABLE else _kernels.tails_numpy
+    means = [planes[metric] for metric in laws.TAIL_METRICS]
+    out = kernel(level, flat["tail_slope"], lab.ravel(), per_row, means)  # (tail, row, draw)
+    tails = {name: out[t].T for t, name in enumerate(laws.TAILS)}
+    if noise:  # the scatter of a measured ratio around the law
+        for t, name in enumerate(laws.TAILS):
+            scale = flat["tail_sigma"][:, t, None]
+            ratio = rng.standard_t(flat["nu"][:, None], size=tails[name].shape) * scale
             with np.errstate(invalid="ignore", over="ignore"):
-                out[laws.TAILS[t]] = planes[metric] * np.exp(ratio)
-    return out
+                tails[name] = tails[name] * np.exp(ratio)
+    return tails
 
 
 def _moe_baselines(rows: pd.DataFrame, moe_row: np.ndarray) -> np.ndarray:

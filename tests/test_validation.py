@@ -68,6 +68,10 @@ def test_sbc_smoke_runs_real_fits_and_ranks_every_population_parameter():
     assert res.extra["prior_draws_stable"] >= 3
 
 
+# one fit per run: every test that reads it runs on the same xdist worker
+ONE_STEP_FIT = pytest.mark.xdist_group("step_fit")
+
+
 @pytest.fixture(scope="module")
 def step_fit():
     steps = bayes_sd.load_example("stepcost")
@@ -100,6 +104,7 @@ def test_sbc_simulates_every_metric_of_a_per_phase_design():
     assert set(res.diagnostics.columns) >= {"divergences", "max_rhat", "min_ess_bulk", "worst_ess"}
 
 
+@ONE_STEP_FIT
 def test_step_model_fits_measured_passes(step_fit):
     q = step_fit.fit_quality()
     assert len(q) == 8  # 4 models x 2 GPUs
@@ -107,6 +112,7 @@ def test_step_model_fits_measured_passes(step_fit):
     assert (q["median_rel_error"] < 0.08).all(), q
 
 
+@ONE_STEP_FIT
 def test_step_model_physics_gpu_and_moe_coverage(step_fit):
     g = step_fit.gpu_effects().set_index(["kind", "term"])
     # H200 has 1.4x the memory bandwidth of H100: weight and KV reads are cheaper
@@ -122,6 +128,7 @@ def test_step_model_physics_gpu_and_moe_coverage(step_fit):
     assert abs(t[1] / t[0] / measured - 1) < 0.2
 
 
+@ONE_STEP_FIT
 def test_closed_loop_speedup_is_the_draftwise_formula(step_fit):
     gpu = "H100-SXM-80GB"
     out = step_fit.closed_loop_speedup(
