@@ -189,15 +189,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"bayes-sd simulate: {len(configs)} configurations, {len(runs)} runs "
           f"(seed {args.seed}, {args.jobs or 'all'} processes) -> {out}",
           file=sys.stderr)  # fmt: skip
-    bar = sweeps.Progress(len(runs), "simulating")
-    results = sweeps.run_grid(
-        runs,
-        steps,
-        jobs=args.jobs,
-        progress=bar.update,
-        min_requests=args.min_requests,
-        max_requests=args.max_requests,
-    )
+    with sweeps.progress_bar(len(runs), "simulating") as update:
+        results = sweeps.run_grid(
+            runs,
+            steps,
+            jobs=args.jobs,
+            progress=update,
+            min_requests=args.min_requests,
+            max_requests=args.max_requests,
+        )
     if args.json:
         for name, obj, _ in results:
             text = json.dumps(obj)

@@ -161,38 +161,32 @@ def build_report(model, *, interval: float = 0.9, title: str | None = None) -> R
 
 
 def coefficient_table(model, interval: float = 0.9) -> pd.DataFrame:
+    """``arviz.summary`` of the population parameters: mean, median, sd, the equal-tailed
+    ``interval`` (``lo``, ``hi``), R-hat, bulk and tail ESS, one row per element
+    (``intercept[c1p]``)."""
     import arviz as az
 
     from bayes_sd.model import POPULATION_PARAMS
 
     post = model.idata["posterior"].dataset
-    names = [n for n in POPULATION_PARAMS if n in post]
-    rhat = az.rhat(post[names])
-    ess = az.ess(post[names], method="bulk")
-    lo_q, hi_q = (1 - interval) / 2, 1 - (1 - interval) / 2
-    rows = []
-    for name in names:
-        da = post[name]
-        extra = [d for d in da.dims if d not in ("chain", "draw")]
-        flat = da.stack(sample=("chain", "draw")).transpose(*extra, "sample")
-        labels = [""] if not extra else [str(v) for v in flat[extra[0]].values]
-        values = flat.values.reshape(len(labels), -1)
-        r = np.atleast_1d(rhat[name].values).ravel()
-        e = np.atleast_1d(ess[name].values).ravel()
-        for i, label in enumerate(labels):
-            x = values[i]
-            rows.append(
-                {
-                    "parameter": name + (f"[{label}]" if label else ""),
-                    "mean": float(x.mean()),
-                    "median": float(np.median(x)),
-                    "lo": float(np.quantile(x, lo_q)),
-                    "hi": float(np.quantile(x, hi_q)),
-                    "r_hat": float(r[i]),
-                    "ess_bulk": float(e[i]),
-                }
-            )
-    return pd.DataFrame(rows).set_index("parameter")
+    post = post[[n for n in POPULATION_PARAMS if n in post]]
+    stats = az.summary(post, ci_prob=interval, ci_kind="eti", round_to="none", kind="all")
+    median = az.summary(post, ci_prob=interval, round_to="none", kind="stats_median")["median"]
+    ci = [c for c in stats.columns if c.endswith(("_lb", "_ub"))]
+    out = pd.DataFrame(
+        {
+            "mean": stats["mean"],
+            "median": median,
+            "sd": stats["sd"],
+            "lo": stats[ci[0]],
+            "hi": stats[ci[1]],
+            "r_hat": stats["r_hat"],
+            "ess_bulk": stats["ess_bulk"],
+            "ess_tail": stats["ess_tail"],
+        }
+    ).astype(float)
+    out.index = pd.Index([str(i) for i in out.index], name="parameter")
+    return out
 
 
 def fit_quality(model, interval: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -512,15 +506,15 @@ def _fmt(v) -> str:
 
 
 def markdown_table(df: pd.DataFrame, index: bool = False) -> str:
-    """A Markdown table of ``df`` (floats to 4 significant digits; the index as the first
-    column with ``index=True``); ``_(none)_`` for an empty table."""
+    """A Markdown table of ``df`` (``DataFrame.to_markdown``; floats to 4 significant digits,
+    missing values blank; the index as the first column with ``index=True``); ``_(none)_`` for
+    an empty table."""
     if df.empty:
         return "_(none)_\n"
-    d = df.reset_index() if index else df
-    lines = ["| " + " | ".join(map(str, d.columns)) + " |", "|" + "---|" * len(d.columns)]
-    for row in d.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    cell = lambda v: _fmt(v).replace("|", "\\|")  # noqa: E731  (a bare | splits the cell)
+    d = (df.reset_index() if index else df).map(cell)
+    d.columns = [cell(c) for c in d.columns]
+    return d.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 _TEX_ESCAPE = {
@@ -545,20 +539,14 @@ def _tex(text: str) -> str:
 
 
 def _booktabs(df: pd.DataFrame, *, caption: str, label: str) -> str:
+    """``Styler.to_latex`` (booktabs rules, caption, label), cells and headers escaped by
+    :func:`_tex` (which also covers ``|``, ``<``, ``>``), scaled to the column width."""
     d = df.reset_index()
-    spec = "l" + "r" * (len(d.columns) - 1)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{_tex(caption)}}}",
-        rf"\label{{{label}}}",
-        r"\resizebox{\linewidth}{!}{%",  # wide tables fit the column (needs graphicx)
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(_tex(c) for c in d.columns) + r" \\",
-        r"\midrule",
-    ]
-    for row in d.itertuples(index=False):
-        lines.append(" & ".join(_tex(_fmt(v)) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
-    return "\n".join(lines)
+    styler = d.style.hide(axis="index").format(lambda v: _tex(_fmt(v)))
+    styler = styler.format_index(_tex, axis=1)
+    tex = styler.to_latex(caption=_tex(caption), label=label, position="t",
+                          position_float="centering", hrules=True,
+                          column_format="l" + "r" * (len(d.columns) - 1))  # fmt: skip
+    # wide tables fit the column (needs graphicx)
+    tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}", 1)
+    return tex.replace("\\end{tabular}", "\\end{tabular}}", 1)

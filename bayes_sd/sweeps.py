@@ -9,11 +9,11 @@ deliberately saturated runs, and returns vLLM result objects ready for
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ import numpy as np
 from bayes_sd.simulate import SimConfig, measured_capacity, simulate
 from bayes_sd.stepmodel import StepCostModel
 
-__all__ = ["DEMO_FRACTIONS", "Progress", "RunSpec", "demo_grid", "plan_runs", "run_grid"]
+__all__ = ["DEMO_FRACTIONS", "RunSpec", "demo_grid", "plan_runs", "progress_bar", "run_grid"]
 
 GPUS = ("H100-SXM-80GB", "H200-SXM-141GB")
 TARGETS = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "qwen2.5-14b", "olmoe-1b-7b",
@@ -109,32 +109,26 @@ def plan_runs(
     return runs
 
 
-class Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+@contextlib.contextmanager
+def progress_bar(total: int, label: str, stream=None):
+    """A progress bar on stderr (``rich``'s, which PyMC uses; a static final line when stderr
+    is not a terminal) for the duration of the block; yields ``update(n=1)``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    def __init__(self, total: int, label: str, stream=None) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last = -1
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        pct = int(100 * self.done / max(self.total, 1))
-        if self.tty:
-            bar = "#" * (pct // 4) + "." * (25 - pct // 4)
-            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} "
-                              f"{elapsed:.0f}s, ETA {eta:.0f}s ")  # fmt: skip
-            if self.done >= self.total:
-                self.stream.write("\n")
-        elif pct // 10 != self._last or self.done >= self.total:
-            self._last = pct // 10
-            self.stream.write(f"{self.label}: {self.done}/{self.total} ({pct}%), "
-                              f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s\n")  # fmt: skip
-        self.stream.flush()
+    console = Console(file=stream or sys.stderr)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n=1: bar.advance(task, n)
 
 
 _STEPS: StepCostModel | None = None

@@ -1,5 +1,6 @@
 """The bayes-sd command line: demo report, ingest, errors as one line with exit codes."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -258,6 +259,18 @@ def test_latex_tables_escape_special_characters():
     assert r"a\textbar{}b" in tex and "|" not in tex  # a raw | is a column rule in LaTeX
     # wide tables (the coefficients: 604 pt) are scaled to the column
     assert r"\resizebox{\linewidth}{!}{%" in tex and r"\end{tabular}}" in tex
+    assert r"\toprule" in tex and r"\begin{table}[t]" in tex  # Styler.to_latex's booktabs
+
+
+def test_markdown_tables_escape_pipes_and_blank_missing_values():
+    from bayes_sd.report import markdown_table
+
+    md = markdown_table(pd.DataFrame({"a|b": ["x", "y|z"], "v": [1.23456789, np.nan]}))
+    header, rule, first, second = md.strip().splitlines()
+    assert [c.strip() for c in header.strip("|").split(" | ")] == [r"a\|b", "v"]
+    assert set(rule) <= set("|:-") and "1.235" in first and "nan" not in md
+    assert r"y\|z" in second and second.count(" | ") == 1  # two cells, the pipe escaped
+    assert markdown_table(pd.DataFrame()) == "_(none)_\n"
 
 
 def test_fit_passes_the_sampler_options(tmp_path, monkeypatch):

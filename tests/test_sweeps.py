@@ -96,7 +96,8 @@ def test_cli_simulate_writes_json_and_csv(tmp_path, capsys):
         table.sort_values("run_id")["latency_mean_s"].reset_index(drop=True),
         check_names=False,
     )
-    assert "simulating" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "simulating" in err and f"{len(table)}/{len(table)}" in err  # the bar reached the end
 
 
 def test_simulate_from_model_returns_truth():

@@ -23,7 +23,10 @@ recipes set k per configuration).
 Scores per held-out set: median and maximum relative error of the posterior median of mean
 E2E latency and TPOT, coverage of the 90% posterior predictive interval, and per load whether
 the measured best k (lowest mean latency over every k measured, held out or not) is the
-predicted most probable best k (:func:`bayes_sd.planning.best_k` over concurrencies).
+predicted most probable best k (:func:`bayes_sd.planning.best_k` over concurrencies), and the
+*regret* of that choice: its measured latency over the measured best's, minus one (where k's
+lie within a few percent of each other the hit count is a coin toss; the regret says what the
+choice costs).
 
 Writes ``validation/results/held_out_k.json`` and ``docs/validation/held_out_k.md``.
 """
@@ -158,9 +161,15 @@ def best_k_match(model, system_rows: pd.DataFrame, seed: int) -> dict:
     truth = system_rows.pivot_table(index="k", columns="concurrency", values="latency_mean_s")
     ratio = median / truth.reindex(index=list(KS), columns=list(CONCURRENCY)).to_numpy()
     hits = [int(measured[c] == p) for c, p in zip(CONCURRENCY, predicted, strict=True)]
+    # regret: the measured latency of the predicted choice over the measured best, per load
+    # (a near-tie picked "wrong" costs little; a long draft kept under load costs a lot)
+    chosen = truth.reindex(index=list(KS)).to_numpy()
+    regret = [float(chosen[KS.index(p), i] / chosen[:, i].min() - 1)
+              for i, p in enumerate(predicted)]  # fmt: skip
     return {
         "measured": [int(measured[c]) for c in CONCURRENCY],
         "predicted": predicted,
+        "regret": [round(r, 4) for r in regret],
         "p_best": [round(float(prob[KS.index(p), i]), 2) for i, p in enumerate(predicted)],
         "hits": int(sum(hits)),
         "predicted_over_measured": np.round(ratio, 3).tolist(),
@@ -269,6 +278,9 @@ def table(results: list) -> pd.DataFrame:
                 **{f"{m} max error": f"{r[m]['max_error']:.1%}" for m in METRICS},
                 **{f"{m} 90% coverage": f"{r[m]['coverage_90']:.0%}" for m in METRICS},
                 "best k right": "" if bk is None else f"{bk['hits']} of {bk['loads']}",
+                "regret median / max": ""
+                if bk is None or "regret" not in bk
+                else (f"{np.median(bk['regret']):.1%} / {max(bk['regret']):.1%}"),
             }
         )
     return pd.DataFrame(out)
@@ -322,7 +334,7 @@ def main(argv=None) -> int:
     best = "\n".join(
         f"* {r['sweep']}, acceptance {r['acceptance']}, {r['law']} law: measured best "
         f"k by concurrency {r['best_k']['measured']}, predicted {r['best_k']['predicted']} "
-        f"(P(best) {r['best_k']['p_best']})"
+        f"(P(best) {r['best_k']['p_best']}; regret {r['best_k'].get('regret', 'not computed')})"
         for r in results
         if "best_k" in r
     )
