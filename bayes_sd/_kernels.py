@@ -132,8 +132,9 @@ def _solve_open(tm, k, e, dl, lam, log_q, moe, a1, a2):
     return x if hi < math.inf else math.inf
 
 
-def _phases(tm, k, e, dl, plen, rate, conc, is_open, n, cap, share, log_q, moe, out):
-    """E2E, TTFT, TPOT, light-load latency C1 and prefill A1 at one load into ``out``."""
+def _phases(tm, k, e, dl, plen, rate, conc, is_open, n, cap, share, log_q, moe, opening, out):
+    """E2E, TTFT, TPOT, light-load latency C1 and prefill A1 at one load into ``out``
+    (``opening``: f κ, a closed loop's opening wave; bayes_sd.phases.closed_loop_phases)."""
     phi_p = 1.0 - math.exp(plen * log_q) if moe else 0.0
     a1 = tm[0] + phi_p * tm[5]
     a2 = tm[1] + phi_p * tm[6]
@@ -159,8 +160,9 @@ def _phases(tm, k, e, dl, plen, rate, conc, is_open, n, cap, share, log_q, moe, 
         t, _, _, _ = _step(tm, k, b, log_q, moe)
         service = a1 + a2 * b + cyc * t
         wait = (per - b) * service / b
-        lat = wait + service
-        ttft = wait + a1 + share * a2 * b
+        wave = opening * b * a1
+        lat = wait + wave + service
+        ttft = wait + wave + a1 + share * a2 * b
         tpot = t / e + (1.0 - share) * a2 * b / decode
     out[0] = lat
     out[1] = ttft
@@ -179,8 +181,8 @@ def _saturation(tm, k, e, dl, plen, n, log_q, moe):
     return n / c2 if c2 > 0 else math.inf
 
 
-def _baselines(coef, incr, f_base, cfg, moe, log_q, act, kink, cap, share, dl, plen, rate, conc,
-               is_open, n, base_rep):  # fmt: skip
+def _baselines(coef, incr, f_base, cfg, moe, log_q, act, kink, cap, share, burst, dl, plen, rate,
+               conc, is_open, n, opening, base_rep):  # fmt: skip
     """Baseline (k = 0) latency draws (baselines, draws), one per distinct baseline shared by
     several rows (``base_rep``: a representative row of each): a planning grid of draft
     lengths at each load solves each baseline once per draw, not once per SD row."""
@@ -195,13 +197,14 @@ def _baselines(coef, incr, f_base, cfg, moe, log_q, act, kink, cap, share, dl, p
         for i in range(draws):
             _terms(coef, incr, f_base[i, q], i, q, 0.0, act[q], kink[i], tb)
             _phases(tb, 0.0, 1.0, dl[j], plen[j], rate[j], conc[j], is_open[j], n[j], cap[i, q],
-                    share[i], log_q[q], moe[q], res)  # fmt: skip
+                    share[i], log_q[q], moe[q], opening[j] * burst[i], res)  # fmt: skip
             out[b, i] = res[0]
     return out
 
 
-def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, k, e_known, acc,
-             d_idx, dl, plen, rate, conc, is_open, n, base_lat, base_of, with_noise):  # fmt: skip
+def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, burst, k, e_known,
+             acc, d_idx, dl, plen, rate, conc, is_open, n, opening, base_lat, base_of,
+             with_noise):  # fmt: skip
     """Planes (PLANES, rows, draws): latency, TTFT, TPOT, speedup against k = 0 at the same
     load, saturation rate, and (``with_noise``) the light-load latency C1 and the prefill A1.
 
@@ -227,8 +230,9 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, k
             if math.isnan(e):  # the acceptance law's draw for the row's (group, k)
                 e = acc[i, d_idx[j]]
             _terms(coef, incr, f_sd[i, q], i, q, kk, act[q], kink[i], tm)
+            wave = opening[j] * burst[i]
             _phases(tm, kk, e, dl[j], plen[j], rate[j], conc[j], is_open[j], n[j], cap[i, q],
-                    share[i], log_q[q], moe[q], res)  # fmt: skip
+                    share[i], log_q[q], moe[q], wave, res)  # fmt: skip
             if kk == 0.0 and f_base[i, q] == f_sd[i, q] and e == 1.0:
                 lat_b = res[0]  # a baseline row is its own baseline
             elif base_of[j] >= 0:  # a baseline shared with other rows, solved already
@@ -236,7 +240,7 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, k
             else:
                 _terms(coef, incr, f_base[i, q], i, q, 0.0, act[q], kink[i], tb)
                 _phases(tb, 0.0, 1.0, dl[j], plen[j], rate[j], conc[j], is_open[j], n[j],
-                        cap[i, q], share[i], log_q[q], moe[q], base)  # fmt: skip
+                        cap[i, q], share[i], log_q[q], moe[q], wave, base)  # fmt: skip
                 lat_b = base[0]
             lat = res[0]
             out[0, j, i] = lat
@@ -307,10 +311,11 @@ def predict(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=No
 
     ``params``: ``coef``, ``incr`` (8, draws, configs), ``f_sd``, ``f_base``, ``capacity``
     (draws, configs), per configuration ``experts``, ``experts_per_token``, ``active_share``,
-    per draw ``kink_tokens``, ``ttft_share``, and ``acceptance`` (draws, combinations): the
-    acceptance law's tokens per cycle per (group, k) of the rows without a given one.
-    ``rows``: ``cfg``, ``k``, ``e_known``, ``d_idx``, ``decode_len``, ``prefill_len``,
-    ``rate``, ``conc`` (NaN where not given), ``is_open``, ``engines``, ``base_of`` (an id of
+    per draw ``kink_tokens``, ``ttft_share``, ``burst_share`` (κ), and ``acceptance`` (draws,
+    combinations): the acceptance law's tokens per cycle per (group, k) of the rows without a
+    given one. ``rows``: ``cfg``, ``k``, ``e_known``, ``d_idx``, ``decode_len``,
+    ``prefill_len``, ``rate``, ``conc`` (NaN where not given), ``is_open``, ``engines``,
+    ``opening`` (the opening wave's share of a closed-loop run), ``base_of`` (an id of
     each row's baseline: rows with one id have the same baseline configuration and load).
     ``chunk_rows`` is the NumPy path's; the kernel does not need it."""
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
@@ -327,10 +332,11 @@ def predict(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=No
     common = (f64(params["coef"]), f64(params["incr"]))
     per_config = (i64(rows["cfg"]), np.ascontiguousarray(moe), f64(log_q),
                   f64(params["active_share"]), f64(params["kink_tokens"]),
-                  f64(params["capacity"]), f64(params["ttft_share"]))  # fmt: skip
+                  f64(params["capacity"]), f64(params["ttft_share"]),
+                  f64(params["burst_share"]))  # fmt: skip
     load = (f64(rows["decode_len"]), f64(rows["prefill_len"]), f64(np.nan_to_num(rows["rate"])),
             f64(np.nan_to_num(rows["conc"])), np.ascontiguousarray(rows["is_open"]),
-            f64(rows["engines"]))  # fmt: skip
+            f64(rows["engines"]), f64(rows["opening"]))  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's cache notices
         base_lat = _baselines_jit(*common, f64(params["f_base"]), *per_config, *load,
@@ -411,6 +417,7 @@ def _numpy_block(params: dict, rows: dict) -> dict:
     act = params["active_share"][cfg]
     kink = params["kink_tokens"][:, None]
     share = params["ttft_share"][:, None]
+    opening = rows["opening"] * params["burst_share"][:, None]
     cap = np.take(params["capacity"], cfg, axis=1)
     shape = dict(decode_len=rows["decode_len"], engines=rows["engines"], ttft_share=share)
 
@@ -428,7 +435,8 @@ def _numpy_block(params: dict, rows: dict) -> dict:
             batch = phases.smooth_min(np.nan_to_num(per, nan=1.0), cap)
         cov = _coverage(moe, log_q, kk, batch)
         closed = phases.closed_loop_phases(tm, k=kk, tokens=ee, concurrency=np.nan_to_num(
-            rows["conc"], nan=1.0), capacity=cap, coverage=(phi_p, *cov), **shape)  # fmt: skip
+            rows["conc"], nan=1.0), capacity=cap, coverage=(phi_p, *cov), opening=opening,
+            **shape)  # fmt: skip
         lam = np.nan_to_num(rows["rate"]) / rows["engines"]
         lat = _open_fixed_point(tm, kk, ee, rows["decode_len"], lam, phi_p, moe, log_q)
         b = np.where(np.isfinite(lat), lam * lat, 1.0)

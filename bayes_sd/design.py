@@ -18,7 +18,7 @@ import pandas as pd
 
 from bayes_sd.coefs import NGRAM_PARAMS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS
 from bayes_sd.errors import DataError
-from bayes_sd.laws import length_covariates, requests_in_flight
+from bayes_sd.laws import length_covariates, opening_fraction, requests_in_flight
 from bayes_sd.schema import acceptance_of, per_position_rates, validate_sweep
 
 __all__ = [
@@ -328,6 +328,16 @@ class Design:
     def concurrency(self) -> np.ndarray:
         conc = self.rows["concurrency"].astype(float).fillna(1.0)
         return np.where(self.is_open, 0.0, conc)
+
+    @cached_property
+    def opening(self) -> np.ndarray:
+        """Share of each closed-loop run's requests sent in its opening wave (0 where the run's
+        request count is unknown, and open loop): :func:`bayes_sd.laws.opening_fraction`."""
+        if "n_requests" in self.rows:
+            n = pd.to_numeric(self.rows["n_requests"], errors="coerce").to_numpy(dtype=float)
+        else:
+            n = np.full(len(self.rows), np.nan)
+        return opening_fraction(self.is_open, self.concurrency, n)
 
     def log_mean(self, metric: str) -> np.ndarray:
         """Log of the measured mean ``latency`` (E2E), ``ttft`` or ``tpot``; NaN where absent."""

@@ -140,6 +140,8 @@ class _Builder:
             # the measured batch per engine, where the open-loop likelihood takes the
             # load-dependent terms (the coverage and the roofline)
             "batch": pm.Data("batch", np.maximum(d.batch, 1e-3), dims="run"),
+            # the share of each closed-loop run's requests in its opening wave
+            "opening": pm.Data("opening", d.opening, dims="run"),
         }
         # observed as data, so a compiled model can be refitted to new measurements of the same
         # design (nutpie's with_data; used by simulation-based calibration)
@@ -506,9 +508,12 @@ class _Builder:
         if not self.open.all():
             capacity = self.capacity()
             batch = phases.smooth_min(data["conc"] / data["engines"], capacity)
+            # the opening wave's prefill queue, where a run's request count says how large it is
+            opening = (data["opening"] * self.prior("burst_share")
+                       if (self.d.opening > 0).any() else 0.0)  # fmt: skip
             closed_p = phases.closed_loop_phases(
                 terms, concurrency=data["conc"], capacity=capacity,
-                coverage=self.run_coverage(data, batch), **common,
+                coverage=self.run_coverage(data, batch), opening=opening, **common,
             )  # fmt: skip
         out = {}
         for key in ("latency", "ttft", "tpot"):

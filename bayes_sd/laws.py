@@ -47,6 +47,7 @@ __all__ = [
     "log_coefficients",
     "moe_ratio",
     "noise_scale",
+    "opening_fraction",
     "queue_share_closed",
     "queue_share_open",
     "requests_in_flight",
@@ -120,6 +121,21 @@ def noise_scale(sigma: Any, load_noise: Any, share: Any) -> Any:
     """Scale of the noise on log mean latency: ``σ (1 + load_noise · min(share, cap))``."""
     ops = _ops(sigma, load_noise, share)
     return sigma * (1.0 + load_noise * ops.minimum(share, QUEUE_SHARE_CAP))
+
+
+def opening_fraction(is_open: Any, concurrency: Any, n_requests: Any) -> np.ndarray:
+    """The share of a closed-loop run's requests sent in its *opening wave*: a benchmark client
+    keeping ``N`` requests in flight (``vllm bench serve --max-concurrency N``, InferenceX after
+    its warm-up, the package's simulator) starts ``N`` at once, and their prompts queue for
+    prefill together (:func:`bayes_sd.phases.closed_loop_phases`). ``min(N / requests, 1)``;
+    0 in an open loop (arrivals spread out) and where the run's request count is unknown —
+    the steady state a long-running service sees."""
+    n = np.asarray(n_requests, dtype=float)
+    conc = np.asarray(concurrency, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.minimum(conc / n, 1.0)
+    known = ~np.asarray(is_open, dtype=bool) & (n > 0) & (conc > 0)
+    return np.where(known, share, 0.0)
 
 
 def requests_in_flight(is_open: Any, rate: Any, latency: Any, concurrency: Any,

@@ -42,7 +42,8 @@ POSTERIOR_VARS = (
     "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_effect", "engine_effect",
     "precision_effect",
     "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd", "series_sd", "shift_system",
-    "shift_draft", "shift_series", "moe_excess", "kink_tokens", "ttft_share", "accept_logit",
+    "shift_draft", "shift_series", "moe_excess", "kink_tokens", "ttft_share", "burst_share",
+    "accept_logit",
     "accept_decay", "accept_logit_sd", "accept_decay_sd", "accept_group_logit",
     "accept_group_decay",
     "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma", "ttft_sigma",
@@ -87,7 +88,9 @@ def predict(
     SD rows ``drafter`` (or ``method`` ``ngram``) with ``acceptance_length`` or ``alpha``
     (latent acceptance of a fitted draft system otherwise). Optional: ``num_gpus`` (1),
     ``engine``, ``precision``, ``layout``, ``engines`` (1), ``source``, ``dataset`` (the training
-    data's where it has one value). Sizes come from the registry when absent. Seen systems use
+    data's where it has one value), ``n_requests`` (a closed-loop benchmark run's request
+    count: its opening wave enters TTFT and E2E as in the fit; absent, the steady state).
+    Sizes come from the registry when absent. Seen systems use
     their fitted residuals; unseen systems, drafters, GPUs, engines and precisions draw new ones
     from the population, so their intervals are honestly wider; all rows of one configuration
     share its new draws.
@@ -148,6 +151,10 @@ def predict(
         "ttft_share": flat.get("ttft_share", np.full(draws, 0.5)),
     }  # fmt: skip
     per_row = {"cfg": group, **_row_arrays(design, rows, flat)}
+    if "burst_share" not in flat:  # no fitted run had an opening wave: κ's prior, if needed
+        wanted = ["burst_share"] if (per_row["opening"] > 0).any() else []
+        flat.update(draw_priors(model.priors, wanted, draws, rng, {}))
+    params["burst_share"] = flat.get("burst_share", np.zeros(draws))
     params["acceptance"] = _acceptance_draws(model, design, rows, flat, per_row, draws, rng)
     per_row["base_of"] = _moe_baselines(rows, np.ones(len(rows), dtype=bool))
     # one pass over (row, draw): the fused kernel, or the NumPy algebra (same signature)
@@ -243,6 +250,12 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
             "each row needs exactly one of request_rate or concurrency", field="request_rate"
         )
     _check_values(rows)
+    # a benchmark run's opening wave, where a closed-loop row gives its request count
+    rows["_opening"] = laws.opening_fraction(
+        ~open_rows.to_numpy(), rows["concurrency"].astype(float).to_numpy(),
+        pd.to_numeric(rows["n_requests"], errors="coerce").to_numpy(dtype=float)
+        if "n_requests" in rows else np.nan,
+    )  # fmt: skip
     label_systems(rows, reference=design.rows)  # the fitted workloads of its configurations
     design.match_acceptance(rows)  # measured acceptance of seen draft systems
     return rows
@@ -260,6 +273,7 @@ _ROW_RULES = (
     ("alpha", lambda v, r: (v >= 0) & (v < 1), "an acceptance rate in [0, 1)"),
     # (not bounded by k + 1 here: planning holds a given acceptance length fixed across k)
     ("acceptance_length", lambda v, r: (v >= 1) & (v <= 65), "between 1 and 65 tokens per step"),
+    ("n_requests", lambda v, r: (v >= 1) & (v == np.round(v)), "a whole number ≥ 1 of requests"),
 )  # fmt: skip
 
 
@@ -267,6 +281,8 @@ def _check_values(rows: pd.DataFrame) -> None:
     """Impossible numbers in prediction rows are a DataError naming the row and the field
     (a GPU count of 0 or a negative prompt would otherwise give numbers)."""
     for column, ok, expected in _ROW_RULES:
+        if column not in rows:  # an optional column (n_requests)
+            continue
         values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
         given = rows[column].notna().to_numpy()
         with np.errstate(invalid="ignore"):
@@ -402,6 +418,7 @@ def _row_arrays(design: Design, rows, flat) -> dict[str, np.ndarray]:
         "rate": rate,
         "conc": rows["concurrency"].astype(float).to_numpy(),
         "is_open": ~np.isnan(rate),
+        "opening": rows["_opening"].to_numpy(dtype=float),
     }
 
 
@@ -518,7 +535,7 @@ def _moe_baselines(rows: pd.DataFrame, moe_row: np.ndarray) -> np.ndarray:
     if moe_row.any():
         sizes = ["target_params", "target_active_params", "target_experts"]
         keys = ["base_series", *sizes, "target_experts_per_token", "request_rate",
-                "concurrency", "engines"]  # fmt: skip
+                "concurrency", "engines", "_opening"]  # fmt: skip
         sub = rows.loc[moe_row, keys]
         base_of[moe_row] = sub.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
     return base_of

@@ -140,7 +140,13 @@ SWEEP_COLUMNS: dict[str, Column] = {
     ),
     "concurrency": Column("float", False, "Fixed concurrency (closed loop) or cap.", low=1),
     "achieved_rate": Column("float", False, "Completed requests per second.", low=0),
-    "n_requests": Column("int", False, "Completed requests (unknown for digitised data).", low=1),
+    "n_requests": Column(
+        "int",
+        False,
+        "Completed requests (unknown for digitised data); in a "
+        "closed loop it sizes the opening wave.",
+        low=1,
+    ),
     "n_failed": Column("int", False, "Failed requests.", low=0),
     "duration_s": Column("float", False, "Benchmark wall time (s).", low=0, low_open=True),
     # Latency (seconds)

@@ -313,3 +313,26 @@ def test_verification_premium_is_paid_only_with_drafts():
     p1, p2 = L.demand(plain, 3, 2.5, 256)
     assert c1 - p1 == pytest.approx(256 / 2.5 * 0.001)
     assert c2 - p2 == pytest.approx(256 / 2.5 * 0.00005)
+
+
+def test_a_closed_loop_benchmarks_opening_wave_adds_to_ttft_and_e2e_not_tpot():
+    """A client that starts N requests at once queues their prompts for prefill together:
+    a share f = N / requests of the run waits κ B A1 longer for its first token (and so for its
+    last); 0 in an open loop, at an unknown request count and in the steady state."""
+    from bayes_sd import laws, phases
+    from bayes_sd.coefs import Coefficients
+
+    coefs = Coefficients(c1p=0.03, c2p=0.002, c1v=0.007, c2v=2e-4, c1s=1e-4, c2s=1e-5,
+                         c1d=4e-4, c2d=3e-6)  # fmt: skip
+    terms = phases.step_terms(coefs, None, 0.0)
+    common = dict(k=0.0, tokens=1.0, decode_len=256.0, concurrency=64.0)
+    steady = phases.closed_loop_phases(terms, **common)
+    f = laws.opening_fraction(False, 64.0, 384.0)
+    assert f == pytest.approx(1 / 6)
+    burst = phases.closed_loop_phases(terms, opening=f * 0.7, **common)
+    extra = f * 0.7 * 64.0 * 0.03  # f κ B A1
+    assert burst["ttft"] - steady["ttft"] == pytest.approx(extra)
+    assert burst["latency"] - steady["latency"] == pytest.approx(extra)
+    assert burst["tpot"] == pytest.approx(steady["tpot"])
+    assert laws.opening_fraction([True, False, False, False], 64.0,
+                                 [384.0, np.nan, 0.0, 10.0]).tolist() == [0, 0, 0, 1]  # fmt: skip

@@ -440,6 +440,7 @@ def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
     assert (dense["target_experts"] > 1).sum() == 10
     closed = dense.copy()
     closed["request_rate"], closed["concurrency"] = np.nan, 8.0
+    closed["n_requests"] = np.where(np.arange(len(closed)) % 2, 48, np.nan)  # opening waves
     hot = dense.copy()
     hot["request_rate"] = hot["request_rate"] * 40  # far past saturation: inf latency draws
     unseen = dense.copy()

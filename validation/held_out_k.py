@@ -144,9 +144,17 @@ def best_k_match(model, system_rows: pd.DataFrame, seed: int) -> dict:
             "source",
         )
     }
+    # each load's request count as measured: the benchmark's opening wave is in its latency
+    n_req = system_rows.groupby("concurrency")["n_requests"].first()
     rows = pd.DataFrame(
         [
-            {**config, "k": float(k), "concurrency": float(c), **({} if k else {"drafter": None})}
+            {
+                **config,
+                "k": float(k),
+                "concurrency": float(c),
+                "n_requests": n_req.get(c),
+                **({} if k else {"drafter": None}),
+            }
             for k in KS
             for c in CONCURRENCY
         ]

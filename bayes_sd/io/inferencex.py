@@ -8,11 +8,12 @@ GPU). Field meanings, provenance and caveats: ``data/inferencex/README.md``.
 
 What the rows do not record is not guessed: the MTP draft length ``k`` comes from the derived
 recipe table beside the file (``mtp_k_from_recipes_DERIVED.csv``) where it names one k for the
-row, else it stays empty (the run is kept, not fitted); acceptance is not recorded. Prompt and
-output lengths are about 0.9 × nominal (``--random-range-ratio 0.8``). Rows whose throughput is
-on mixed GPU bases (the 2025-12 disaggregated rows of the old artifact schema) or breaks
-Little's law (output tokens/s against concurrency × D / E2E outside [0.8, 1.25]) are kept with
-``excluded`` set and the reason.
+row, else it stays empty (the run is kept, not fitted); acceptance is not recorded. Single-node
+runs sent ``10 × conc`` requests (``n_requests``: the opening wave is a tenth of the run).
+Prompt and output lengths are about 0.9 × nominal (``--random-range-ratio 0.8``). Rows whose
+throughput is on mixed GPU bases (the 2025-12 disaggregated rows of the old artifact schema) or
+breaks Little's law (output tokens/s against concurrency × D / E2E outside [0.8, 1.25]) are kept
+with ``excluded`` set and the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from bayes_sd.io._record import Record
 
 __all__ = ["K_TABLE", "looks_like_inferencex", "parse_inferencex"]
 
+# the single-node recipe scripts send 10 × conc prompts after 2 × conc warm-up requests
+# (data/inferencex/README.md, caveat 1; the multi-node harness was not checked: left unknown)
+PROMPTS_PER_CONC = 10
 REQUIRED = ("hardware", "framework", "model", "precision", "spec_method", "isl", "osl", "conc",
             "metrics")  # fmt: skip
 # GPU names shared with the step-cost table; others are kept as written (upper case)
@@ -166,6 +170,8 @@ def parse_inferencex(rows: list, file: str, k_table: dict) -> list[dict[str, Any
             for stat, prefix in STAT_KEYS.items():
                 value = met.num(f"{prefix}_{key}", low=0)
                 row[f"{metric}_{stat}_s"] = value
+        if not multinode:  # the single-node recipes send 10 x conc prompts after the warm-up
+            row["n_requests"] = int(PROMPTS_PER_CONC * row["concurrency"])
         per_gpu = met.num("output_tput_per_gpu", low=0)
         row["output_throughput"] = None if per_gpu is None else per_gpu * decode_gpus
         if disagg and not multinode:
