@@ -173,8 +173,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"wrote {out / 'plan.md'}", file=sys.stderr)
     if args.schedule_json:
         import json
+        import re
 
-        value = json.dumps(best.to_vllm(), indent=1) + "\n"
+        # one [from, to, k] range per line, as a person would write the config
+        value = re.sub(r"\[\s+(\d+),\s+(\d+),\s+(\d+)\s+\]", r"[\1, \2, \3]",
+                       json.dumps(best.to_vllm(), indent=2)) + "\n"  # fmt: skip
         atomic_write(Path(args.schedule_json), lambda p: p.write_text(value, encoding="utf-8"))
         print(f"wrote {args.schedule_json} (merge into vLLM's --speculative-config)",
               file=sys.stderr)  # fmt: skip

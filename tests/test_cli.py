@@ -1,5 +1,8 @@
 """The bayes-sd command line: demo report, ingest, errors as one line with exit codes."""
 
+import itertools
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -115,11 +118,19 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
     # the blog sweep recorded means only: the p90 term rests on the tail law's prior (warned)
     slo = "p90_e2el_s<=30,mean_e2el_ms<=4000"
     args = ["plan", "--model", model, "--ks", "0,4", "--slo", slo, "--load", "both",
-            "--credibility", "0.9", "--goodput-at", "2,6", "--out", str(tmp_path)]  # fmt: skip
+            "--credibility", "0.9", "--goodput-at", "2,6", "--out", str(tmp_path),
+            "--schedule-json", str(tmp_path / "spec.json")]  # fmt: skip
     for c in cfg:
         args += ["--config", c]
     with pytest.warns(UserWarning, match="no training run measured a percentile of E2E"):
         assert main(args) == EXIT_OK
+    # vLLM's speculative-config fields: whole, contiguous ranges from batch 1, one per line
+    text = (tmp_path / "spec.json").read_text()
+    spec = json.loads(text)
+    ranges = spec["num_speculative_tokens_per_batch_size"]
+    assert ranges[0][0] == 1 and all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
+    assert all(f"[{lo}, {hi}, {k}]" in text for lo, hi, k in ranges)
+    assert spec["num_speculative_tokens"] == max(k for *_, k in ranges)
     capacity = pd.read_csv(tmp_path / "capacity.csv")
     assert list(capacity["k"]) == [0, 4, 0, 4]
     assert list(capacity["load"]) == ["rate", "rate", "concurrency", "concurrency"]
