@@ -124,7 +124,8 @@ def build_report(model, *, interval: float = 0.9, title: str | None = None) -> R
     rep.figures["latency_vs_rate"] = _latency_figure(model, runs, interval)
     rep.notes["latency_vs_rate"] = (
         f"Mean latency against request rate: posterior median and {interval:.0%} band per "
-        "series, observed runs as points (up to 12 systems)."
+        "series, observed runs as points, runs measured past saturation (not fitted) as hollow "
+        "circles (up to 12 systems)."
     )
     spd = _speedup_figure(model, interval)
     if spd is not None:
@@ -279,8 +280,10 @@ def _latency_figure(model, runs: pd.DataFrame, interval: float):
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     rows = model.design.rows
     keep = [c for c in rows.columns if c != "latency_mean_s"]
+    saturated = _saturated_runs(model)
     for ax, system in zip(axes.ravel(), systems, strict=False):
         part = rows[rows["system"] == system]
+        shown = False
         for series, g in part.groupby("series"):
             if g["request_rate"].isna().all():
                 x = g["concurrency"].astype(float)
@@ -297,6 +300,12 @@ def _latency_figure(model, runs: pd.DataFrame, interval: float):
             ax.fill_between(grid, s["latency_lo"], s["latency_hi"], alpha=0.2,
                             color=line.get_color())  # fmt: skip
             ax.plot(x, g["latency_mean_s"].astype(float), "o", ms=3, color=line.get_color())
+            sat = saturated[saturated["series"] == series]
+            if len(sat):  # measured past saturation: shown, not fitted
+                ax.plot(sat[grid_col].astype(float), sat["latency_mean_s"].astype(float), "o",
+                        ms=5, mfc="none", color=line.get_color(),
+                        label=None if shown else "saturated (not fitted)")  # fmt: skip
+                shown = True
         ax.set_title(_title(model, system), fontsize=9)
         ax.set_xlabel("request rate (req/s)" if part["request_rate"].notna().any() else "N")
         ax.set_ylabel("mean latency (s)")
@@ -307,6 +316,20 @@ def _latency_figure(model, runs: pd.DataFrame, interval: float):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def _saturated_runs(model) -> pd.DataFrame:
+    """The sweep's saturated runs (left out of the fit) with their series labels, for figures."""
+    from bayes_sd.design import fill_labels, label_systems
+
+    sweep = model.design.sweep
+    sat = sweep[sweep["saturated"].astype(bool) & sweep["latency_mean_s"].notna()]
+    sat = sat.reset_index(drop=True).copy()
+    if sat.empty:
+        return sat.assign(series=pd.Series(dtype=str))
+    fill_labels(sat)
+    label_systems(sat, reference=model.design.rows)
+    return sat
 
 
 def _title(model, system: str) -> str:

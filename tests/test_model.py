@@ -854,3 +854,24 @@ def test_runs_of_one_workload_are_one_system(sweep):
                                              "prefill_len": 2 * row["prefill_len"]}]))  # fmt: skip
     assert rows["system"].iloc[0] in d.systems
     assert rows["system"].iloc[1] not in d.systems
+
+
+def test_latency_figure_shows_saturated_runs_it_did_not_fit(sweep, mocked):
+    """Runs measured past saturation are left out of the fit but drawn (hollow circles, one
+    legend entry per panel) in their series' colour, not hidden."""
+    from bayes_sd.report import _latency_figure, _saturated_runs
+
+    data = sweep.copy()
+    top = data.groupby("series" if "series" in data else "target")["request_rate"].idxmax()
+    data.loc[top.to_numpy(), "saturated"] = True  # the highest rate of each: "saturated"
+    model = LatencyModel(sampler_config={"draws": 20, "chains": 2})
+    with pytest.warns(ConvergenceWarning):
+        model.fit(data, random_seed=3)
+    sat = _saturated_runs(model)
+    assert len(sat) == len(top) and set(sat["series"]) <= set(model.design.rows["series"])
+    assert len(model.design.rows) == len(data) - len(sat)
+    fig = _latency_figure(model, model.design.rows, 0.9)
+    hollow = [line for ax in fig.axes for line in ax.lines if line.get_markerfacecolor() == "none"]
+    assert sum(len(line.get_xdata()) for line in hollow) == len(sat)
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts]
+    assert "saturated (not fitted)" in labels
