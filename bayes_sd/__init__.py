@@ -7,9 +7,11 @@ __all__ = [
     "SWEEP_COLUMNS",
     "ConvergenceWarning",
     "DataError",
+    "FitMany",
     "LatencyModel",
     "StepLevelModel",
     "__version__",
+    "fit_many",
     "flag_saturation",
     "latency",
     "list_examples",
@@ -42,6 +44,8 @@ _LAZY = {
     "LatencyModel": "bayes_sd.model",
     "ConvergenceWarning": "bayes_sd.model",
     "StepLevelModel": "bayes_sd.stepfit",
+    "fit_many": "bayes_sd.fleet",
+    "FitMany": "bayes_sd.fleet",
 }
 
 
