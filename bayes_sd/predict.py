@@ -252,7 +252,7 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
     _check_values(rows)
     # a benchmark run's opening wave, where a closed-loop row gives its request count
     rows["_opening"] = laws.opening_fraction(
-        ~open_rows.to_numpy(), rows["concurrency"].astype(float).to_numpy(),
+        open_rows.to_numpy(), rows["concurrency"].astype(float).to_numpy(),
         pd.to_numeric(rows["n_requests"], errors="coerce").to_numpy(dtype=float)
         if "n_requests" in rows else np.nan,
     )  # fmt: skip

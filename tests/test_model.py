@@ -875,3 +875,20 @@ def test_latency_figure_shows_saturated_runs_it_did_not_fit(sweep, mocked):
     assert sum(len(line.get_xdata()) for line in hollow) == len(sat)
     labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts]
     assert "saturated (not fitted)" in labels
+
+
+def test_predict_adds_the_opening_wave_of_rows_that_give_their_request_count(fitted):
+    """A closed-loop row with ``n_requests`` carries its benchmark's opening wave in TTFT and
+    E2E (f κ B A1, TPOT unchanged); without it, or in an open loop, the steady state."""
+    rows = fitted.design.rows.head(4).drop(columns=["n_requests"], errors="ignore").copy()
+    rows["request_rate"], rows["concurrency"] = np.nan, 32.0
+    steady = fitted.predict(rows, random_seed=1, tails=False).draws
+    wave = fitted.predict(rows.assign(n_requests=64), random_seed=1, tails=False).draws
+    gain = (wave["ttft"] - steady["ttft"]).values
+    assert (gain > 0).all()  # half the run in its opening wave
+    np.testing.assert_allclose((wave["latency"] - steady["latency"]).values, gain, rtol=1e-9)
+    np.testing.assert_allclose(wave["tpot"].values, steady["tpot"].values, rtol=1e-12)
+    opened = rows.assign(request_rate=1.0, concurrency=np.nan)
+    same = fitted.predict(opened.assign(n_requests=64), random_seed=1, tails=False).draws
+    base = fitted.predict(opened, random_seed=1, tails=False).draws
+    np.testing.assert_allclose(same["ttft"].values, base["ttft"].values, rtol=1e-12)
