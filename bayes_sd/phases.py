@@ -32,7 +32,7 @@ on average for a share ``κ`` (``burst_share``: ~1/2 with chunked prefill, 1 whe
 prefilled in one pass). A share ``f`` of the run's requests (``f = N / requests``,
 :func:`bayes_sd.laws.opening_fraction`; 0 in the steady state) therefore adds
 ``f κ B A1`` to the run's mean TTFT and E2E (not to TPOT): measured on the simulator, the
-opening wave was 1/6 of a run's requests and 85% of its mean TTFT at 256 in flight.
+opening wave was 1/6 of a run's requests and 95% of its mean TTFT at 256 in flight.
 **Open loop** (rate ``λ`` over ``n`` engines): ``B = λ E2E / n`` (a fixed point, solved in
 prediction; in the likelihood the load-dependent terms are taken at the measured batch, as for
 the MoE coverage), ``W = 0``; saturation is where no fixed point exists.
