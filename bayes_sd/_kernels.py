@@ -160,7 +160,7 @@ def _phases(tm, k, e, dl, plen, rate, conc, is_open, n, cap, share, log_q, moe, 
         t, _, _, _ = _step(tm, k, b, log_q, moe)
         service = a1 + a2 * b + cyc * t
         wait = (per - b) * service / b
-        wave = opening * b * a1
+        wave = opening * b * a2
         lat = wait + wave + service
         ttft = wait + wave + a1 + share * a2 * b
         tpot = t / e + (1.0 - share) * a2 * b / decode

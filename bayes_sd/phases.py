@@ -29,9 +29,13 @@ queue, the wait is ``W = (N/n − B) · L_svc(B) / B``: TTFT grows, TPOT levels 
 **The opening wave** of a closed-loop benchmark: the client starts its ``N`` requests at once,
 and their prompts queue for prefill together — the last waits for all of them, one of them
 on average for a share ``κ`` (``burst_share``: ~1/2 with chunked prefill, 1 when they are
-prefilled in one pass). A share ``f`` of the run's requests (``f = N / requests``,
-:func:`bayes_sd.laws.opening_fraction`; 0 in the steady state) therefore adds
-``f κ B A1`` to the run's mean TTFT and E2E (not to TPOT): measured on the simulator, the
+prefilled in one pass). The wave's ``B`` prompts cost ``B A2``: ``A2``, the prefill one more
+request in flight adds, is a prefill's marginal cost in a busy engine (``A1`` carries the fixed
+costs of a pass of its own, which a batch of prompts shares: with ``A1`` the held-out
+InferenceX TTFT erred by 67% at the median, 40% without a wave). A share ``f`` of the run's
+requests (``f = N / requests``, :func:`bayes_sd.laws.opening_fraction`; 0 in the steady
+state) therefore adds
+``f κ B A2`` to the run's mean TTFT and E2E (not to TPOT): measured on the simulator, the
 opening wave was 1/6 of a run's requests and 95% of its mean TTFT at 256 in flight.
 **Open loop** (rate ``λ`` over ``n`` engines): ``B = λ E2E / n`` (a fixed point, solved in
 prediction; in the likelihood the load-dependent terms are taken at the measured batch, as for
@@ -184,7 +188,7 @@ def closed_loop_phases(
     decode = decode_len - 1.0
     service = a1 + a2 * batch + decode / tokens * t
     wait = (per_engine - batch) * service / batch
-    wave = opening * batch * a1  # the opening wave's prefill queue, averaged over the run
+    wave = opening * batch * a2  # the opening wave's prefill queue, averaged over the run
     ttft = wait + wave + a1 + ttft_share * a2 * batch
     tpot = t / tokens + (1.0 - ttft_share) * a2 * batch / decode
     return Phases(ttft=ttft, tpot=tpot, latency=wait + wave + service, batch=batch, wait=wait,

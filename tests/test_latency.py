@@ -317,7 +317,7 @@ def test_verification_premium_is_paid_only_with_drafts():
 
 def test_a_closed_loop_benchmarks_opening_wave_adds_to_ttft_and_e2e_not_tpot():
     """A client that starts N requests at once queues their prompts for prefill together:
-    a share f = N / requests of the run waits κ B A1 longer for its first token (and so for its
+    a share f = N / requests of the run waits κ B A2 longer for its first token (and so for its
     last); 0 in an open loop, at an unknown request count and in the steady state."""
     from bayes_sd import laws, phases
     from bayes_sd.coefs import Coefficients
@@ -330,7 +330,7 @@ def test_a_closed_loop_benchmarks_opening_wave_adds_to_ttft_and_e2e_not_tpot():
     f = laws.opening_fraction(False, 64.0, 384.0)
     assert f == pytest.approx(1 / 6)
     burst = phases.closed_loop_phases(terms, opening=f * 0.7, **common)
-    extra = f * 0.7 * 64.0 * 0.03  # f κ B A1
+    extra = f * 0.7 * 64.0 * 0.002  # f κ B A2 (A2 = c2p)
     assert burst["ttft"] - steady["ttft"] == pytest.approx(extra)
     assert burst["latency"] - steady["latency"] == pytest.approx(extra)
     assert burst["tpot"] == pytest.approx(steady["tpot"])

@@ -879,7 +879,7 @@ def test_latency_figure_shows_saturated_runs_it_did_not_fit(sweep, mocked):
 
 def test_predict_adds_the_opening_wave_of_rows_that_give_their_request_count(fitted):
     """A closed-loop row with ``n_requests`` carries its benchmark's opening wave in TTFT and
-    E2E (f κ B A1, TPOT unchanged); without it, or in an open loop, the steady state."""
+    E2E (f κ B A2, TPOT unchanged); without it, or in an open loop, the steady state."""
     rows = fitted.design.rows.head(4).drop(columns=["n_requests"], errors="ignore").copy()
     rows["request_rate"], rows["concurrency"] = np.nan, 32.0
     steady = fitted.predict(rows, random_seed=1, tails=False).draws
