@@ -36,7 +36,8 @@ InferenceX TTFT erred by 67% at the median, 40% without a wave). A share ``f`` o
 requests (``f = N / requests``, :func:`bayes_sd.laws.opening_fraction`; 0 in the steady
 state) therefore adds
 ``f κ B A2`` to the run's mean TTFT and E2E (not to TPOT): measured on the simulator, the
-opening wave was 1/6 of a run's requests and 95% of its mean TTFT at 256 in flight.
+opening wave was 1/6 of a run's requests and 95% of its mean TTFT at 256 in flight. Off by
+default (``burst_share`` fixed at 0, :mod:`bayes_sd.priors`): its form is not settled.
 **Open loop** (rate ``λ`` over ``n`` engines): ``B = λ E2E / n`` (a fixed point, solved in
 prediction; in the likelihood the load-dependent terms are taken at the measured batch, as for
 the MoE coverage), ``W = 0``; saturation is where no fixed point exists.

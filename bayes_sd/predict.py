@@ -89,7 +89,8 @@ def predict(
     (latent acceptance of a fitted draft system otherwise). Optional: ``num_gpus`` (1),
     ``engine``, ``precision``, ``layout``, ``engines`` (1), ``source``, ``dataset`` (the training
     data's where it has one value), ``n_requests`` (a closed-loop benchmark run's request
-    count: its opening wave enters TTFT and E2E as in the fit; absent, the steady state).
+    count: its opening wave enters TTFT and E2E when ``burst_share`` is on; absent, the steady
+    state).
     Sizes come from the registry when absent. Seen systems use
     their fitted residuals; unseen systems, drafters, GPUs, engines and precisions draw new ones
     from the population, so their intervals are honestly wider; all rows of one configuration

@@ -434,6 +434,7 @@ def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
 
     if not _kernels.AVAILABLE:
         pytest.skip("numba is not installed")
+    fitted.priors = {**fitted.priors, "burst_share": 0.7}  # the opening wave on (off by default)
     rows = fitted.design.rows
     moe = rows["target_experts"] > 1
     dense = pd.concat([rows[~moe].head(20), rows[moe].head(10)], ignore_index=True)
@@ -878,8 +879,10 @@ def test_latency_figure_shows_saturated_runs_it_did_not_fit(sweep, mocked):
 
 
 def test_predict_adds_the_opening_wave_of_rows_that_give_their_request_count(fitted):
-    """A closed-loop row with ``n_requests`` carries its benchmark's opening wave in TTFT and
-    E2E (f κ B A2, TPOT unchanged); without it, or in an open loop, the steady state."""
+    """With the opening wave on, a closed-loop row with ``n_requests`` carries its benchmark's
+    wave in TTFT and E2E (f κ B A2, TPOT unchanged); without it, or in an open loop, the steady
+    state; with the default (off) none at all."""
+    fitted.priors = {**fitted.priors, "burst_share": 0.7}  # the wave is off by default
     rows = fitted.design.rows.head(4).drop(columns=["n_requests"], errors="ignore").copy()
     rows["request_rate"], rows["concurrency"] = np.nan, 32.0
     steady = fitted.predict(rows, random_seed=1, tails=False).draws
@@ -892,3 +895,6 @@ def test_predict_adds_the_opening_wave_of_rows_that_give_their_request_count(fit
     same = fitted.predict(opened.assign(n_requests=64), random_seed=1, tails=False).draws
     base = fitted.predict(opened, random_seed=1, tails=False).draws
     np.testing.assert_allclose(same["ttft"].values, base["ttft"].values, rtol=1e-12)
+    fitted.priors = {**fitted.priors, "burst_share": 0.0}  # the default: no wave
+    off = fitted.predict(rows.assign(n_requests=64), random_seed=1, tails=False).draws
+    np.testing.assert_allclose(off["ttft"].values, steady["ttft"].values, rtol=1e-12)
