@@ -173,6 +173,14 @@ def acceptance_groups(rows: pd.DataFrame) -> np.ndarray:
     return np.where(free, labels[group], "")
 
 
+def opening_of(rows: pd.DataFrame, is_open, concurrency) -> np.ndarray:
+    """:func:`bayes_sd.laws.opening_fraction` of a table's rows, from its ``n_requests``
+    column (absent or empty: unknown, the steady state) — for the design and prediction rows."""
+    n = (pd.to_numeric(rows["n_requests"], errors="coerce").to_numpy(dtype=float)
+         if "n_requests" in rows else np.nan)  # fmt: skip
+    return opening_fraction(is_open, np.asarray(concurrency, dtype=float), n)
+
+
 @dataclass(frozen=True)
 class AcceptanceLaw:
     """Where the positional acceptance law (:mod:`bayes_sd.acceptance`) enters a design: its
@@ -332,12 +340,8 @@ class Design:
     @cached_property
     def opening(self) -> np.ndarray:
         """Share of each closed-loop run's requests sent in its opening wave (0 where the run's
-        request count is unknown, and open loop): :func:`bayes_sd.laws.opening_fraction`."""
-        if "n_requests" in self.rows:
-            n = pd.to_numeric(self.rows["n_requests"], errors="coerce").to_numpy(dtype=float)
-        else:
-            n = np.full(len(self.rows), np.nan)
-        return opening_fraction(self.is_open, self.concurrency, n)
+        request count is unknown, and open loop)."""
+        return opening_of(self.rows, self.is_open, self.concurrency)
 
     def log_mean(self, metric: str) -> np.ndarray:
         """Log of the measured mean ``latency`` (E2E), ``ttft`` or ``tpot``; NaN where absent."""

@@ -15,6 +15,7 @@ Dask is an extra: ``pip install 'bayes_sd[dask]'``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -145,7 +146,8 @@ def fit_many(
                                    key=f"bayes_sd-fit-{i}-{name}", pure=False)  # fmt: skip
             futures[future] = name
         rows = []
-        with progress_bar(len(futures), "fitting") if progress else _nothing() as tick:
+        quiet = contextlib.nullcontext(lambda n=1: None)
+        with progress_bar(len(futures), "fitting") if progress else quiet as tick:
             for future in distributed.as_completed(futures):
                 name = futures[future]
                 if future.status == "error":
@@ -171,13 +173,3 @@ def _load(data: bytes):
         path = Path(tmp) / "model.nc"
         path.write_bytes(data)
         return LatencyModel.load(path)
-
-
-class _nothing:
-    """A context that yields a do-nothing progress callback."""
-
-    def __enter__(self):
-        return lambda n=1: None
-
-    def __exit__(self, *exc) -> None:
-        return None

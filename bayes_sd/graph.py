@@ -509,11 +509,9 @@ class _Builder:
             capacity = self.capacity()
             batch = phases.smooth_min(data["conc"] / data["engines"], capacity)
             # the opening wave's prefill queue, where a run's request count says how large it is
-            kappa = self.priors["burst_share"]  # fixed at 0 (off) by default: priors.py
+            # (κ = burst_share is fixed at 0 by default: priors.py)
             opening = (data["opening"] * self.prior("burst_share")
-                       if (self.d.opening > 0).any() and not (isinstance(kappa, float)
-                                                              and kappa == 0.0)
-                       else 0.0)  # fmt: skip
+                       if (self.d.opening > 0).any() else 0.0)  # fmt: skip
             closed_p = phases.closed_loop_phases(
                 terms, concurrency=data["conc"], capacity=capacity,
                 coverage=self.run_coverage(data, batch), opening=opening, **common,

@@ -27,6 +27,7 @@ from bayes_sd.design import (
     drafter_log_size,
     fill_labels,
     label_systems,
+    opening_of,
     system_covariates,
 )
 from bayes_sd.errors import DataError, advice
@@ -252,11 +253,7 @@ def prediction_rows(design: Design, configs: pd.DataFrame) -> pd.DataFrame:
         )
     _check_values(rows)
     # a benchmark run's opening wave, where a closed-loop row gives its request count
-    rows["_opening"] = laws.opening_fraction(
-        open_rows.to_numpy(), rows["concurrency"].astype(float).to_numpy(),
-        pd.to_numeric(rows["n_requests"], errors="coerce").to_numpy(dtype=float)
-        if "n_requests" in rows else np.nan,
-    )  # fmt: skip
+    rows["_opening"] = opening_of(rows, open_rows.to_numpy(), rows["concurrency"].astype(float))
     label_systems(rows, reference=design.rows)  # the fitted workloads of its configurations
     design.match_acceptance(rows)  # measured acceptance of seen draft systems
     return rows
