@@ -15,6 +15,9 @@ Run it with ``validation/sbc.py`` (100+ replications, rank histograms, uniformit
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,22 +129,83 @@ def simulation_based_calibration(
     oversample: int = 3,
     cores: int | None = None,
     progress: Callable[[int, int, dict], None] | None = None,
+    client=None,
+    workers: int | None = None,
+    compile_root=None,
 ) -> SBCResult:
     """Run SBC on the design of ``design`` (a sweep table: its configurations, rates and
     lengths; its latencies are replaced by simulated ones).
 
     ``thin_to`` posterior draws, evenly spaced over all chains, are kept per fit so that the
-    ranks are computed from nearly independent draws. ``progress(i, reps, info)`` is called
+    ranks are computed from nearly independent draws. ``progress(done, reps, info)`` is called
     after each replication (the script prints a line). Parameters of the model's prior are
     ``model_config["priors"]``: the simulation and the fits use the same prior.
+
+    Replications run one after another in this process, or on Dask workers when ``client`` (a
+    ``distributed.Client`` or a scheduler address) or ``workers`` (a ``LocalCluster`` of that
+    many processes) is given: each worker compiles the model once into its own compile
+    directory (``compile_root``) and fits the replications it is handed. Replication ``i`` is
+    sampled with seed ``seed * 100_003 + i + 1`` wherever it runs, so the ranks are the same.
     """
-    import arviz as az
+    if reps < 1:
+        raise ValueError("reps must be at least 1")
+    results: dict[int, tuple[dict, dict]] = {}
+    with contextlib.ExitStack() as stack:
+        dask = None
+        if client is not None or workers is not None:
+            from bayes_sd import fleet
+
+            dask = stack.enter_context(
+                fleet.dask_client(client, workers=workers or 2, compile_root=compile_root)
+            )
+            # every worker compiles while this process draws the prior and simulates
+            warm = [dask.submit(_warm, design, model_config, workers=[w],
+                                allow_other_workers=False, pure=False)
+                    for w in dask.scheduler_info()["workers"]]  # fmt: skip
+        model, datasets, truth, extra = _simulate(design, reps, model_config, params, seed,
+                                                  oversample)  # fmt: skip
+        total = chains * draws
+        keep = np.linspace(0, total - 1, thin_to).round().astype(int)
+        fit = {"draws": draws, "tune": tune, "chains": chains, "cores": cores, "keep": keep,
+               "params": params}  # fmt: skip
+        seeds = [seed * 100_003 + i + 1 for i in range(reps)]
+        if dask is None:
+            compiled = _compiled_for(design, model_config, model)
+            for i in range(reps):
+                results[i] = _replicate(compiled, datasets[i], truth.iloc[i], rep=i,
+                                        seed=seeds[i], **fit)  # fmt: skip
+                if progress is not None:
+                    progress(i + 1, reps, results[i][1])
+        else:
+            fit["cores"] = fleet.worker_cores(dask, cores)
+            tasks = {i: (datasets[i], truth.iloc[i], i, seeds[i]) for i in range(reps)}
+            done = fleet.run_tasks(dask, _replicate_on_worker, tasks, label="SBC",
+                                   progress=progress is None, design=design,
+                                   model_config=model_config, fit=fit)  # fmt: skip
+            for i, res, error in done:
+                if error is not None:
+                    raise RuntimeError(f"SBC replication {i} failed on a worker: {error}")
+                results[i] = res
+                if progress is not None:
+                    progress(len(results), reps, res[1])
+            del warm
+    order = sorted(results)
+    return SBCResult(
+        ranks=pd.DataFrame([results[i][0] for i in order]),
+        n_draws=thin_to,
+        diagnostics=pd.DataFrame([results[i][1] for i in order]),
+        truth=truth,
+        extra=extra,
+    )
+
+
+def _simulate(design, reps, model_config, params, seed, oversample):
+    """The model of ``design``, and ``reps`` data sets simulated from its prior with the truths
+    they were drawn from."""
     import pymc as pm
 
     lm = LatencyModel(model_config=model_config)
     model = lm.build_model(design)
-    if reps < 1:
-        raise ValueError("reps must be at least 1")
     # Prior draws that put a run at >= 95% utilisation (its mean latency >= 20 times its
     # series' lightest-load latency) are rejected: their simulated latencies run to 1e20 s, and
     # finite measured latencies rule such parameters out in the likelihood anyway.
@@ -165,69 +229,80 @@ def simulation_based_calibration(
     # every observed metric (E2E, or TTFT and TPOT) is simulated, and goes back into its data
     # container at its runs (a metric measured for a subset of the runs has its own dims)
     simulated = pool["prior_predictive"].dataset.stack(sample=["chain", "draw"]).isel(sample=chosen)
-    run_ids = lm.design.rows["run_id"].astype(str).to_numpy()
-    observed = {}
+    run_ids = pd.Index(lm.design.rows["run_id"].astype(str).to_numpy())
+    datasets: list[dict[str, np.ndarray]] = [{} for _ in range(reps)]
     for rv in model.observed_RVs:
         if not rv.name.startswith("log_") or rv.name == "log_step_time":
             continue
-        dims = model.named_vars_to_dims[rv.name][0]
-        where = pd.Index(run_ids).get_indexer(list(map(str, model.coords[dims])))
-        observed[f"{rv.name}_obs"] = (where, simulated[rv.name])
-    truth = pd.DataFrame(_elements(prior_ds, params))
-    compiled = compile_nutpie(model)
-    rank_rows, diag_rows = [], []
-    total = chains * draws
-    keep = np.linspace(0, total - 1, thin_to).round().astype(int)
-    template = {name: model[name].get_value() for name in observed}
-    for i in range(reps):
-        data = {}
-        for name, (where, values) in observed.items():
-            full = np.array(template[name], dtype=float, copy=True)
-            full[where] = values.isel(sample=i).to_numpy()
-            data[name] = full
-        y = data.get("log_latency_obs", next(iter(data.values())))
-        start = time.perf_counter()
-        idata = sample_compiled(
-            compiled,
-            data,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            cores=cores,
-            seed=seed * 100_003 + i + 1,
+        name = f"{rv.name}_obs"
+        where = run_ids.get_indexer(
+            list(map(str, model.coords[model.named_vars_to_dims[rv.name][0]]))
         )
-        seconds = time.perf_counter() - start
-        post = idata["posterior"].dataset
-        el = _elements(post, params)
-        ranks = {name: int(rank_of_truth(v[keep], truth[name].iloc[i])) for name, v in el.items()}
-        names = [n for n in params if n in post]
-        ess = pd.Series(
-            {k: float(v) for k, v in _ess_elements(az.ess(post[names], method="bulk")).items()}
-        )
-        summary = convergence_summary(idata, names)
-        info = {
-            "rep": i,
-            "seconds": seconds,
-            "divergences": summary["divergences"],
-            "max_rhat": summary["max_rhat"],
-            "min_ess_bulk": float(ess.min()),
-            "worst_ess": str(ess.idxmin()),
-            "max_latency_s": float(np.max(np.exp(y))),
-        }
-        rank_rows.append(ranks)
-        diag_rows.append(info)
-        if progress is not None:
-            progress(i + 1, reps, info)
-    return SBCResult(
-        ranks=pd.DataFrame(rank_rows),
-        n_draws=thin_to,
-        diagnostics=pd.DataFrame(diag_rows),
-        truth=truth,
-        extra={
-            "runs": len(lm.design.rows),
-            "systems": len(lm.design.systems),
-            "centred": bool(lm.centred),  # what "auto" chose for this design
-            "prior_draws": reps * oversample,
-            "prior_draws_stable": int(stable.size),
-        },
-    )
+        values = simulated[rv.name].transpose("sample", ...).to_numpy()
+        for i in range(reps):
+            full = np.array(model[name].get_value(), dtype=float, copy=True)
+            full[where] = values[i]
+            datasets[i][name] = full
+    extra = {
+        "runs": len(lm.design.rows),
+        "systems": len(lm.design.systems),
+        "centred": bool(lm.centred),  # what "auto" chose for this design
+        "prior_draws": reps * oversample,
+        "prior_draws_stable": int(stable.size),
+    }
+    return model, datasets, pd.DataFrame(_elements(prior_ds, params)), extra
+
+
+def _replicate(compiled, data, truth: pd.Series, *, rep, seed, draws, tune, chains, cores, keep,
+               params) -> tuple[dict, dict]:  # fmt: skip
+    """Fit one simulated data set; the ranks of its truth and the fit's diagnostics."""
+    import arviz as az
+
+    start = time.perf_counter()
+    idata = sample_compiled(compiled, data, draws=draws, tune=tune, chains=chains, cores=cores,
+                            seed=seed)  # fmt: skip
+    seconds = time.perf_counter() - start
+    post = idata["posterior"].dataset
+    el = _elements(post, params)
+    ranks = {name: int(rank_of_truth(v[keep], truth[name])) for name, v in el.items()}
+    names = [n for n in params if n in post]
+    ess = pd.Series(_ess_elements(az.ess(post[names], method="bulk")))
+    summary = convergence_summary(idata, names)
+    y = data.get("log_latency_obs", next(iter(data.values())))
+    info = {
+        "rep": rep,
+        "seed": seed,
+        "seconds": seconds,
+        "divergences": summary["divergences"],
+        "max_rhat": summary["max_rhat"],
+        "min_ess_bulk": float(ess.min()),
+        "worst_ess": str(ess.idxmin()),
+        "max_latency_s": float(np.nanmax(np.exp(y))),
+        "worker_pid": os.getpid(),
+    }
+    return ranks, info
+
+
+_COMPILED: dict[str, object] = {}  # per worker process: the model compiled for a design
+
+
+def _compiled_for(design: pd.DataFrame, model_config, model=None):
+    """The model of ``design`` compiled once per process (a Dask worker's, or this one's) and
+    kept for the next replication or the next SBC run of the same design."""
+    key = json.dumps([pd.util.hash_pandas_object(design).tolist(), list(design.columns),
+                      model_config], sort_keys=True, default=repr)  # fmt: skip
+    if key not in _COMPILED:
+        _COMPILED.clear()
+        if model is None:
+            model = LatencyModel(model_config=model_config).build_model(design)
+        _COMPILED[key] = compile_nutpie(model)
+    return _COMPILED[key]
+
+
+def _warm(design, model_config) -> None:
+    _compiled_for(design, model_config)
+
+
+def _replicate_on_worker(data, truth, rep, seed, *, design, model_config, fit):
+    """One replication on a Dask worker."""
+    return _replicate(_compiled_for(design, model_config), data, truth, rep=rep, seed=seed, **fit)

@@ -466,9 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--seed", type=int, default=0)
     pred.set_defaults(func=cmd_predict)
 
-    from bayes_sd import cli_plan
+    from bayes_sd import cli_fleet, cli_plan
 
     cli_plan.add_commands(add)
+    cli_fleet.add_commands(add)
 
     report = add(
         "report",
@@ -494,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", DeprecationWarning)
             return int(args.func(args))
     except ValueError as err:  # DataError and bad arguments to the library
+        print(f"bayes-sd: error: {err}", file=sys.stderr)
+        return EXIT_DATA
+    except ImportError as err:  # an optional extra that is not installed: the message says which
         print(f"bayes-sd: error: {err}", file=sys.stderr)
         return EXIT_DATA
     except KeyboardInterrupt:

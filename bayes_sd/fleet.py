@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["FitMany", "fit_many"]
+__all__ = ["FitMany", "dask_client", "fit_many", "run_tasks", "worker_cores"]
 
 
 @dataclass
@@ -52,6 +52,13 @@ def _distributed():
     return distributed
 
 
+def _flags(path) -> str:
+    """``PYTENSOR_FLAGS`` of this process with ``base_compiledir`` set to ``path``."""
+    flags = [f for f in os.environ.get("PYTENSOR_FLAGS", "").split(",")
+             if f and not f.startswith("base_compiledir=")]  # fmt: skip
+    return ",".join([*flags, f"base_compiledir={path}"])
+
+
 def _compile_dir_plugin(root: str):
     """A worker plugin giving each worker process its own PyTensor compile directory."""
     distributed = _distributed()
@@ -63,19 +70,44 @@ def _compile_dir_plugin(root: str):
             self.root = root
 
         def setup(self, worker) -> None:
-            path = Path(self.root) / f"worker-{os.getpid()}"
-            if "pytensor" in sys.modules:  # too late: this process compiles where it already does
+            if "pytensor" in sys.modules:  # too late to choose: is it one of ours?
+                import pytensor
+
+                if Path(self.root) in Path(pytensor.config.base_compiledir).parents:
+                    return
                 logging.getLogger("bayes_sd.fleet").warning(
                     "worker %s imported PyTensor before bayes_sd set its compile directory: "
                     "start workers with their own PYTENSOR_FLAGS=base_compiledir=...",
                     worker.address,
                 )
                 return
-            flags = [f for f in os.environ.get("PYTENSOR_FLAGS", "").split(",")
-                     if f and not f.startswith("base_compiledir=")]  # fmt: skip
-            os.environ["PYTENSOR_FLAGS"] = ",".join([*flags, f"base_compiledir={path}"])
+            os.environ["PYTENSOR_FLAGS"] = _flags(Path(self.root) / f"worker-{os.getpid()}")
 
     return CompileDir(root)
+
+
+def _local_cluster(distributed, workers: int, root: str):
+    """A ``LocalCluster`` of single-threaded worker processes, each started with its own
+    ``base_compiledir`` in its environment: a spawned worker re-imports the caller's main
+    module, which may import PyTensor before any plugin runs. Workers start one at a time (the
+    environment is the parent's at spawn) and the parent's environment is restored after."""
+    cluster = distributed.LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)  # fmt: skip
+    saved = os.environ.get("PYTENSOR_FLAGS")
+    try:
+        for i in range(workers):
+            os.environ["PYTENSOR_FLAGS"] = _flags(Path(root) / f"worker-{i}")
+            cluster.scale(i + 1)
+            cluster.wait_for_workers(i + 1, timeout=120)
+    except BaseException:
+        cluster.close()
+        raise
+    finally:
+        if saved is None:
+            os.environ.pop("PYTENSOR_FLAGS", None)
+        else:
+            os.environ["PYTENSOR_FLAGS"] = saved
+    return cluster
 
 
 def _fit_one(name: str, sweep: pd.DataFrame, model_config, sampler_config, seed) -> dict:
@@ -98,6 +130,68 @@ def _fit_one(name: str, sweep: pd.DataFrame, model_config, sampler_config, seed)
     return {"name": name, "model": data, "diagnostics": diag}
 
 
+@contextlib.contextmanager
+def dask_client(client=None, *, workers: int = 2, compile_root: str | os.PathLike | None = None):
+    """A ``distributed.Client`` for a block of work, each worker with its own compile directory.
+
+    ``client``: a ``Client`` (used as it is), a scheduler address (``"tcp://host:8786"``:
+    connected for the block, the cluster left running), or ``None``: a ``LocalCluster`` of
+    ``workers`` single-threaded worker processes, started for the block and closed after it.
+    Every worker process compiles into ``compile_root/worker-<pid>`` (default: a folder under
+    the system's temporary directory)."""
+    distributed = _distributed()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers!r}")
+    root = str(compile_root or Path(tempfile.gettempdir()) / "bayes_sd-compile")
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            cluster = stack.enter_context(_local_cluster(distributed, workers, root))
+            client = stack.enter_context(distributed.Client(cluster))
+        elif isinstance(client, str):
+            try:
+                client = stack.enter_context(distributed.Client(client, timeout="30s"))
+            except OSError as err:
+                raise OSError(f"cannot reach the Dask scheduler at {client}: {err}") from err
+        client.register_plugin(_compile_dir_plugin(root))
+        yield client
+
+
+def worker_cores(client, cores: int | None = None) -> int:
+    """Cores for one task's chains: ``cores`` if given, else this machine's cores shared by the
+    client's workers (two workers on two cores: one each)."""
+    if cores:
+        return int(cores)
+    n = max(1, len(client.scheduler_info().get("workers", {})))
+    return max(1, (os.cpu_count() or 1) // n)
+
+
+def run_tasks(client, fn, tasks: Mapping[Any, tuple], *, label: str, progress: bool = True,
+              **shared):  # fmt: skip
+    """Run ``fn(*args, **shared)`` for every ``key -> args`` of ``tasks`` on ``client``; yield
+    ``(key, result, None)`` or ``(key, None, "ExceptionType: message")`` as tasks finish (a
+    failed task does not stop the others). ``shared`` tables are scattered to every worker once.
+    A progress bar on stderr (``label``) counts finished tasks."""
+    from bayes_sd.sweeps import progress_bar
+
+    distributed = _distributed()
+    shared = {k: client.scatter(v, broadcast=True) if isinstance(v, pd.DataFrame) else v
+              for k, v in shared.items()}  # fmt: skip
+    futures = {}
+    for i, (key, args) in enumerate(tasks.items()):
+        future = client.submit(fn, *args, **shared, key=f"bayes_sd-{label}-{i}", pure=False)
+        futures[future] = key
+    quiet = contextlib.nullcontext(lambda n=1: None)
+    with progress_bar(len(futures), label) if progress else quiet as tick:
+        for future in distributed.as_completed(futures):
+            key = futures[future]
+            if future.status == "error":
+                err = future.exception()
+                yield key, None, f"{type(err).__name__}: {err}"[:400]
+            else:
+                yield key, future.result(), None
+            tick()
+
+
 def fit_many(
     sweeps: Mapping[str, pd.DataFrame],
     *,
@@ -112,57 +206,35 @@ def fit_many(
     """Fit one :class:`~bayes_sd.LatencyModel` per sweep on Dask workers.
 
     ``sweeps`` maps a name to a sweep table (``read_sweep``'s). ``client``: a
-    ``distributed.Client`` of any cluster; ``None`` starts a ``LocalCluster`` of ``workers``
-    single-threaded worker processes for the call (and closes it). Each fit samples with
-    ``sampler_config`` (its chains run on ``cpu_count // workers`` cores unless ``cores`` is
-    given) and seed ``random_seed + i`` for the i-th sweep, so a run is reproducible. Each
-    worker process compiles into ``compile_root/worker-<pid>`` (default: a folder under the
-    system's temporary directory). A progress bar on stderr counts finished fits; a failed fit
-    is recorded in ``.failures`` and the others go on. Returns :class:`FitMany`."""
+    ``distributed.Client`` of any cluster or a scheduler address (``"tcp://host:8786"``);
+    ``None`` starts a ``LocalCluster`` of ``workers`` single-threaded worker processes for the
+    call (and closes it). Each fit samples with ``sampler_config`` (its chains run on
+    ``cpu_count // workers`` cores unless ``cores`` is given) and seed ``random_seed + i`` for
+    the i-th sweep, so a run is reproducible. Each worker process compiles into
+    ``compile_root/worker-<pid>`` (default: a folder under the system's temporary directory). A
+    progress bar on stderr counts finished fits; a failed fit is recorded in ``.failures`` and
+    the others go on. Returns :class:`FitMany`."""
     from bayes_sd.sampling import check_sampler_config
-    from bayes_sd.sweeps import progress_bar
 
-    distributed = _distributed()
     if not isinstance(sweeps, Mapping) or not sweeps:
         raise ValueError("sweeps must be a non-empty mapping of name -> sweep table")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers!r}")
-    config = dict(sampler_config or {})
-    config.setdefault("cores", max(1, (os.cpu_count() or 1) // workers))
-    config.setdefault("progressbar", False)
-    check_sampler_config(config)
-    root = str(compile_root or Path(tempfile.gettempdir()) / "bayes_sd-compile")
-    own = client is None
-    if own:
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                           processes=True, dashboard_address=None)  # fmt: skip
-        client = distributed.Client(cluster)
     out = FitMany()
-    try:
-        client.register_plugin(_compile_dir_plugin(root))
-        futures = {}
-        for i, (name, sweep) in enumerate(sweeps.items()):
-            future = client.submit(_fit_one, name, sweep, model_config, config, random_seed + i,
-                                   key=f"bayes_sd-fit-{i}-{name}", pure=False)  # fmt: skip
-            futures[future] = name
+    with dask_client(client, workers=workers, compile_root=compile_root) as client:
+        config = dict(sampler_config or {})
+        config["cores"] = worker_cores(client, config.get("cores"))
+        config.setdefault("progressbar", False)
+        check_sampler_config(config)
+        tasks = {name: (name, sweep, model_config, config, random_seed + i)
+                 for i, (name, sweep) in enumerate(sweeps.items())}  # fmt: skip
         rows = []
-        quiet = contextlib.nullcontext(lambda n=1: None)
-        with progress_bar(len(futures), "fitting") if progress else quiet as tick:
-            for future in distributed.as_completed(futures):
-                name = futures[future]
-                if future.status == "error":
-                    err = future.exception()
-                    out.failures[name] = f"{type(err).__name__}: {err}"[:400]
-                else:
-                    res = future.result()
-                    out.models[name] = _load(res["model"])
-                    rows.append({"sweep": name, **res["diagnostics"]})
-                tick()
-        out.diagnostics = pd.DataFrame(rows)
-    finally:
-        if own:
-            client.close()
-            cluster.close()
+        for name, res, error in run_tasks(client, _fit_one, tasks, label="fitting",
+                                          progress=progress):  # fmt: skip
+            if error is not None:
+                out.failures[name] = error
+            else:
+                out.models[name] = _load(res["model"])
+                rows.append({"sweep": name, **res["diagnostics"]})
+    out.diagnostics = pd.DataFrame(rows)
     return out
 
 

@@ -58,3 +58,27 @@ def test_fit_many_on_two_worker_processes_with_their_own_compile_dirs(tmp_path):
     assert (res.diagnostics["max_rhat"] < 1.1).all()
     assert res.diagnostics["worker_pid"].nunique() == 2
     assert len(list(tmp_path.glob("worker-*"))) == 2  # one compile directory per worker
+
+
+def test_sbc_on_dask_gives_the_ranks_of_the_serial_run():
+    """The same seeds give the same ranks whether the replications run here one after another
+    or on Dask workers (in-process here, sharing this process's compiled model); results come
+    back in replication order whatever order they finish in."""
+    from bayes_sd.calibration import simulation_based_calibration
+
+    s = bayes_sd.load_example("demo")
+    design = s[(s["target"] == "llama-3.2-1b") & (s["gpu"] == "H100-SXM-80GB") & (s["k"] == 0)]
+    design = design[design["prefill_len"] == design["prefill_len"].iloc[0]].head(6)
+    kw = {"reps": 3, "draws": 99, "tune": 100, "thin_to": 99, "seed": 1, "oversample": 10}
+    serial = simulation_based_calibration(design, **kw)
+    seen = []
+    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1,
+                            dashboard_address=None) as client:  # fmt: skip
+        on_dask = simulation_based_calibration(
+            design, client=client, progress=lambda i, n, info: seen.append((i, n)), **kw
+        )
+    assert sorted(seen) == [(1, 3), (2, 3), (3, 3)]
+    assert on_dask.ranks.equals(serial.ranks)
+    assert on_dask.truth.equals(serial.truth)
+    assert on_dask.diagnostics["rep"].tolist() == [0, 1, 2]
+    assert on_dask.diagnostics["seed"].tolist() == serial.diagnostics["seed"].tolist()

@@ -37,6 +37,38 @@ def parser(
     return p
 
 
+def dask_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--scheduler and --workers: run the script's fits on Dask (the ``dask`` extra)."""
+    g = p.add_argument_group("Dask (pip install 'bayes_sd[dask]')")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the fits on this Dask scheduler (tcp://host:8786)")  # fmt: skip
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="run the fits on a local Dask cluster of N worker processes")  # fmt: skip
+    return p
+
+
+def dask_target(args: argparse.Namespace) -> dict:
+    """``client``/``workers`` keywords for bayes_sd's Dask paths (empty: run here, serially)."""
+    if args.scheduler and args.workers:
+        raise SystemExit("give --scheduler or --workers, not both")
+    if args.scheduler:
+        return {"client": args.scheduler}
+    if args.workers:
+        if args.workers < 1:
+            raise SystemExit("--workers must be at least 1")
+        return {"workers": args.workers, "compile_root": ROOT / ".cache" / "dask-workers"}
+    return {}
+
+
+def dask_label(target: dict) -> str:
+    """Where the fits ran, for the results' metadata."""
+    if "client" in target:
+        return f"Dask scheduler {target['client']}"
+    if "workers" in target:
+        return f"local Dask cluster of {target['workers']} worker processes"
+    return "serial, one process"
+
+
 def parse(p: argparse.ArgumentParser, argv, name: str) -> argparse.Namespace:
     """Parse, silence library deprecation noise, and resolve ``suffix``, ``out`` and ``docs``."""
     args = p.parse_args(argv)

@@ -1,7 +1,10 @@
 """Held-out checks on real engine measurements: TTFT, TPOT and E2E where a user extrapolates.
 
 Run: ``.venv/bin/python validation/real_engines.py [--folds upper,gpu,engine,mtp] [--draws 400]
-[--previous PATH]`` (one fit per fold and held-out group; several minutes each on 2 cores).
+[--previous PATH]`` (one fit per fold and held-out group; several minutes each on 2 cores), one
+after another; ``--workers N`` fits every fold at once on a local Dask cluster,
+``--scheduler tcp://host:8786`` on any Dask cluster (``bayes_sd.fit_many``; seed ``--seed + i``
+for the i-th fold; one after another every fold is fitted with ``--seed``).
 
 Data (real measurements): ``load_example("inferencex")`` — DeepSeek-R1 (MoE) served by SGLang,
 TensorRT-LLM and Dynamo on seven GPU types, closed loop, with and without MTP (SemiAnalysis
@@ -122,11 +125,32 @@ def score(pred_mean, pred_noisy, held: pd.DataFrame, label: str) -> pd.DataFrame
     return pd.concat(out, ignore_index=True)
 
 
-def bayes(train, held, args, name):
+def fit_serially(train, args, name):
     model = LatencyModel(sampler_config=_common.sampler_config(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         seconds = _common.fit_timed(model, train, args, name)
+    return model, seconds
+
+
+def fit_on_dask(folds: dict, args, target: dict) -> dict:
+    """Every fold's fit at once on Dask (``--workers`` / ``--scheduler``): label -> (model,
+    seconds). A fold whose fit failed stops the script with its name and error."""
+    from bayes_sd.fleet import fit_many
+
+    print(f"fitting {len(folds)} folds on {_common.dask_label(target)} ...", flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = fit_many({label: train for label, (train, _) in folds.items()},
+                       sampler_config=_common.sampler_config(args), random_seed=args.seed,
+                       **target)  # fmt: skip
+    if res.failures:
+        raise SystemExit(f"folds not fitted: {res.failures}")
+    seconds = res.diagnostics.set_index("sweep")["seconds"]
+    return {label: (res.models[label], float(seconds[label])) for label in folds}
+
+
+def bayes(model, seconds, held, args):
     query = features(held)  # unseen MTP configurations: their group's acceptance law
     mean = model.predict(query, random_seed=args.seed).summary
     noisy = model.predict(query, random_seed=args.seed, noise=True).summary
@@ -238,35 +262,45 @@ def main(argv=None) -> None:
     p.add_argument("--engines", default="sglang,dynamo-sglang")
     p.add_argument("--mtp-gpus", default="H200-SXM-141GB,MI325X")
     p.add_argument("--previous", default=None, help="a checkout of an earlier bayes_sd")
+    _common.dask_options(p)
     args = _common.parse(p, argv, "real_engines")
+    target = _common.dask_target(args)
     data = {"inferencex": fittable(bayes_sd.load_example("inferencex")),
             "vllm-blog-2024": fittable(bayes_sd.load_example("vllm-blog-2024"))}  # fmt: skip
-    scores, fits = [], []
+    folds = {}  # label -> (train, held), in the order they are reported
     for fold in args.folds.split(","):
         for source, rows in data.items():
             if source != "inferencex" and fold != "upper":
                 continue
             for name, (train, held) in splits(rows, fold, args).items():
-                label = f"{source}: {name}"
-                print(f"== {label}: train {len(train)} runs, held out {len(held)}", flush=True)
-                start = time.perf_counter()
-                parts, info = bayes(train, held, args, label)
-                parts = [parts, curve_fit_baseline(train, held)]
-                if args.previous:
-                    parts.append(previous_model(train, held, args))
-                for part in parts:
-                    if not part.empty:
-                        scores.append(part.assign(held_out=label, fold=fold))
-                fits.append({"held_out": label, "train_runs": len(train),
-                             "held_runs": len(held), **info,
-                             "wall_s": round(time.perf_counter() - start, 1)})  # fmt: skip
-                table = summarise(pd.concat(scores, ignore_index=True))
-                print(table[table["held_out"] == label].to_string(index=False), flush=True)
+                folds[f"{source}: {name}"] = (train, held, fold)
+    fitted = fit_on_dask({k: v[:2] for k, v in folds.items()}, args, target) if target else {}
+    scores, fits = [], []
+    for label, (train, held, fold) in folds.items():
+        print(f"== {label}: train {len(train)} runs, held out {len(held)}", flush=True)
+        start = time.perf_counter()
+        model, seconds = fitted.get(label) or fit_serially(train, args, label)
+        parts, info = bayes(model, seconds, held, args)
+        parts = [parts, curve_fit_baseline(train, held)]
+        if args.previous:
+            parts.append(previous_model(train, held, args))
+        for part in parts:
+            if not part.empty:
+                scores.append(part.assign(held_out=label, fold=fold))
+        fits.append({"held_out": label, "train_runs": len(train), "held_runs": len(held),
+                     **info, "wall_s": round(time.perf_counter() - start, 1)})  # fmt: skip
+        table = summarise(pd.concat(scores, ignore_index=True))
+        print(table[table["held_out"] == label].to_string(index=False), flush=True)
     table = summarise(pd.concat(scores, ignore_index=True))
     payload = {
         "summary": table.to_dict("records"),
         "fits": fits,
-        "settings": {"draws": args.draws, "chains": args.chains, "seed": args.seed},
+        "settings": {
+            "draws": args.draws,
+            "chains": args.chains,
+            "seed": args.seed,
+            "ran_on": _common.dask_label(target),
+        },
     }
     _common.write_json(args.out, json.loads(json.dumps(payload, default=float)))
     show = table.assign(

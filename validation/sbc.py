@@ -1,7 +1,9 @@
 """Simulation-based calibration of the hierarchical latency model (bayes_sd.calibration).
 
-Run: ``.venv/bin/python validation/sbc.py [--reps 100] [--draws 500] [--tune 500]``
-(about 1–3 s per replication on 2 cores after a ~1 min compile; 5 min for 100).
+Run: ``.venv/bin/python validation/sbc.py [--reps 100] [--draws 500] [--tune 500]``, one
+replication after another; ``--workers 2`` runs them on a local Dask cluster of two worker
+processes, ``--scheduler tcp://host:8786`` on any Dask cluster (the ``dask`` extra). The same
+seeds give the same ranks either way.
 
 Design (a reduced configuration of the simulated demo sweep's design; its latencies are
 replaced by the model's own simulations): three dense targets (Llama-3.2-1B, Llama-3.1-8B,
@@ -91,7 +93,7 @@ def markdown(result, meta: dict, bins: int = 10) -> str:
         f"({meta['systems']} systems); {meta['draws_per_fit']} posterior draws per fit thinned "
         f"to {result.n_draws}; {meta['prior_draws_stable']} of {meta['prior_draws']} prior draws "
         "kept every run below 95% utilisation (the others were rejected, see below); "
-        f"{meta['seconds']:.0f} s in all. Residual shifts: "
+        f"{meta['seconds']:.0f} s in all ({meta.get('ran_on', 'serial')}). Residual shifts: "
         f"{'centred' if meta['centred'] else 'non-centred'}.",
         "",
         f"Fits: median {diag['seconds'].median():.1f} s; divergences in "
@@ -121,14 +123,17 @@ def main(argv=None) -> int:
     p = _common.parser(__doc__, draws=500, seed=2026, noncentred=True)
     p.add_argument("--reps", type=int, default=100)
     p.add_argument("--tune", type=int, default=500)
+    _common.dask_options(p)
     args = _common.parse(p, argv, "sbc")
+    dask = _common.dask_target(args)
     design = sbc_design()
     suffix, out, docs = args.suffix, args.out, args.docs
     start = time.perf_counter()
 
     def progress(i, n, info):
         print(
-            f"[{i:>3}/{n}] {info['seconds']:5.1f} s  div {info['divergences']:>3}  "
+            f"[{i:>3}/{n}] rep {info['rep']:>3} {info['seconds']:5.1f} s  "
+            f"div {info['divergences']:>3}  "
             f"R-hat {info['max_rhat']:.3f}  min ESS {info['min_ess_bulk']:6.0f} "
             f"({info['worst_ess']})",
             flush=True,
@@ -144,6 +149,7 @@ def main(argv=None) -> int:
         oversample=5,
         progress=progress,
         model_config={"centred": False} if args.noncentred else None,
+        **dask,
     )
     meta = {
         **result.extra,
@@ -152,6 +158,7 @@ def main(argv=None) -> int:
         "tune": args.tune,
         "seed": args.seed,
         "seconds": time.perf_counter() - start,
+        "ran_on": _common.dask_label(dask),
         "bayes_sd": bayes_sd.__version__,
     }
     summary = result.summary()
