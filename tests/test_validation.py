@@ -85,6 +85,7 @@ def step_fit():
     return model
 
 
+@pytest.mark.xdist_group("sbc_design")  # its compiled model is reused by test_fleet's SBC test
 def test_sbc_simulates_every_metric_of_a_per_phase_design():
     """A design that measures TTFT and TPOT is simulated and refitted in both metrics: the
     simulated values go back into their data containers (not the template's)."""
