@@ -92,7 +92,7 @@ def _local_cluster(distributed, workers: int, root: str):
     module, which may import PyTensor before any plugin runs. Workers start one at a time (the
     environment is the parent's at spawn) and the parent's environment is restored after."""
     cluster = distributed.LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)  # fmt: skip
+                                       dashboard_address=":0")  # fmt: skip
     saved = os.environ.get("PYTENSOR_FLAGS")
     try:
         for i in range(workers):

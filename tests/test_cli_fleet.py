@@ -38,7 +38,7 @@ def test_fit_many_cli_saves_a_model_per_sweep_and_names_the_failed_one(
     monkeypatch.setattr(pm, "sample", partial(mock_sample, sample_stats=stats))
     out = tmp_path / "models"
     with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1,
-                                  dashboard_address=None) as cluster:  # fmt: skip
+                                  dashboard_address=":0") as cluster:  # fmt: skip
         code = main(["fit-many", *map(str, sweeps), "--out", str(out), "--scheduler",
                      cluster.scheduler_address, "--draws", "10", "--chains", "2", "--quiet",
                      "--compile-root", str(tmp_path / "cc")])  # fmt: skip

@@ -28,7 +28,7 @@ def test_fit_many_gathers_models_and_reports_a_failed_sweep(monkeypatch, capsys,
     good, _ = simulate_from_model(CONFIG, seed=3)
     bad = good.assign(saturated=True)  # nothing left to fit: a DataError on the worker
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
-                            dashboard_address=None) as client:  # fmt: skip
+                            dashboard_address=":0") as client:  # fmt: skip
         res = fit_many({"good": good, "bad": bad}, client=client, compile_root=tmp_path,
                        sampler_config={"draws": 10, "chains": 2})  # fmt: skip
     assert set(res.models) == {"good"} and set(res.failures) == {"bad"}
@@ -74,7 +74,7 @@ def test_sbc_on_dask_gives_the_ranks_of_the_serial_run():
     serial = simulation_based_calibration(design, **kw)
     seen = []
     with distributed.Client(processes=False, n_workers=2, threads_per_worker=1,
-                            dashboard_address=None) as client:  # fmt: skip
+                            dashboard_address=":0") as client:  # fmt: skip
         on_dask = simulation_based_calibration(
             design, client=client, progress=lambda i, n, info: seen.append((i, n)), **kw
         )
