@@ -210,8 +210,8 @@ def _simulate(design, reps, model_config, params, seed, oversample):
     # series' lightest-load latency) are rejected: their simulated latencies run to 1e20 s, and
     # finite measured latencies rule such parameters out in the likelihood anyway.
     pool = pm.sample_prior_predictive(draws=reps * oversample, model=model, random_seed=seed)
-    lat = pool["prior"].dataset["latency"].stack(sample=["chain", "draw"]).to_numpy()  # (run, s)
-    series = lm.design.rows["series"].to_numpy()
+    lat = pool["prior"].dataset["latency"].stack(sample=["chain", "draw"]).to_numpy()  # (point, s)
+    series = lm.design.rows["series"].to_numpy()[lm.design.points.first]
     ratio = np.zeros(lat.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):  # NaN/0 draws: rejected below
         for s in np.unique(series):

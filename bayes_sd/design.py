@@ -30,7 +30,6 @@ __all__ = [
     "acceptance_groups",
     "drafter_log_size",
     "label_systems",
-    "step_design",
     "system_covariates",
 ]
 
@@ -179,6 +178,33 @@ def opening_of(rows: pd.DataFrame, is_open, concurrency) -> np.ndarray:
     n = (pd.to_numeric(rows["n_requests"], errors="coerce").to_numpy(dtype=float)
          if "n_requests" in rows else np.nan)  # fmt: skip
     return opening_fraction(is_open, np.asarray(concurrency, dtype=float), n)
+
+
+@dataclass(frozen=True)
+class Points:
+    """The distinct load points of a design's runs: runs of one series at the same load (rate
+    or concurrency, engines, lengths, tokens per cycle, opening wave) have one predicted TTFT,
+    TPOT and E2E, so the graph computes the phases once per point and each run's likelihood
+    takes its point's — a fleet that re-runs its benchmarks (InferenceX's 766 rows are 295
+    points on several dates) pays per point, not per run. ``idx``: each run's point; ``first``:
+    a run of each point, in point order; ``batch``: the point's measured requests in flight
+    per engine, the mean over its runs (open loop ``λ L / n`` differs between replicates with
+    their measured latency; closed loop ``N / n`` does not)."""
+
+    idx: np.ndarray
+    first: np.ndarray
+    batch: np.ndarray
+
+    @classmethod
+    def each(cls, batch: np.ndarray) -> Points:
+        """Every run its own point."""
+        n = np.arange(len(batch))
+        return cls(n, n, np.asarray(batch, dtype=float))
+
+    @property
+    def distinct(self) -> bool:
+        """Whether every run is its own point (then no gather is needed)."""
+        return len(self.first) == len(self.idx)
 
 
 @dataclass(frozen=True)
@@ -421,6 +447,22 @@ class Design:
         return order[np.r_[np.flatnonzero(np.diff(ser[order])), len(ser) - 1]]
 
     @cached_property
+    def points(self) -> Points:
+        """The runs' distinct load points (:class:`Points`)."""
+        rows = self.rows
+        keys = pd.DataFrame({
+            "series": self.series_idx, "open": self.is_open, "rate": self.rate,
+            "conc": self.concurrency, "engines": self.engines, "k": self.k,
+            "decode": self.decode_len, "prefill": rows["prefill_len"].to_numpy(dtype=float),
+            "tokens": np.nan_to_num(self.acceptance, nan=-1.0),
+            "combo": self.acceptance_law.run_combo, "opening": self.opening,
+        })  # fmt: skip
+        idx = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
+        first = np.unique(idx, return_index=True)[1]
+        batch = np.bincount(idx, self.batch) / np.bincount(idx)
+        return Points(idx, first, batch)
+
+    @cached_property
     def system_representative(self) -> np.ndarray:
         """Per system, in system order: its first baseline run, else its first run."""
         sys_idx = self.system_idx
@@ -536,44 +578,3 @@ class Design:
     @cached_property
     def runs_per_series(self) -> float:
         return len(self.rows) / max(len(self.series), 1)
-
-
-def step_design(steps: pd.DataFrame, design: Design) -> pd.DataFrame:
-    """Median step time per (model, GPU, phase, batch, ctx, tokens) of the sweep's dense
-    targets on its (single-GPU) GPU types: decode passes of one token per sequence and
-    one-sequence prefills."""
-    from bayes_sd.registry import normalize_model_name
-
-    need = {"gpu", "model", "phase", "batch", "q", "ctx", "time_ms", "params_active", "experts"}
-    missing = sorted(need - set(steps.columns))
-    if missing:
-        raise DataError(
-            f"the step table lacks column(s) {', '.join(missing)} (read it with "
-            "bayes_sd.io.read_step_costs)",
-            field=missing[0],
-        )
-    st = steps.copy()
-    if "tokens" not in st:
-        st["tokens"] = st["batch"] * st["q"]
-    targets = {normalize_model_name(t) for t in design.rows["target"]}
-    st["norm"] = [normalize_model_name(str(m)) for m in st["model"]]
-    keep = (
-        st["norm"].isin(targets)
-        & st["gpu"].isin(design.gpus)
-        & (st["experts"].astype(float) <= 1)
-        & (
-            ((st["phase"] == "decode") & (st["q"] == 1))
-            | ((st["phase"] == "prefill") & (st["batch"] == 1))
-        )
-    )
-    st = st[keep]
-    if st.empty:
-        raise DataError(
-            "the step table has no timings of the sweep's dense targets on its GPUs "
-            f"(targets: {', '.join(sorted(targets))}; GPUs: {', '.join(design.gpus)})",
-            field="model",
-        )
-    keys = ["model", "gpu", "phase", "batch", "ctx", "tokens", "params_active"]
-    out = st.groupby(keys, as_index=False)["time_ms"].median()
-    out["time_s"] = out["time_ms"].astype(float) / 1e3
-    return out

@@ -30,7 +30,7 @@ from bayes_sd.coefs import (
     SLOPE_COEFS,
     TARGET_COEFS,
 )
-from bayes_sd.design import EFFECTS, Design
+from bayes_sd.design import EFFECTS, Design, Points
 from bayes_sd.priors import make_likelihood
 
 __all__ = ["GraphOptions", "build_graph"]
@@ -51,12 +51,16 @@ class GraphOptions:
     centred: bool
     residuals: tuple[str, ...]
     coverage: bool
+    # the phases once per load point (design.Points); False: once per run (the same model
+    # where replicates share their batch; kept to measure the saving, benchmarks/bench_points.py)
+    by_point: bool = True
 
 
 def build_graph(design: Design, priors: dict, options: GraphOptions, step_rows=None) -> pm.Model:
     """The ``pm.Model`` of ``design`` (saturated and excluded runs already left out)."""
-    with pm.Model(coords=_coords(design)) as model:
-        b = _Builder(design, priors, options)
+    points = design.points if options.by_point else Points.each(design.batch)
+    with pm.Model(coords=_coords(design, points)) as model:
+        b = _Builder(design, priors, options, points)
         data = b.data()
         pop = b.population()  # intercepts, slopes, GPU / engine / precision effects
         c_pv, c_d = b.configuration_coefficients(pop)  # laws + residual shifts
@@ -71,7 +75,7 @@ def build_graph(design: Design, priors: dict, options: GraphOptions, step_rows=N
     return model
 
 
-def _coords(design: Design) -> dict:
+def _coords(design: Design, points: Points) -> dict:
     coords = {
         "coef": list(COEFS),
         "coef_pv": list(TARGET_COEFS),
@@ -85,6 +89,8 @@ def _coords(design: Design) -> dict:
         "sd_series": design.sd_series or ["none"],
         "source": design.sources,
         "run": design.rows["run_id"].astype(str).tolist(),
+        # a load point is labelled by its first run
+        "point": design.rows["run_id"].astype(str).to_numpy()[points.first].tolist(),
         "tail": list(laws.TAILS),
         "accept_group": design.acceptance_law.groups or ["none"],
         "accept_combo": design.acceptance_law.combos or ["none"],
@@ -95,12 +101,15 @@ def _coords(design: Design) -> dict:
 
 
 class _Builder:
-    def __init__(self, design: Design, priors: dict, options: GraphOptions):
+    def __init__(self, design: Design, priors: dict, options: GraphOptions, points: Points):
         self.d = design
         self.priors = priors
         self.opt = options
         self.moe = options.coverage and design.has_moe
-        self.open = design.is_open
+        # the phases are computed per load point (design.Points), the likelihoods per run
+        self.points = points
+        self.at = self.points.first
+        self.open = design.is_open[self.at]
         self.measured = {m: ~np.isnan(design.log_mean(m)) for m in METRICS}
         both = self.measured["ttft"] & self.measured["tpot"]
         self.fit = {"ttft": both, "tpot": both, "latency": self.measured["latency"] & ~both}
@@ -128,20 +137,21 @@ class _Builder:
     # ------------------------------------------------------------------ data
 
     def data(self) -> dict:
-        d = self.d
-        known = d.acceptance
+        """The inputs of the phases per load point; the measurements per run."""
+        d, at = self.d, self.at
+        known = d.acceptance[at]
         out = {
-            "k": pm.Data("k", d.k, dims="run"),
-            "e_known": pm.Data("acceptance_known", np.nan_to_num(known, nan=1.0), dims="run"),
-            "decode_len": pm.Data("decode_len", d.decode_len, dims="run"),
-            "rate": pm.Data("rate", d.rate, dims="run"),
-            "conc": pm.Data("concurrency", d.concurrency, dims="run"),
-            "engines": pm.Data("engines", d.engines, dims="run"),
+            "k": pm.Data("k", d.k[at], dims="point"),
+            "e_known": pm.Data("acceptance_known", np.nan_to_num(known, nan=1.0), dims="point"),
+            "decode_len": pm.Data("decode_len", d.decode_len[at], dims="point"),
+            "rate": pm.Data("rate", d.rate[at], dims="point"),
+            "conc": pm.Data("concurrency", d.concurrency[at], dims="point"),
+            "engines": pm.Data("engines", d.engines[at], dims="point"),
             # the measured batch per engine, where the open-loop likelihood takes the
             # load-dependent terms (the coverage and the roofline)
-            "batch": pm.Data("batch", np.maximum(d.batch, 1e-3), dims="run"),
+            "batch": pm.Data("batch", np.maximum(self.points.batch, 1e-3), dims="point"),
             # the share of each closed-loop run's requests in its opening wave
-            "opening": pm.Data("opening", d.opening, dims="run"),
+            "opening": pm.Data("opening", d.opening[at], dims="point"),
         }
         # observed as data, so a compiled model can be refitted to new measurements of the same
         # design (nutpie's with_data; used by simulation-based calibration)
@@ -384,10 +394,10 @@ class _Builder:
             # outweighed every other position (θ 1.28 for a true 2.0 on a saturating drafter)
             pm.Normal("acceptance_pos_obs", mu=at, sigma=self.prior("accept_pos_sigma"),
                       observed=pos["rate"].to_numpy())  # fmt: skip
-        latent = np.isnan(self.d.acceptance)
+        latent = np.isnan(self.d.acceptance[self.at])
         if not latent.any():
             return data["e_known"]
-        return pt.switch(latent, e[np.maximum(law.run_combo, 0)], data["e_known"])
+        return pt.switch(latent, e[np.maximum(law.run_combo[self.at], 0)], data["e_known"])
 
     def acceptance_groups(self, n: int):
         """(θ, δ) per acceptance group: the population's, scattered per group (non-centred:
@@ -434,10 +444,11 @@ class _Builder:
         # c2v, c2d moved every series level at once: 654 leapfrog steps per draw on the
         # demo, 40 with this anchor
         rep = d.series_most_loaded
+        at_rep = self.points.idx[rep]
         phi_p, phi_v, _ = self.run_coverage(data, None)
-        a2 = terms.a2 if increment is None else terms.a2 + phi_p[rep] * terms.h2
-        t2 = terms.t2 if increment is None else terms.t2 + phi_v[rep] * terms.gv2
-        cycles = (d.decode_len[rep] - 1.0) / tokens[rep]
+        a2 = terms.a2 if increment is None else terms.a2 + phi_p[at_rep] * terms.h2
+        t2 = terms.t2 if increment is None else terms.t2 + phi_v[at_rep] * terms.gv2
+        cycles = (d.decode_len[rep] - 1.0) / tokens[at_rep]
         anchor = pt.log(latency.per_request(a2, t2, cycles))
         # a shift per series with drafts (a baseline series is its system's: the system's
         # level-2 shift is its own, and a second one was a ridge for single-series systems)
@@ -451,32 +462,31 @@ class _Builder:
         terms = terms._replace(**{f: scale2 * getattr(terms, f) for f in level2
                                   if getattr(terms, f) is not None})  # fmt: skip
         kept = [f for f in terms._fields if getattr(terms, f) is not None]
-        table = pt.stack([getattr(terms, f) for f in kept], axis=1)[d.series_idx]
+        table = pt.stack([getattr(terms, f) for f in kept], axis=1)[d.series_idx[self.at]]
         return terms._replace(**{f: table[:, i] for i, f in enumerate(kept)})
 
     def run_coverage(self, data, batch):
-        """``(φ_p, φ_v, φ_d)`` per run: the prompt's, and a step's at ``batch`` requests per
-        engine (None: the measured batch — data, computed once, not per gradient)."""
+        """``(φ_p, φ_v, φ_d)`` per load point: the prompt's, and a step's at ``batch`` requests
+        per engine (None: the measured batch — data, computed once, not per gradient)."""
         if not self.moe:
             return 0.0, 0.0, 0.0
-        d = self.d
+        d, at = self.d, self.at
+        sys_idx, k = d.system_idx[at], d.k[at]
         if not hasattr(self, "_coverage_data"):
-            prefill = d.rows["prefill_len"].to_numpy(dtype=float)
-            in_batch = np.maximum(d.batch, 1.0)
+            prefill = d.rows["prefill_len"].to_numpy(dtype=float)[at]
+            in_batch = np.maximum(self.points.batch, 1.0)
             self._coverage_data = (
-                pm.Data("coverage_p", self.coverage(prefill, d.system_idx), dims="run"),
-                pm.Data(
-                    "coverage_v", self.coverage(in_batch * (d.k + 1.0), d.system_idx), dims="run"
-                ),
-                pm.Data("coverage_d", self.coverage(in_batch, d.system_idx), dims="run"),
+                pm.Data("coverage_p", self.coverage(prefill, sys_idx), dims="point"),
+                pm.Data("coverage_v", self.coverage(in_batch * (k + 1.0), sys_idx), dims="point"),
+                pm.Data("coverage_d", self.coverage(in_batch, sys_idx), dims="point"),
             )
         if batch is None:
             return self._coverage_data
         in_batch = pt.maximum(batch, 1.0)
         return (
             self._coverage_data[0],
-            self.coverage(in_batch * (d.k + 1.0), d.system_idx),
-            self.coverage(in_batch, d.system_idx),
+            self.coverage(in_batch * (k + 1.0), sys_idx),
+            self.coverage(in_batch, sys_idx),
         )
 
     # ------------------------------------------------------------------ phases
@@ -492,10 +502,11 @@ class _Builder:
         z = pm.Normal("capacity_z", 0.0, 1.0, dims="system")
         log_k = (self.prior("capacity") + self.prior("capacity_length_slope") * held
                  + self.prior("capacity_sd") * z)  # fmt: skip
-        return pm.Deterministic("capacity_system", pt.exp(log_k), dims="system")[self.d.system_idx]
+        capacity = pm.Deterministic("capacity_system", pt.exp(log_k), dims="system")
+        return capacity[self.d.system_idx[self.at]]
 
     def phases(self, data, terms, tokens) -> dict:
-        """TTFT, TPOT and E2E per run (:mod:`bayes_sd.phases`)."""
+        """TTFT, TPOT and E2E per load point (:mod:`bayes_sd.phases`)."""
         share = self.prior("ttft_share") if self.fit["ttft"].any() else 0.5
         common = dict(k=data["k"], tokens=tokens, decode_len=data["decode_len"],
                       engines=data["engines"], ttft_share=share)  # fmt: skip
@@ -521,7 +532,8 @@ class _Builder:
             out[key] = self.by_mode(
                 None if open_p is None else open_p[key], None if closed_p is None else closed_p[key]
             )
-        pm.Deterministic("latency", out["latency"], dims="run")
+        # per load point: kept with every draw, per run it would be 1 GB at 10^5 runs
+        pm.Deterministic("latency", out["latency"], dims="point")
         # the load-independent latency C1 (for the noise's queueing share)
         a1, _ = phases.prefill(terms, self.run_coverage(data, None)[0])
         light = a1 + (data["decode_len"] - 1.0) / tokens * terms.t1
@@ -530,6 +542,10 @@ class _Builder:
         return out
 
     # ------------------------------------------------------------------ likelihoods
+
+    def per_run(self, values):
+        """Per-point values gathered per run (as they are where every run is its own point)."""
+        return values if self.points.distinct else values[self.points.idx]
 
     def likelihoods(self, data, predicted) -> None:
         """One robust likelihood per measured mean (see :data:`METRICS`), each with its own
@@ -548,7 +564,7 @@ class _Builder:
                 if load_noise is None:
                     load_noise = self.prior("load_noise")
                 share = predicted["share" if metric == "latency" else "ttft_share"]
-                scale = laws.noise_scale(sigma, load_noise, share)
+                scale = laws.noise_scale(sigma, load_noise, self.per_run(share))
             name = "log_latency" if metric == "latency" else f"log_{metric}"
             if fit.all():
                 idx, dims = slice(None), "run"
@@ -558,7 +574,7 @@ class _Builder:
             make_likelihood(
                 self.priors["likelihood"],
                 name,
-                mu=pt.log(predicted[metric][idx]),
+                mu=self.per_run(pt.log(predicted[metric]))[idx],
                 sigma=scale[idx],
                 observed=data[metric][idx],
                 dims=dims,

@@ -13,9 +13,10 @@ import pytensor.tensor as pt
 
 from bayes_sd import laws
 from bayes_sd.coefs import COEFS, LEVEL, REF_TARGET_PARAMS
+from bayes_sd.errors import DataError
 from bayes_sd.priors import make_likelihood
 
-__all__ = ["step_likelihood", "tails"]
+__all__ = ["step_design", "step_likelihood", "tails"]
 
 
 def tails(b, data) -> None:
@@ -99,3 +100,44 @@ def step_likelihood(b, sr: pd.DataFrame, pop) -> None:
         dims="step",
         nu=lambda: b.prior("step_nu"),
     )
+
+
+def step_design(steps: pd.DataFrame, design) -> pd.DataFrame:
+    """Median step time per (model, GPU, phase, batch, ctx, tokens) of the sweep's dense
+    targets on its (single-GPU) GPU types: decode passes of one token per sequence and
+    one-sequence prefills."""
+    from bayes_sd.registry import normalize_model_name
+
+    need = {"gpu", "model", "phase", "batch", "q", "ctx", "time_ms", "params_active", "experts"}
+    missing = sorted(need - set(steps.columns))
+    if missing:
+        raise DataError(
+            f"the step table lacks column(s) {', '.join(missing)} (read it with "
+            "bayes_sd.io.read_step_costs)",
+            field=missing[0],
+        )
+    st = steps.copy()
+    if "tokens" not in st:
+        st["tokens"] = st["batch"] * st["q"]
+    targets = {normalize_model_name(t) for t in design.rows["target"]}
+    st["norm"] = [normalize_model_name(str(m)) for m in st["model"]]
+    keep = (
+        st["norm"].isin(targets)
+        & st["gpu"].isin(design.gpus)
+        & (st["experts"].astype(float) <= 1)
+        & (
+            ((st["phase"] == "decode") & (st["q"] == 1))
+            | ((st["phase"] == "prefill") & (st["batch"] == 1))
+        )
+    )
+    st = st[keep]
+    if st.empty:
+        raise DataError(
+            "the step table has no timings of the sweep's dense targets on its GPUs "
+            f"(targets: {', '.join(sorted(targets))}; GPUs: {', '.join(design.gpus)})",
+            field="model",
+        )
+    keys = ["model", "gpu", "phase", "batch", "ctx", "tokens", "params_active"]
+    out = st.groupby(keys, as_index=False)["time_ms"].median()
+    out["time_s"] = out["time_ms"].astype(float) / 1e3
+    return out

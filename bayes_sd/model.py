@@ -17,7 +17,7 @@ import pandas as pd
 from bayes_sd import persist
 from bayes_sd import predict as _predict
 from bayes_sd._version import __version__
-from bayes_sd.design import Design, step_design
+from bayes_sd.design import Design
 from bayes_sd.errors import DataError
 from bayes_sd.priors import MODEL_CONFIG_KEYS, resolve_priors
 from bayes_sd.sampling import (
@@ -134,6 +134,7 @@ class LatencyModel:
         ``steps``: an optional forward-pass timing table (:func:`bayes_sd.io.read_step_costs`)
         for a joint step-level likelihood (see :meth:`fit`)."""
         from bayes_sd.graph import GraphOptions, build_graph
+        from bayes_sd.graph_side import step_design
 
         design = Design.from_sweep(sweep)
         self.design = design

@@ -21,6 +21,7 @@ of one decode pass: 6.3 ms for an 8 B model on H100) and serves as the truth of 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -141,15 +142,20 @@ def simulate_from_model(
     fractions=(0.05, 0.2, 0.4, 0.6, 0.75, 0.9),
     seed: int = 0,
     source: str = "simulated-closed-form",
+    replicates: int = 1,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Draw configurations' coefficients from the population and sweep them in closed form.
 
     ``configs``: rows with ``gpu, target, drafter (or None), prefill_len, decode_len`` and a list
     of ``(k, alpha)`` pairs in ``sd`` (k = 0 is always added). Each system gets open-loop runs at
     ``fractions`` of its saturation rate (MoE targets through the coverage fixed point).
+    ``replicates``: runs per load point, each with its own noise (a fleet re-running its
+    benchmarks; run ids end in ``-r<j>`` when above 1).
     Returns the validated canonical sweep (labelled simulated) and the truth: the population,
     GPU effects, and each configuration's residuals and coefficients.
     """
+    if int(replicates) != replicates or replicates < 1:
+        raise ValueError(f"replicates must be a whole number ≥ 1, got {replicates!r}")
     rng = np.random.default_rng(seed)
     configs = pd.DataFrame(configs)
     gpus = sorted(configs["gpu"].unique())
@@ -192,7 +198,7 @@ def simulate_from_model(
             tokens = float(acceptance.tokens_per_cycle(alpha, k)) if k else 1.0
             args = (unsat, incr, k, tokens, cfg["decode_len"])
             sat = float(latency.moe_saturation_rate(*args))
-            for f in fractions:
+            for f, rep in itertools.product(fractions, range(int(replicates))):
                 rate = f * sat
                 lat = float(
                     latency.moe_open_loop_latency(
@@ -203,7 +209,8 @@ def simulate_from_model(
                 rows.append(
                     {
                         "source": source,
-                        "run_id": f"cf-{ci}-k{k}-a{alpha}-{f:.2f}",
+                        "run_id": f"cf-{ci}-k{k}-a{alpha}-{f:.2f}"
+                        + (f"-r{rep}" if replicates > 1 else ""),
                         "file": "simulate_from_model",
                         "record": f"config {ci}",
                         "gpu": cfg["gpu"],

@@ -12,10 +12,13 @@ and H200, prompt and output lengths drawn per configuration from 128–4096 and 
 k = 0 and two SD settings per configuration, six open-loop rates per series (5–80% of the
 configuration's capacity): 18 runs per configuration, as many configurations as the size needs.
 Every configuration is its own system, so the random effects grow with the runs as in a fleet.
+``--replicates R`` measures each load point R times (a fleet re-running its benchmarks): then
+runs / (18 R) configurations, and the model computes each point's phases once.
 
 Per size, backend and replication (each in its own process, so peak memory is its own):
-wall time of the fit (model build, compile, sampling), sampling time, gradient time (sampling
-time over the leapfrog steps taken), min bulk ESS per second of wall time, max R-hat,
+wall time of the fit (model build, compile, sampling), sampling time, gradient time (the
+model's log density and gradient compiled with numba and timed on one core), leapfrog steps per
+draw, min bulk ESS per second of wall time, max R-hat,
 divergences, peak resident memory, and the recovery of the truth: the share of the population
 parameters (8 intercepts at the reference sizes, the size slopes, the noise scale) inside their
 90% posterior intervals. Then the growth of cost with runs as a measured exponent (least squares
@@ -102,12 +105,14 @@ def one(size: int, backend: str, rep: int, args) -> dict:
 
     truth = with_overrides(DEFAULT_POPULATION, noise_sd=0.02)
     t0 = time.perf_counter()
-    sweep, _ = simulate_from_model(configs(size, seed=rep), population=truth,
-                                   fractions=FRACTIONS, seed=rep)  # fmt: skip
+    r = args.replicates
+    sweep, _ = simulate_from_model(configs(-(-size // r), seed=rep), population=truth,
+                                   fractions=FRACTIONS, seed=rep, replicates=r)  # fmt: skip
     sweep = sweep.head(size)
     simulate_s = time.perf_counter() - t0
-    row = {"runs": len(sweep), "configurations": int(np.ceil(size / RUNS_PER_CONFIG)),
-           "backend": backend, "rep": rep, "simulate_s": round(simulate_s, 1)}  # fmt: skip
+    row = {"runs": len(sweep), "configurations": int(np.ceil(size / r / RUNS_PER_CONFIG)),
+           "replicates": r, "backend": backend, "rep": rep,
+           "simulate_s": round(simulate_s, 1)}  # fmt: skip
     if backend == "numpyro":
         try:
             import jax
@@ -129,20 +134,23 @@ def one(size: int, backend: str, rep: int, args) -> dict:
     stats = model.idata["sample_stats"].dataset
     steps = stats["n_steps"] if "n_steps" in stats else 2 ** stats["tree_depth"]
     sampling = post.attrs.get("sampling_time")
+    from bench_points import gradient, time_pair
+
+    (gradient_ms,) = time_pair([gradient(model.model)], repeats=3, calls=50)
     cov, missed = coverage(post, truth_elements(truth))
     d = model.diagnostics
     return {
         **row,
+        "points": len(model.design.points.first),
         "parameters": int(
             sum(np.prod(post[rv.name].shape[2:]) for rv in model.model.free_RVs if rv.name in post)
         ),
         "wall_s": round(wall, 1),
         "sampling_s": None if sampling is None else round(float(sampling), 1),
-        "gradient_ms": None
-        if sampling is None
-        else round(
-            1e3 * float(sampling) * min(args.chains, os.cpu_count() or 1) / float(steps.sum()), 4
-        ),
+        # timed directly (one core): the sampling time includes the warm-up, whose
+        # trajectories the posterior's step counts do not
+        "gradient_ms": round(gradient_ms, 4),
+        "steps_per_draw": round(float(steps.mean()), 1),
         "min_ess_bulk": round(d["min_ess_bulk"], 1),
         "ess_per_s": round(d["min_ess_bulk"] / wall, 3),
         "max_rhat": round(d["max_rhat"], 4),
@@ -163,9 +171,9 @@ def growth(rows: list[dict], key: str) -> float | None:
     return round(float(np.polyfit(x, y, 1)[0]), 2)
 
 
-COLUMNS = ["runs", "backend", "rep", "device", "parameters", "wall_s", "sampling_s", "gradient_ms",
-           "ess_per_s", "max_rhat", "divergences", "coverage_90", "peak_rss_mb",
-           "error"]  # fmt: skip
+COLUMNS = ["runs", "points", "backend", "rep", "device", "parameters", "wall_s", "sampling_s",
+           "gradient_ms", "steps_per_draw", "ess_per_s", "max_rhat", "divergences",
+           "coverage_90", "peak_rss_mb", "error"]  # fmt: skip
 
 
 def main() -> None:
@@ -176,6 +184,9 @@ def main() -> None:
     p.add_argument("--tune", type=int, default=300)
     p.add_argument("--chains", type=int, default=2)
     p.add_argument("--reps", type=int, default=1, help="replications per size (seeds 0..)")
+    p.add_argument("--replicates", type=int, default=1,
+                   help="runs per load point (a fleet re-running its benchmarks): the "
+                        "configurations are runs / (18 x replicates)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per fit (one still running is recorded unfinished)")  # fmt: skip
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale.json"))
@@ -191,7 +202,8 @@ def main() -> None:
             for rep in range(args.reps):
                 cmd = [sys.executable, __file__, "--one", str(size), backend, str(rep),
                        "--draws", str(args.draws), "--tune", str(args.tune),
-                       "--chains", str(args.chains)]  # fmt: skip
+                       "--chains", str(args.chains),
+                       "--replicates", str(args.replicates)]  # fmt: skip
                 try:
                     done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                                           timeout=args.timeout)  # fmt: skip
@@ -225,7 +237,8 @@ def save(args, rows: list[dict]) -> None:
                    "wall": growth([r for r in rows if r.get("backend") == b], "wall_s")}
                for b in args.backends.split(",")}  # fmt: skip
     payload = {"rows": rows, "growth_exponent": growths,
-               "settings": {"draws": args.draws, "tune": args.tune, "chains": args.chains},
+               "settings": {"draws": args.draws, "tune": args.tune, "chains": args.chains,
+                            "replicates": args.replicates},
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "python": platform.python_version()}}  # fmt: skip
     text = json.dumps(payload, indent=1, default=float)

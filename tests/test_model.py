@@ -121,15 +121,58 @@ def test_load_modes_mixed_or_alone_give_the_same_latency(sweep):
     mixed.loc[pick] = closed.loc[pick]
 
     def latency_at_start(data):
-        m = LatencyModel(model_config={"centred": False}).build_model(data)
+        lm = LatencyModel(model_config={"centred": False})
+        m = lm.build_model(data)
         point = m.initial_point()
         assert np.isfinite(m.compile_logp()(point))
-        return _evaluate(m, ["latency"], point)["latency"]
+        return _evaluate(m, ["latency"], point)["latency"][lm.design.points.idx]  # per run
 
     lat_open, lat_closed, lat_mixed = map(latency_at_start, (sweep, closed, mixed))
     np.testing.assert_allclose(lat_mixed[~pick], lat_open[~pick], rtol=1e-12)
     np.testing.assert_allclose(lat_mixed[pick], lat_closed[pick], rtol=1e-12)
     assert not np.allclose(lat_open, lat_closed)
+
+
+def test_replicate_runs_share_one_load_point_and_the_same_likelihood(sweep):
+    """Runs that repeat a load point (a fleet re-running its benchmarks) share the phases'
+    computation: the graph evaluates TTFT, TPOT and E2E per point and gathers them per run.
+    Closed loop (the measured batch N / n is the same for replicates), with an MoE target:
+    the log density and its gradient equal those of the per-run graph at a random point."""
+    from bayes_sd.design import Design
+    from bayes_sd.graph import GraphOptions, build_graph
+
+    closed = sweep.assign(
+        load_mode="concurrency", concurrency=np.round(sweep["request_rate"] * 0.05) + 1
+    )
+    again = closed.assign(run_id=closed["run_id"] + "-again",
+                          latency_mean_s=closed["latency_mean_s"] * 1.03)  # fmt: skip
+    twice = pd.concat([closed, again], ignore_index=True)
+    lm = LatencyModel(model_config={"centred": False})
+    by_point = lm.build_model(twice)
+    points, n = lm.design.points, len(closed)
+    # (closed itself repeats some points: several rates round to one concurrency)
+    assert len(points.first) == len(Design.from_sweep(closed).points.first) < n
+    np.testing.assert_array_equal(points.idx[:n], points.idx[n:])
+    options = GraphOptions(lm.centred, lm.residuals, lm.coverage, by_point=False)
+    by_run = build_graph(lm.design, lm.priors, options)
+    assert len(by_point.coords["point"]) == len(points.first)
+    assert len(by_run.coords["point"]) == 2 * n
+    rng = np.random.default_rng(1)
+    point = {k: v + rng.normal(0, 0.1, np.shape(v)) for k, v in by_point.initial_point().items()}
+    np.testing.assert_allclose(by_point.compile_logp()(point), by_run.compile_logp()(point),
+                               rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(by_point.compile_dlogp()(point), by_run.compile_dlogp()(point),
+                               rtol=1e-10, atol=1e-10)  # fmt: skip
+    lat = _evaluate(by_point, ["latency"], point)["latency"][points.idx]
+    np.testing.assert_array_equal(lat[:n], lat[n:])
+    # open loop: replicates' measured batches (λ L / n) differ with their latency; the point
+    # takes their mean
+    open_twice = pd.concat([sweep, again.assign(load_mode="rate", concurrency=np.nan)],
+                           ignore_index=True)  # fmt: skip
+    lm.build_model(open_twice)
+    d = lm.design
+    np.testing.assert_allclose(d.points.batch[d.points.idx[: len(sweep)]],
+                               (d.batch[: len(sweep)] + d.batch[len(sweep) :]) / 2)  # fmt: skip
 
 
 def test_saturated_runs_are_left_out_and_counted(sweep):
@@ -374,7 +417,7 @@ def test_predict_agrees_with_the_model_graph(fitted_far_kink, sweep):
     pred = fitted.predict(dense, max_draws=1000)
     assert pred.draws["latency"].dims == ("chain", "draw", "row")
     graph = fitted.idata["posterior"].dataset["latency"]
-    graph = graph.sel(run=dense["run_id"].astype(str).to_numpy()).values
+    graph = graph.sel(point=dense["run_id"].astype(str).to_numpy()).values  # every run a point
     mine = pred.draws["latency"].values
     utilisation = dense["request_rate"].to_numpy() / pred.draws["saturation_rate"].values
     stable = utilisation < 0.8
