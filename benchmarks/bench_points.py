@@ -23,9 +23,6 @@ configurations (least-squares exponent).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -36,7 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_scale import FRACTIONS, RUNS_PER_CONFIG, configs
+from bench_scale import FRACTIONS, RUNS_PER_CONFIG, configs, write_results
 
 
 def gradient(model):
@@ -111,7 +108,6 @@ def main() -> None:
     args = p.parse_args()
     from bayes_sd.datasets import load_example
     from bayes_sd.population import DEFAULT_POPULATION, simulate_from_model, with_overrides
-    from bayes_sd.schema import atomic_write
 
     truth = with_overrides(DEFAULT_POPULATION, noise_sd=0.02)
     rows = []
@@ -133,12 +129,14 @@ def main() -> None:
     exps = {"per_run": growth(rows, "per_run_ms"), "per_point": growth(rows, "per_point_ms")}
     print(f"gradient ∝ runs^b at {args.configs} configurations: b = {exps['per_run']} per run, "
           f"{exps['per_point']} per point")  # fmt: skip
-    payload = {"rows": rows, "growth_exponent": exps,
-               "settings": {"configs": args.configs, "repeats": args.repeats},
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "python": platform.python_version()}}  # fmt: skip
-    text = json.dumps(payload, indent=1, default=float)
-    atomic_write(Path(args.out), lambda path: path.write_text(text, encoding="utf-8"))
+    write_results(
+        args.out,
+        {
+            "rows": rows,
+            "growth_exponent": exps,
+            "settings": {"configs": args.configs, "repeats": args.repeats},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ def one(size: int, backend: str, rep: int, args) -> dict:
         row["device"] = f"cpu ({os.cpu_count()} cores)"
     model = LatencyModel(sampler_config={"draws": args.draws, "tune": args.tune,
                                          "chains": args.chains, "nuts_sampler": backend,
+                                         "adaptation": args.adaptation,
                                          "progressbar": False})  # fmt: skip
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -184,6 +185,7 @@ def main() -> None:
     p.add_argument("--tune", type=int, default=300)
     p.add_argument("--chains", type=int, default=2)
     p.add_argument("--reps", type=int, default=1, help="replications per size (seeds 0..)")
+    p.add_argument("--adaptation", default="auto", help="nutpie's mass matrix (sampler_config)")
     p.add_argument("--replicates", type=int, default=1,
                    help="runs per load point (a fleet re-running its benchmarks): the "
                         "configurations are runs / (18 x replicates)")  # fmt: skip
@@ -203,7 +205,8 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--one", str(size), backend, str(rep),
                        "--draws", str(args.draws), "--tune", str(args.tune),
                        "--chains", str(args.chains),
-                       "--replicates", str(args.replicates)]  # fmt: skip
+                       "--replicates", str(args.replicates),
+                       "--adaptation", args.adaptation]  # fmt: skip
                 try:
                     done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                                           timeout=args.timeout)  # fmt: skip
@@ -231,18 +234,24 @@ def main() -> None:
 
 
 def save(args, rows: list[dict]) -> None:
-    from bayes_sd.schema import atomic_write
-
     growths = {b: {"gradient": growth([r for r in rows if r.get("backend") == b], "gradient_ms"),
                    "wall": growth([r for r in rows if r.get("backend") == b], "wall_s")}
                for b in args.backends.split(",")}  # fmt: skip
-    payload = {"rows": rows, "growth_exponent": growths,
-               "settings": {"draws": args.draws, "tune": args.tune, "chains": args.chains,
-                            "replicates": args.replicates},
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "python": platform.python_version()}}  # fmt: skip
-    text = json.dumps(payload, indent=1, default=float)
-    atomic_write(Path(args.out), lambda path: path.write_text(text, encoding="utf-8"))
+    write_results(args.out, {"rows": rows, "growth_exponent": growths,
+                             "settings": {"draws": args.draws, "tune": args.tune,
+                                          "chains": args.chains,
+                                          "replicates": args.replicates,
+                                          "adaptation": args.adaptation}})  # fmt: skip
+
+
+def write_results(out: str, payload: dict) -> None:
+    """``payload`` and the machine, as JSON at ``out`` (atomically)."""
+    from bayes_sd.schema import atomic_write
+
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
+               "python": platform.python_version()}  # fmt: skip
+    text = json.dumps({**payload, "machine": machine}, indent=1, default=float)
+    atomic_write(Path(out), lambda path: path.write_text(text, encoding="utf-8"))
 
 
 if __name__ == "__main__":
