@@ -259,15 +259,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         steps = read_step_costs(args.steps)
     model = LatencyModel(
         model_config=model_config,
-        sampler_config={
-            "draws": args.draws,
-            "tune": args.tune,
-            "chains": args.chains,
-            "nuts_sampler": args.sampler,
-            "adaptation": args.adaptation,
-            "target_accept": args.target_accept,
-            "progressbar": not args.quiet,
-        },
+        sampler_config={**sampler_config_of(args), "progressbar": not args.quiet},
     )
     print(
         f"bayes-sd fit: {len(sweep)} runs, {args.chains} chains x {args.draws} draws "
@@ -311,6 +303,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     atomic_write(args.out, lambda p: pred.summary.to_csv(p, index=False))
     print(f"wrote {args.out}: {len(pred.summary)} rows")
     return EXIT_OK
+
+
+def add_sampler_options(parser) -> None:
+    """The sampler's options of a fitting command (``bayes-sd fit``, ``fit-many``)."""
+    parser.add_argument("--draws", type=int, default=1000,
+                        help="posterior draws per chain (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--tune", type=int, default=1000,
+                        help="tuning steps per chain (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--chains", type=int, default=4,
+                        help="chains per fit (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--target-accept",
+        type=float,
+        default=0.9,
+        help="NUTS target acceptance (default: %(default)s); raise it (0.95) on divergences",
+    )
+    parser.add_argument("--sampler", choices=["nutpie", "pymc", "numpyro"], default="nutpie",
+                        help="NUTS backend (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--adaptation",
+        choices=["auto", "draw_diag", "diag", "low_rank"],
+        default="auto",
+        help="nutpie's mass-matrix adaptation (default: %(default)s — draw_diag for centred "
+        "residuals, diag for non-centred, by measurement)",
+    )
+
+
+def sampler_config_of(args) -> dict:
+    """The ``sampler_config`` of the options :func:`add_sampler_options` added."""
+    return {"draws": args.draws, "tune": args.tune, "chains": args.chains,
+            "target_accept": args.target_accept, "nuts_sampler": args.sampler,
+            "adaptation": args.adaptation}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,23 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="step-cost table for the joint step-level likelihood ('example': embedded)",
     )
-    fit.add_argument("--draws", type=int, default=1000)
-    fit.add_argument("--tune", type=int, default=1000)
-    fit.add_argument("--chains", type=int, default=4)
-    fit.add_argument(
-        "--target-accept",
-        type=float,
-        default=0.9,
-        help="NUTS target acceptance (default: %(default)s); raise it (0.95) on divergences",
-    )
-    fit.add_argument("--sampler", choices=["nutpie", "pymc", "numpyro"], default="nutpie")
-    fit.add_argument(
-        "--adaptation",
-        choices=["auto", "draw_diag", "diag", "low_rank"],
-        default="auto",
-        help="nutpie's mass-matrix adaptation (default: %(default)s — draw_diag for centred "
-        "residuals, diag for non-centred, by measurement)",
-    )
+    add_sampler_options(fit)
     fit.add_argument("--seed", type=int, default=None)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=cmd_fit)

@@ -51,6 +51,7 @@ def _sweeps(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
 def cmd_fit_many(args: argparse.Namespace) -> int:
     """Fit one model per sweep on Dask workers; save each as OUT/<name>.nc with a diagnostics
     table."""
+    from bayes_sd.cli import sampler_config_of
     from bayes_sd.fleet import fit_many
     from bayes_sd.priors import load_model_config
     from bayes_sd.report import markdown_table
@@ -79,12 +80,7 @@ def cmd_fit_many(args: argparse.Namespace) -> int:
         client=args.scheduler,
         workers=workers,
         model_config=model_config,
-        sampler_config={
-            "draws": args.draws,
-            "tune": args.tune,
-            "chains": args.chains,
-            "target_accept": args.target_accept,
-        },
+        sampler_config=sampler_config_of(args),
         random_seed=args.seed,
         compile_root=args.compile_root,
         progress=not args.quiet,
@@ -105,6 +101,8 @@ def cmd_fit_many(args: argparse.Namespace) -> int:
 
 def add_commands(add) -> None:
     """Register ``fit-many`` with the parser's ``add(name, **kw)``."""
+    from bayes_sd.cli import add_sampler_options
+
     p = add(
         "fit-many",
         help="fit one model per sweep on Dask workers (the dask extra)",
@@ -131,19 +129,7 @@ def add_commands(add) -> None:
     p.add_argument("--compile-root", default=None, metavar="FOLDER",
                    help="folder of the workers' PyTensor compile directories (default: under "
                         "the system's temporary folder)")  # fmt: skip
-    p.add_argument(
-        "--draws", type=int, default=1000, help="posterior draws per chain (default: %(default)s)"
-    )
-    p.add_argument(
-        "--tune", type=int, default=1000, help="tuning steps per chain (default: %(default)s)"
-    )
-    p.add_argument("--chains", type=int, default=4, help="chains per fit (default: %(default)s)")
-    p.add_argument(
-        "--target-accept",
-        type=float,
-        default=0.9,
-        help="NUTS target acceptance (default: %(default)s)",
-    )
+    add_sampler_options(p)
     p.add_argument(
         "--seed", type=int, default=0, help="sweep i is fitted with seed + i (default: %(default)s)"
     )
