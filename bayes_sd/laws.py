@@ -27,6 +27,10 @@ mixing: R-hat 1.89).
 **Noise**: the measured log mean latency scatters with scale ``σ (1 + load_noise · share)``,
 ``share`` the queueing share of latency (``L/C1 − 1``, or ``N C2 / C1`` closed loop), capped at
 :data:`QUEUE_SHARE_CAP` (utilisation 0.99): a finite run near saturation is much noisier.
+TTFT's scale grows with the tails' load ``x = log(1 + B)`` instead (measured ``B`` in the
+likelihood): its predicted share hinges on the loosely pinned split of prefill between the
+run's own and the others' prompts, and a noise growing with it made a second posterior mode
+(``bayes_sd.graph``, likelihoods).
 """
 
 from __future__ import annotations

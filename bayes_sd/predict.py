@@ -18,6 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from bayes_sd import _kernels, acceptance, laws
+from bayes_sd._kernels import nan_quantiles
 from bayes_sd.coefs import COEF_SLOPE, COEFS, LEVEL, TARGET_COEFS
 from bayes_sd.design import (
     CONFIG_SIZE_COLUMNS,
@@ -164,7 +165,7 @@ def predict(
     out = kernel(params, per_row, with_noise=noise, chunk_rows=chunk_rows)
     planes = dict(zip(_kernels.PLANES, (plane.T for plane in out), strict=False))  # (draw, row)
     if noise:
-        _with_noise(design, rows, flat, planes, rng)
+        _with_noise(design, rows, flat, planes, per_row, rng)
     # tokens per step: as given, or the acceptance law's draws
     e = np.broadcast_to(per_row["e_known"], (draws, len(rows)))
     planes["acceptance_length"] = np.where(np.isnan(e), params["acceptance"][:, per_row["d_idx"]],
@@ -457,15 +458,27 @@ def _acceptance_draws(model, design: Design, rows, flat, per_row, draws, rng) ->
     return acceptance.positional_tokens(logit, decay, uniq["k"].to_numpy(dtype=float)[None, :])
 
 
-def _with_noise(design: Design, rows, flat, planes: dict, rng) -> None:
+def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) -> None:
     """Multiply the latency, TTFT and TPOT draws (in place) by draws of each metric's fitted
-    measurement noise, as in the likelihood (:func:`bayes_sd.laws.noise_scale`: E2E and TTFT
-    noisier with their queueing share); saturated draws stay +inf."""
+    measurement noise, as in the likelihood (:func:`bayes_sd.laws.noise_scale`: E2E noisier
+    with its queueing share, TTFT with the requests in flight); saturated draws stay +inf."""
     src = pd.Index(design.sources).get_indexer(rows["source"])
     nu = flat["nu"][:, None]
     shares = {
         "latency": lambda: laws.queue_share_open(planes["latency"], planes["light"]),
-        "ttft": lambda: laws.queue_share_open(planes["ttft"], planes["prefill"]),
+        "ttft": lambda: laws.tail_load(
+            np.nan_to_num(
+                laws.requests_in_flight(
+                    per_row["is_open"],
+                    np.nan_to_num(per_row["rate"]),
+                    planes["latency"],
+                    np.nan_to_num(per_row["conc"]),
+                    per_row["engines"],
+                ),
+                nan=0.0,
+                posinf=np.inf,
+            )
+        ),
         "tpot": None,
     }
     composed = "sigma" not in flat  # E2E not fitted itself: TTFT + (D − 1) TPOT, noisy
@@ -537,37 +550,6 @@ def _moe_baselines(rows: pd.DataFrame, moe_row: np.ndarray) -> np.ndarray:
         sub = rows.loc[moe_row, keys]
         base_of[moe_row] = sub.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
     return base_of
-
-
-def nan_quantiles(x: np.ndarray, qs, chunk_bytes: int = 1 << 22) -> list[np.ndarray]:
-    """Column-wise quantiles of ``x`` (draws, columns) ignoring NaN, as ``np.nanquantile``
-    (linear interpolation) but vectorised: ``np.nanquantile`` loops over columns in Python
-    (measured: 54 s of a 58 s predict of 20,000 rows). ``+inf`` draws are kept (saturated).
-
-    Columns are sorted a block at a time in one reused buffer of ``chunk_bytes``: a sorted copy
-    of all of ``x`` (10^5 rows × 100 draws: 80 MB per variable) cost more in first-touch page
-    faults than in sorting."""
-    draws, n_cols = x.shape
-    width = max(1, chunk_bytes // (8 * max(draws, 1)))
-    buf = np.empty((min(width, n_cols), draws))
-    out = [np.empty(n_cols) for _ in qs]
-    for c0 in range(0, n_cols, width):
-        c1 = min(c0 + width, n_cols)
-        b = buf[: c1 - c0]
-        b[...] = x[:, c0:c1].T  # (columns, draws): the sort runs over contiguous memory
-        b.sort(axis=1)  # NaN sort last
-        n = (~np.isnan(b)).sum(axis=1)
-        cols = np.arange(c1 - c0)
-        for o, q in zip(out, qs, strict=True):
-            pos = q * np.maximum(n - 1, 0)
-            i = np.floor(pos).astype(int)
-            j = np.minimum(i + 1, np.maximum(n - 1, 0))
-            frac = pos - i
-            a, bb = b[cols, i], b[cols, j]
-            with np.errstate(invalid="ignore"):  # +inf draws: a + (inf - a) · 0 would be NaN
-                v = np.where((a == bb) | (frac == 0), a, a + (bb - a) * frac)
-            o[c0:c1] = np.where(n > 0, v, np.nan)
-    return out
 
 
 def _chain_draw_row(x: np.ndarray, chains: int, per_chain: int) -> np.ndarray:

@@ -50,9 +50,10 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
 * ``sigma``: measurement noise on log mean E2E latency per source, HalfNormal(0.1) (a few
   percent is typical of benchmark means; InferenceX repeats of one point on other dates differ
   by 7% median); ``ttft_sigma`` HalfNormal(0.2) and ``tpot_sigma`` HalfNormal(0.1) the same for
-  mean TTFT (noisier: queueing) and TPOT; ``load_noise``: the growth of the E2E and TTFT scales
-  with their queueing share, HalfNormal(1); ``nu``: Student-t degrees of freedom, Gamma(2, 0.1),
-  used when the ``likelihood`` family has one (Student-t, the default: robust to the odd point).
+  mean TTFT (noisier: queueing) and TPOT; ``load_noise``: the growth of the E2E scale with its
+  queueing share and of TTFT's with the log requests in flight, HalfNormal(1); ``nu``:
+  Student-t degrees of freedom, Gamma(2, 0.1), used when the ``likelihood`` family has one
+  (Student-t, the default: robust to the odd point).
 * ``engine_sd``, ``precision_sd``: spreads of the engine and weight-precision effects (as
   ``gpu_sd``), HalfNormal(0.3).
 * ``kink_tokens`` (T*): tokens per step at which a dense model's step turns compute-bound

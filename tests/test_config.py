@@ -42,8 +42,10 @@ def test_every_prior_of_the_graph_is_overridable_by_name(sweep, steps_table):
     model = LatencyModel(model_config={"centred": False}).build_model(sweep, steps_table)
     structural = {"gpu_z", "engine_z", "precision_z", "shift_system_z", "shift_draft_z",
                   "shift_series_z", "capacity_z"}  # fmt: skip
-    # the intercepts are sampled at the design's mean covariates, from the "intercept" prior
-    free = {v.name for v in model.free_RVs} - structural - {"intercept_centre"} | {"intercept"}
+    # the intercepts are sampled at the design's mean covariates, from the "intercept" prior;
+    # the MoE increment at its log increment, from the "moe_excess" prior
+    centred = {"intercept_centre", "moe_level"}
+    free = {v.name for v in model.free_RVs} - structural - centred | {"intercept", "moe_excess"}
     assert free <= set(DEFAULT_PRIORS), free - set(DEFAULT_PRIORS)
     for name in ("step_overhead", "step_sigma", "nu", "load_noise"):
         prior = DEFAULT_PRIORS[name]
