@@ -49,8 +49,12 @@ class Problem:
     field: str | None = None
 
     def __str__(self) -> str:
+        return self.text()
+
+    def text(self, with_file: bool = True) -> str:
+        """The problem as one line; without its file where a header names it."""
         where = []
-        if self.file:
+        if self.file and with_file:
             where.append(_printable(self.file, MAX_WHERE))
         if self.record is not None:
             where.append(f"record {_printable(self.record, MAX_WHERE)}")
@@ -69,6 +73,7 @@ class DataError(ValueError):
     """
 
     MAX_SHOWN = 20
+    MAX_TEXT = 1000  # problems listed until the message reaches this length
 
     def __init__(
         self,
@@ -84,12 +89,22 @@ class DataError(ValueError):
         self.problems = list(problems)
         first = self.problems[0]
         self.file, self.record, self.field = first.file, first.record, first.field
-        lines = [str(p) for p in self.problems[: self.MAX_SHOWN]]
-        if len(self.problems) > self.MAX_SHOWN:
-            lines.append(f"... and {len(self.problems) - self.MAX_SHOWN} more problems")
-        text = (
-            lines[0]
-            if len(lines) == 1
-            else f"{len(self.problems)} problems:\n  " + "\n  ".join(lines)
-        )
-        super().__init__(text)
+        if len(self.problems) == 1:
+            super().__init__(str(first))
+            return
+        # one file: named once in the header (a long temporary path repeated per problem made
+        # a 15-problem message 1,380 characters long)
+        files = {p.file for p in self.problems}
+        one_file = len(files) == 1 and first.file
+        header = f"{len(self.problems)} problems"
+        header += f" in {_printable(first.file, MAX_WHERE)}:" if one_file else ":"
+        lines, size = [], len(header)
+        for p in self.problems[: self.MAX_SHOWN]:
+            line = p.text(with_file=not one_file)
+            if lines and size + len(line) > self.MAX_TEXT:
+                break
+            lines.append(line)
+            size += len(line) + 3
+        if len(lines) < len(self.problems):
+            lines.append(f"... and {len(self.problems) - len(lines)} more problems")
+        super().__init__(header + "\n  " + "\n  ".join(lines))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import bayes_sd
 from bayes_sd import DataError, read_sweep, validate_sweep
+from bayes_sd.errors import Problem
 
 # The vLLM fixture records gpu itself (--metadata gpu=...); the GuideLLM one does not.
 META = {"num_gpus": 1, "method": "eagle3"}
@@ -183,7 +184,8 @@ def test_tidy_csv_errors_name_row_and_field(tmp_path):
     with pytest.raises(DataError) as err:
         read_sweep(path)
     text = str(err.value)
-    assert f"{path}: record row 5: field 'latency_mean_s': required value is missing" in text
+    assert text.startswith(f"3 problems in {path}:")  # the file named once, then each problem
+    assert "record row 5: field 'latency_mean_s': required value is missing" in text
     assert "record row 7: field 'latency_mean_s': must be >= 1e-05" in text
     assert "record row 9: field 'k': must be a whole number" in text
     assert len(err.value.problems) == 3
@@ -305,3 +307,18 @@ def test_fuzzed_truncations_of_every_fixture(fixtures):
             continue
         for cut in rng.integers(1, len(text) - 1, size=5):
             _read_only_data_errors(text[:cut], path.suffix, **META_G)
+
+
+def test_an_error_of_many_problems_names_its_file_once_and_stays_short():
+    """Found by the fuzz test in a clean clone: 15 problems of one CSV under a temporary
+    directory made a 1,380-character message (the path repeated per problem)."""
+    where = "/tmp/" + "d" * 120 + "/fuzz.csv"
+    err = DataError(problems=[Problem("required value is missing", where, f"row {i}", "source")
+                              for i in range(40)])  # fmt: skip
+    text = str(err)
+    assert text.startswith(f"40 problems in {where}:") and text.count(where) == 1
+    assert len(text) < 1200 and text.endswith("more problems")
+    assert "record row 0: field 'source'" in text and err.file == where
+    # problems of several files keep each its file
+    two = str(DataError(problems=[Problem("bad", "a.json", 1, "x"), Problem("bad", "b.json")]))
+    assert "a.json: record 1: field 'x': bad" in two and "b.json: bad" in two
