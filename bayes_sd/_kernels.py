@@ -365,9 +365,8 @@ def tails_numpy(level, slope, lab, rows: dict, means) -> np.ndarray:
     """:func:`tails` by :mod:`bayes_sd.laws` in NumPy (the kernel's oracle; the fallback)."""
     from bayes_sd import laws
 
-    in_flight = laws.requests_in_flight(rows["is_open"], rows["rate"], means[2], rows["conc"],
-                                        rows["engines"])  # fmt: skip
-    load = laws.tail_load(np.nan_to_num(in_flight, nan=0.0, posinf=np.inf))
+    load = laws.predicted_load(rows["is_open"], rows["rate"], means[2], rows["conc"],
+                               rows["engines"])  # fmt: skip
     out = []
     for m, mean in enumerate(means):
         terms = range(3 * m, 3 * m + 3)

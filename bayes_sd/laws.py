@@ -52,6 +52,7 @@ __all__ = [
     "moe_ratio",
     "noise_scale",
     "opening_fraction",
+    "predicted_load",
     "queue_share_closed",
     "queue_share_open",
     "requests_in_flight",
@@ -148,6 +149,15 @@ def requests_in_flight(is_open: Any, rate: Any, latency: Any, concurrency: Any,
     law), ``N / n`` closed loop — measured in the design, predicted in ``predict``."""
     with np.errstate(invalid="ignore", over="ignore"):
         return np.where(is_open, rate * latency, concurrency) / engines
+
+
+def predicted_load(is_open: Any, rate: Any, latency: Any, concurrency: Any,
+                   engines: Any) -> np.ndarray:  # fmt: skip
+    """:func:`tail_load` of the requests in flight at predicted latencies (NumPy, any shape
+    that broadcasts): the load covariate of the percentiles and of TTFT's noise in
+    ``predict`` (a saturated draw's infinite queue stays infinite, then clipped)."""
+    in_flight = requests_in_flight(is_open, rate, latency, concurrency, engines)
+    return tail_load(np.nan_to_num(in_flight, nan=0.0, posinf=np.inf))
 
 
 def tail_load(in_flight: Any) -> Any:

@@ -464,21 +464,14 @@ def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) ->
     with its queueing share, TTFT with the requests in flight); saturated draws stay +inf."""
     src = pd.Index(design.sources).get_indexer(rows["source"])
     nu = flat["nu"][:, None]
+
+    def ttft_load():  # the requests in flight at the predicted latency
+        return laws.predicted_load(per_row["is_open"], per_row["rate"], planes["latency"],
+                                   per_row["conc"], per_row["engines"])  # fmt: skip
+
     shares = {
         "latency": lambda: laws.queue_share_open(planes["latency"], planes["light"]),
-        "ttft": lambda: laws.tail_load(
-            np.nan_to_num(
-                laws.requests_in_flight(
-                    per_row["is_open"],
-                    np.nan_to_num(per_row["rate"]),
-                    planes["latency"],
-                    np.nan_to_num(per_row["conc"]),
-                    per_row["engines"],
-                ),
-                nan=0.0,
-                posinf=np.inf,
-            )
-        ),
+        "ttft": ttft_load,
         "tpot": None,
     }
     composed = "sigma" not in flat  # E2E not fitted itself: TTFT + (D − 1) TPOT, noisy
