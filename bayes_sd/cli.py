@@ -247,16 +247,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Fit the hierarchical model to a sweep and save it (NetCDF)."""
     from bayes_sd import datasets
     from bayes_sd.io import read_step_costs
-    from bayes_sd.model import LatencyModel
-    from bayes_sd.priors import load_model_config
 
-    model_config = load_model_config(args.model_config) if args.model_config else None
+    # the inputs first: a missing or bad file answers before PyMC is imported (seconds)
     sweep = _sweep_from_args(args)
     steps = None
     if args.steps == "example":
         steps = datasets.load_example("stepcost")
     elif args.steps:
         steps = read_step_costs(args.steps)
+    from bayes_sd.model import LatencyModel
+    from bayes_sd.priors import load_model_config
+
+    model_config = load_model_config(args.model_config) if args.model_config else None
     model = LatencyModel(
         model_config=model_config,
         sampler_config={**sampler_config_of(args), "progressbar": not args.quiet},
@@ -315,9 +317,10 @@ def add_sampler_options(parser) -> None:
                         help="chains per fit (default: %(default)s)")  # fmt: skip
     parser.add_argument(
         "--target-accept",
-        type=float,
-        default=0.9,
-        help="NUTS target acceptance (default: %(default)s); raise it (0.95) on divergences",
+        type=_target_accept,
+        default="auto",
+        help="NUTS target acceptance, a number in (0, 1) or auto (default: %(default)s — 0.9 "
+        "for centred residuals, 0.95 for non-centred, by measurement); raise it on divergences",
     )
     parser.add_argument("--sampler", choices=["nutpie", "pymc", "numpyro"], default="nutpie",
                         help="NUTS backend (default: %(default)s)")  # fmt: skip
@@ -328,6 +331,16 @@ def add_sampler_options(parser) -> None:
         help="nutpie's mass-matrix adaptation (default: %(default)s — draw_diag for centred "
         "residuals, diag for non-centred, by measurement)",
     )
+
+
+def _target_accept(text: str) -> str | float:
+    """``--target-accept``: ``auto`` or a number (its range is checked with the config)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or auto: {text!r}") from None
 
 
 def sampler_config_of(args) -> dict:

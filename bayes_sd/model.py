@@ -27,6 +27,7 @@ from bayes_sd.sampling import (
     check_sampler_config,
     convergence_summary,
     sample,
+    target_accept,
     warn_if_unreliable,
 )
 
@@ -76,6 +77,9 @@ class LatencyModel:
         ``adaptation`` (nutpie's mass matrix: ``"auto"``, the default — ``"draw_diag"`` for
         hierarchically centred residuals, ``"diag"`` for non-centred, as measured —,
         ``"draw_diag"``, ``"diag"`` or ``"low_rank"``), ``progressbar``, ``cores``.
+        ``target_accept`` ``"auto"`` (the default) is 0.9 for centred residuals and 0.95 for
+        non-centred ones (small or sparse sweeps, whose few-member spreads make funnels;
+        measured, :data:`bayes_sd.sampling.AUTO_TARGET_ACCEPT`).
 
     Examples
     --------
@@ -177,11 +181,12 @@ class LatencyModel:
         cfg = check_sampler_config({**self.sampler_config, **sampler_kwargs})
         model = self.build_model(sweep, steps)
         adaptation = self._adaptation(cfg["adaptation"])
+        cfg["target_accept"] = target_accept(cfg["target_accept"], self.centred)
         self.idata = sample(model, cfg, random_seed=random_seed, adaptation=adaptation)
         backend = cfg["nuts_sampler"]
         if backend == "nutpie":
             backend += ":" + adaptation
-        self.diagnostics = self._diagnose(backend)
+        self.diagnostics = self._diagnose(backend, cfg["target_accept"])
         return self.idata
 
     def add_log_likelihood(self):
@@ -214,8 +219,9 @@ class LatencyModel:
             return adaptation
         return "draw_diag" if self.centred else "diag"
 
-    def _diagnose(self, backend: str = "nutpie:diag") -> dict[str, Any]:
+    def _diagnose(self, backend: str = "nutpie:diag", accept: float = 0.9) -> dict[str, Any]:
         out = convergence_summary(self.idata, POPULATION_PARAMS)
+        out["target_accept"] = accept
         out["runs_fitted"] = len(self.design.rows)
         out["runs_left_out_saturated"] = self.design.n_saturated
         other = "non-centred" if self.centred else "hierarchically centred"

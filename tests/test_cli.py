@@ -306,10 +306,12 @@ def test_fit_passes_the_sampler_options(tmp_path, monkeypatch):
     assert seen["adaptation"] == "diag" and seen["draws"] == 50
     assert main(args) != EXIT_OK
     assert seen["adaptation"] == "auto" and seen["nuts_sampler"] == "nutpie"
-    assert seen["target_accept"] == 0.9  # the flag the convergence warning names
+    assert seen["target_accept"] == "auto"  # resolved by the residuals' form in fit
     assert main([*args, "--target-accept", "0.95"]) != EXIT_OK
     assert seen["target_accept"] == 0.95
     assert main([*args, "--target-accept", "1.5"]) == 2  # one line, exit 2, before any fit
+    with pytest.raises(SystemExit):  # argparse: not a number or auto
+        main([*args, "--target-accept", "high"])
     with pytest.raises(SystemExit):
         main([*args, "--adaptation", "full"])
 
@@ -325,10 +327,11 @@ def test_argument_errors_come_before_the_heavy_imports():
         "b = main(['plan', '--model', 'missing.nc', '--config', 'gpu=H100', '--config', "
         "'target=t', '--config', 'prefill_len=1', '--config', 'decode_len=1', '--ks', '0'])\n"
         "c = main(['frontier', '--model', 'missing.nc', '--out', 'x', '--config', 'gpu=H100'])\n"
-        "print(a, b, c, 'pymc' in sys.modules)"
+        "d = main(['fit', 'missing.csv', '--out', 'm.nc'])\n"
+        "print(a, b, c, d, 'pymc' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["2", "2", "2", "False"], out.stderr
+    assert out.stdout.split() == ["2", "2", "2", "2", "False"], out.stderr
     assert "no such model file" in out.stderr and "unknown key" in out.stderr
     # help loads neither pandas nor PyMC (0.1 s; it was 0.9 s with pandas)
     code = (

@@ -295,6 +295,9 @@ def test_each_backend_gets_its_measured_start_and_adaptation(
         model.fit(sweep, random_seed=1)
     assert seen["nuts_sampler"] == backend
     assert {k: seen[k] for k in expected} == expected
+    # target_accept "auto": 0.95 for non-centred residuals (few-member spreads), 0.9 centred
+    assert seen["target_accept"] == (0.9 if model.centred else 0.95)
+    assert model.diagnostics["target_accept"] == seen["target_accept"]
     with pytest.raises(ValueError, match=r"adaptation must be one of auto, draw_diag, diag"):
         LatencyModel(sampler_config={"adaptation": "full"})
 
@@ -979,3 +982,19 @@ def test_ttft_noise_grows_with_the_measured_load_not_with_the_predicted_share(sw
     expected = values["ttft_sigma"][lm.design.source_idx] * (1 + values["load_noise"] * load)
     np.testing.assert_allclose(base, expected, rtol=1e-12)
     assert np.ptp(load) > 1  # the sweep's loads differ: the scale grows with them
+
+
+def test_convergence_warning_asks_100_ess_per_chain_in_bulk_and_tail():
+    """R-hat ≤ 1.01, bulk and tail ESS ≥ 100 per chain (Vehtari et al. 2021), no
+    divergences; the advice names a higher target acceptance than the one used."""
+    from bayes_sd.sampling import warn_if_unreliable
+
+    good = {"max_rhat": 1.005, "min_ess_bulk": 250.0, "min_ess_tail": 230.0,
+            "divergences": 0, "chains": 2}  # fmt: skip
+    assert warn_if_unreliable(good) == []  # 2 chains: 200 needed
+    with pytest.warns(ConvergenceWarning, match=r"bulk ESS 250 < 400.*--target-accept 0.95"):
+        assert len(warn_if_unreliable({**good, "chains": 4})) == 2  # bulk and tail
+    with pytest.warns(ConvergenceWarning, match=r"min tail ESS 150 < 200"):
+        warn_if_unreliable({**good, "min_ess_tail": 150.0})
+    with pytest.warns(ConvergenceWarning, match=r"--target-accept 0.98"):
+        warn_if_unreliable({**good, "divergences": 1, "target_accept": 0.95})
