@@ -88,7 +88,8 @@ def _demo_bayes(out: Path, args: argparse.Namespace) -> list[str]:
     )
     res = demo.bayesian_fit(draws=args.draws, chains=args.chains, slo_s=args.slo)
     res.model.save(out / "vllm-blog-model.nc")
-    _write_report(res.model, out / "report", "Posterior report: real vLLM sweep (vLLM blog 2024)")
+    _write_report(res.model, out / "report", "Posterior report: real vLLM sweep (vLLM blog 2024)",
+                  slo=args.slo)  # fmt: skip
     for _, be in res.break_even.iterrows():
         print(
             f"  {be['dataset']}: break-even {be['break_even_median']:.1f} req/s "
@@ -117,11 +118,11 @@ def _demo_bayes(out: Path, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def _write_report(model, folder: Path, title: str) -> None:
+def _write_report(model, folder: Path, title: str, slo=None, credibility: float = 0.95) -> None:
     from bayes_sd.report import build_report
 
     print(f"  writing the posterior report to {folder} ...", file=sys.stderr)
-    rep = build_report(model, title=title)
+    rep = build_report(model, title=title, slo=slo, credibility=credibility)
     rep.to_markdown(folder)
     rep.to_html(folder / "report.html")
     rep.to_latex(folder / "latex")
@@ -129,9 +130,15 @@ def _write_report(model, folder: Path, title: str) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Posterior report of a saved model: Markdown + PNG, one HTML file, LaTeX tables."""
+    from bayes_sd.slo import parse_slo
+
+    # the arguments first (fast errors), then the model
+    slo = parse_slo(args.slo) if args.slo is not None else None
+    if not 0 < args.credibility < 1:
+        raise DataError(f"--credibility must be between 0 and 1, got {args.credibility:g}")
     model = _load_model(args.model)
     out = Path(args.out)
-    _write_report(model, out, args.title)
+    _write_report(model, out, args.title, slo, args.credibility)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'latex'}/")
     return EXIT_OK
 
@@ -495,13 +502,27 @@ def build_parser() -> argparse.ArgumentParser:
     report = add(
         "report",
         help="posterior report of a saved model (Markdown + PNG, HTML, LaTeX)",
-        description="Coefficients with credible intervals, sampler diagnostics, fit quality "
-        "(R², predictive-interval coverage) and figures (latency and speedup against rate with "
-        "posterior bands, the normalised collapse, a posterior predictive check).",
+        description="Opens with decisions per configuration of the training data (capacity "
+        "under --slo and the binding term, break-even, best draft length by load, the "
+        "throughput-interactivity frontier per workload), then the fit (latency against load "
+        "with posterior bands, a posterior predictive check, R² and interval coverage), then an "
+        "appendix (coefficients with credible intervals, R-hat and ESS; sampler diagnostics).",
     )
     report.add_argument("--model", required=True, help="model file from bayes-sd fit")
     report.add_argument("--out", required=True, help="output folder")
-    report.add_argument("--title", default="bayes_sd posterior report")
+    report.add_argument("--title", default="bayes_sd posterior report",
+                        help="the report's title (default: %(default)s)")  # fmt: skip
+    report.add_argument(
+        "--slo", default=None,
+        help="the SLO the decisions answer (capacity and binding term per configuration): "
+        "'p99_ttft_ms<=2000,p99_tpot_ms<=50', 'ttft:300 tpot:50' (ms, planned as p90), "
+        "'{ttft: {p99: 2s}}' or a duration such as 3s (mean E2E) (default: none — the report "
+        "then has break-even, best k and frontier, not capacity)",
+    )  # fmt: skip
+    report.add_argument(
+        "--credibility", type=float, default=0.95,
+        help="probability every SLO term holds at the capacity reported (default: %(default)s)",
+    )  # fmt: skip
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -59,9 +59,10 @@ class Frontier:
         plt.close(fig)
         return paths
 
-    def figure(self):
+    def figure(self, title: str | None = None):
         """Two panels: throughput per GPU against interactivity with the credible band of each
-        configuration, and P(on the frontier) along the same axis."""
+        configuration, and P(on the frontier) along the same axis; ``title`` above (the
+        workload, say), the default names the bands."""
         import matplotlib.pyplot as plt
 
         fig, (top, bottom) = plt.subplots(
@@ -76,8 +77,8 @@ class Frontier:
             bottom.plot(t["interactivity"], t["p_frontier"], color=colour, lw=1.5)
         top.set_xscale("log")
         top.set_ylabel("output throughput per GPU (tok/s)", fontsize=10)
-        top.set_title(f"Throughput–interactivity frontier (median, {pct}% credible band)",
-                      fontsize=11)  # fmt: skip
+        top.set_title(title or f"Throughput–interactivity frontier (median, {pct}% credible "
+                      "band)", fontsize=11)  # fmt: skip
         top.legend(fontsize=9, frameon=False)
         top.grid(alpha=0.3, which="both")
         bottom.set_ylabel("P(on frontier)", fontsize=10)

@@ -231,8 +231,10 @@ def test_bad_planning_arguments_are_one_line_and_exit_2(demo_fit, tmp_path, caps
 
 
 @ONE_DEMO_FIT
-def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path):
+def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path, capsys):
     import numpy as np
+
+    from bayes_sd import planning
 
     folder = demo_fit / "report"
     for rel in ("report.md", "report.html", "latex/tables/coefficients.tex"):
@@ -242,7 +244,8 @@ def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path):
         assert (folder / "figures" / f"{name}.png").stat().st_size > 5000
         assert (folder / "latex" / "figures" / f"{name}.pdf").stat().st_size > 1000
     html = (folder / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5  # no MoE target: no coverage figure
+    # two frontiers (one per workload) and five more; no MoE target: no coverage figure
+    assert html.count("data:image/png;base64,") == 7
     tex = (folder / "latex" / "tables" / "coefficients.tex").read_text()
     assert r"\toprule" in tex and r"intercept[c1v]" in tex.replace(r"\_", "_")
     # key numbers in the tables are the posterior's
@@ -256,12 +259,37 @@ def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path):
     assert fitq.loc["all runs", "runs"] == 18
     assert fitq.loc["all runs", "r2_log_latency"] > 0.9  # the real sweep is well described
     assert 0.7 <= fitq.loc["all runs", "coverage"] <= 1.0
-    # the report command renders a saved model the same way
+    # the report opens with the decisions under the demo's SLO (mean E2E ≤ 3 s): capacity,
+    # break-even, best k — the numbers of the planning functions on the saved posterior
+    md = (folder / "report.md").read_text()
+    assert md.index("## Decisions") < md.index("## Fit") < md.index("## Appendix")
+    assert md.index("**Meta-Llama-3-70B-Instruct on 4 × H100-SXM-80GB, ShareGPT") < md.index(
+        "### Coefficients"
+    )
+    assert "vllm-blog-2024|" not in md.replace("\\|", "|")  # no pipe-joined keys anywhere
+    dec = pd.read_csv(folder / "tables" / "decisions.csv", index_col="configuration")
+    assert len(dec) == 2 and set(dec["break-even k"]) == {4}
+    from bayes_sd.capacity import slo_capacity
+    from bayes_sd.decisions import configurations
+
+    share = next(c for c in configurations(model) if "ShareGPT" in c["name"])
+    cap = slo_capacity(model, share["config"], "3s", ks=share["ks"], max_draws=400)
+    row = dec.loc[share["name"]]
+    assert row["capacity without SD"] == pytest.approx(cap["capacity"].iloc[0], rel=1e-9)
+    be = planning.break_even(model, share["config"], k=4, max_draws=400).summary()
+    assert row["break-even rate"] == pytest.approx(be["break_even_median"], rel=1e-9)
+    assert row["binding term"] == "mean E2E ≤ 3 s"
+    # the report command renders a saved model the same way; --slo is read before the model
     out = tmp_path / "rep"
     assert main(["report", "--model", str(demo_fit / "vllm-blog-model.nc"), "--out",
                  str(out)]) == EXIT_OK  # fmt: skip
     again = pd.read_csv(out / "tables" / "coefficients.csv", index_col="parameter")
     pd.testing.assert_frame_equal(again, coefs)
+    assert "No SLO given, so no capacity" in (out / "report.md").read_text()
+    assert not (out / "tables" / "capacity.csv").exists()
+    capsys.readouterr()
+    assert main(["report", "--model", "missing.nc", "--out", str(out), "--slo", "fast"]) == 2
+    assert "cannot read the SLO 'fast'" in capsys.readouterr().err
 
 
 def test_latex_tables_escape_special_characters():

@@ -724,9 +724,9 @@ def test_baseline_fits_closed_form_data(sweep):
 
 
 def test_report_draws_the_moe_coverage_of_moe_targets(fitted, tmp_path):
-    from bayes_sd.report import _coverage_figure
+    from bayes_sd.figures import coverage_figure
 
-    fig = _coverage_figure(fitted)  # the sweep has an OLMoE target
+    fig = coverage_figure(fitted)  # the sweep has an OLMoE target
     assert fig is not None
     lines = fig.axes[0].get_lines()
     assert any(line.get_label() == "olmoe-1b-7b" for line in lines)
@@ -735,20 +735,20 @@ def test_report_draws_the_moe_coverage_of_moe_targets(fitted, tmp_path):
 
 
 def test_report_titles_name_systems_as_people_do(fitted):
-    from bayes_sd.report import _title
+    from bayes_sd.figures import system_title
 
     systems = fitted.design.systems
-    titles = [_title(fitted, s) for s in systems]
+    titles = [system_title(fitted, s) for s in systems]
     assert not any("|" in t for t in titles)  # not the pipe-joined keys
     assert any(t.startswith("llama-3.1-8b on 1 × H100-SXM-80GB") for t in titles), titles
     draft = next(d for d in fitted.design.draft_systems if "eagle3-head-8b" in d)
-    assert _title(fitted, draft).replace("\n", " ").endswith("drafter eagle3-head-8b")
+    assert system_title(fitted, draft).replace("\n", " ").endswith("drafter eagle3-head-8b")
 
 
 def test_best_k_figure_plots_the_probability_of_the_choice(fitted):
-    from bayes_sd.report import _best_k_figure
+    from bayes_sd.figures import best_k_figure
 
-    fig = _best_k_figure(fitted, max_systems=1)
+    fig = best_k_figure(fitted, max_systems=1)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "P(best)" and ax.get_ylim() == (0.0, 1.05)
     heights = [p.get_height() for p in ax.patches]
@@ -757,11 +757,11 @@ def test_best_k_figure_plots_the_probability_of_the_choice(fitted):
 
 
 def test_posterior_predictive_figure_is_not_stretched_by_one_interval():
-    from bayes_sd.report import _ppc_figure
+    from bayes_sd.figures import ppc_figure
 
     runs = pd.DataFrame({"observed": [1.0, 2.0, 4.0], "predicted": [1.1, 1.9, 4.2],
                          "lo": [0.9, 1.7, 3.8], "hi": [1.2, 2.2, 400.0]})  # fmt: skip
-    fig = _ppc_figure(runs)
+    fig = ppc_figure(runs)
     assert fig.axes[0].get_xlim()[1] <= 4.2 * 2 + 1e-9
     assert fig.axes[0].get_ylim()[0] >= 1.0 / 2 - 1e-9
 
@@ -917,7 +917,7 @@ def test_runs_of_one_workload_are_one_system(sweep):
 def test_latency_figure_shows_saturated_runs_it_did_not_fit(sweep, mocked):
     """Runs measured past saturation are left out of the fit but drawn (hollow circles, one
     legend entry per panel) in their series' colour, not hidden."""
-    from bayes_sd.report import _latency_figure, _saturated_runs
+    from bayes_sd.figures import latency_figure, saturated_runs
 
     data = sweep.copy()
     top = data.groupby("series" if "series" in data else "target")["request_rate"].idxmax()
@@ -925,10 +925,10 @@ def test_latency_figure_shows_saturated_runs_it_did_not_fit(sweep, mocked):
     model = LatencyModel(sampler_config={"draws": 20, "chains": 2})
     with pytest.warns(ConvergenceWarning):
         model.fit(data, random_seed=3)
-    sat = _saturated_runs(model)
+    sat = saturated_runs(model)
     assert len(sat) == len(top) and set(sat["series"]) <= set(model.design.rows["series"])
     assert len(model.design.rows) == len(data) - len(sat)
-    fig = _latency_figure(model, model.design.rows, 0.9)
+    fig = latency_figure(model, model.design.rows, 0.9)
     hollow = [line for ax in fig.axes for line in ax.lines if line.get_markerfacecolor() == "none"]
     assert sum(len(line.get_xdata()) for line in hollow) == len(sat)
     labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts]
