@@ -118,11 +118,13 @@ def _demo_bayes(out: Path, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def _write_report(model, folder: Path, title: str, slo=None, credibility: float = 0.95) -> None:
+def _write_report(model, folder: Path, title: str, slo=None, credibility: float = 0.95,
+                  max_configs: int = 8) -> None:  # fmt: skip
     from bayes_sd.report import build_report
 
     print(f"  writing the posterior report to {folder} ...", file=sys.stderr)
-    rep = build_report(model, title=title, slo=slo, credibility=credibility)
+    rep = build_report(model, title=title, slo=slo, credibility=credibility,
+                       max_configs=max_configs)  # fmt: skip
     rep.to_markdown(folder)
     rep.to_html(folder / "report.html")
     rep.to_latex(folder / "latex")
@@ -136,9 +138,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     slo = parse_slo(args.slo) if args.slo is not None else None
     if not 0 < args.credibility < 1:
         raise DataError(f"--credibility must be between 0 and 1, got {args.credibility:g}")
+    if args.max_configs < 1:
+        raise DataError(f"--max-configs must be at least 1, got {args.max_configs}")
     model = _load_model(args.model)
     out = Path(args.out)
-    _write_report(model, out, args.title, slo, args.credibility)
+    _write_report(model, out, args.title, slo, args.credibility, args.max_configs)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'latex'}/")
     return EXIT_OK
 
@@ -522,6 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--credibility", type=float, default=0.95,
         help="probability every SLO term holds at the capacity reported (default: %(default)s)",
+    )  # fmt: skip
+    report.add_argument(
+        "--max-configs", type=int, default=8,
+        help="configurations the decisions cover, those with SD first (default: %(default)s)",
     )  # fmt: skip
     report.set_defaults(func=cmd_report)
     return parser

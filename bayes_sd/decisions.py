@@ -56,7 +56,9 @@ def configurations(model) -> list[dict]:
     ``name`` (readable), ``key`` (the draft system or system label), ``config`` (prediction
     columns without the load), ``ks``, ``load`` (``rate`` or ``concurrency``: as measured),
     ``workload`` (target and lengths: configurations comparable on one frontier), ``short``
-    (what tells it apart from the others of its workload)."""
+    (what tells it apart from the others of its workload), ``runs`` (fitted runs). Names are
+    unique. Ordered as the report covers them: with SD first (more draft lengths first), then
+    by runs measured."""
     from bayes_sd.figures import system_title
 
     rows = model.design.rows
@@ -79,18 +81,45 @@ def configurations(model) -> list[dict]:
                 "load": load,
                 "workload": (str(r["target"]), str(r["dataset"]), float(r["prefill_len"]),
                              float(r["decode_len"])),
+                "runs": len(g) + (0 if not drafts else int((part["k"] == 0).sum())),
             })  # fmt: skip
-    return out
+    _unique(out)
+    # the decisions that matter first: configurations with SD (more draft lengths first), then
+    # the better measured; ties keep the data's order
+    order = sorted(range(len(out)), key=lambda i: (-len(out[i]["ks"]), -out[i]["runs"], i))
+    return [out[i] for i in order]
 
 
 def _short_name(r: pd.Series) -> str:
-    """What tells configurations of one workload apart: GPUs, engine, precision, drafter."""
+    """What tells configurations of one workload apart: GPUs, engine, precision, layout,
+    drafter."""
     text = f"{int(r['num_gpus'])} × {r['gpu']}"
-    extra = [str(r[c]) for c in ("engine", "precision") if str(r[c]) not in ("", "unknown")]
-    drafter = r["drafter"] if isinstance(r["drafter"], str) and r["drafter"] else r["method"]
-    if isinstance(drafter, str) and drafter:
-        extra.append(f"drafter {drafter.split('/')[-1]}")
+    extra = [str(r[c]) for c in ("engine", "precision", "layout") if _known(r[c])]
+    drafter = r["drafter"] if _known(r["drafter"]) else r["method"]
+    if _known(drafter) and str(drafter) != "none":
+        extra.append(f"drafter {str(drafter).split('/')[-1]}")
     return ", ".join([text, *extra])
+
+
+def _known(value) -> bool:
+    return not pd.isna(value) and str(value) not in ("", "unknown")
+
+
+def _unique(configs: list[dict]) -> None:
+    """Names that still collide — systems that differ only in a key the names leave out, such
+    as the source — get the source and a number: ``name`` over all configurations, ``short``
+    within a workload (it names a configuration only there)."""
+    for field_, scope in (("name", lambda c: None), ("short", lambda c: c["workload"])):
+        seen: dict = {}
+        for c in configs:
+            key = (scope(c), c[field_])
+            seen[key] = seen.get(key, 0) + 1
+        counts: dict = {}
+        for c in configs:
+            key = (scope(c), c[field_])
+            if seen[key] > 1:
+                counts[key] = counts.get(key, 0) + 1
+                c[field_] = f"{c[field_]} ({c['config'].get('source')}, #{counts[key]})"
 
 
 def decide(
@@ -112,6 +141,8 @@ def decide(
         raise RuntimeError("fit (or load) the model before deciding with it")
     if not 0 < credibility < 1:
         raise ValueError("credibility must be in (0, 1)")
+    if int(max_configs) != max_configs or max_configs < 1:
+        raise ValueError(f"max_configs must be a whole number ≥ 1, got {max_configs!r}")
     terms = parse_slo(slo) if slo is not None else None
     if terms is not None:  # once for the report, not once per configuration
         from bayes_sd.capacity import _warn_unmeasured
@@ -215,6 +246,11 @@ def _headline(c, cap, be, bk, terms, credibility, interval) -> tuple[dict, str]:
             if int(best["k"]) != 0:
                 said += (f", {base['capacity']:.3g} {unit} without SD" if base["meets"]
                          else ", while without SD no load meets it")  # fmt: skip
+            others = [f"{_k(r['k'])}: {r['capacity']:.3g}" if r["meets"] else
+                      f"{_k(r['k'])}: none" for _, r in cap.iterrows()
+                      if int(r["k"]) not in (0, int(best["k"]))]  # fmt: skip
+            if others:
+                said += f" ({'; '.join(others)})"
             text.append(said + f"; binding term: {best['binding']}.")
     if be is not None:
         # the k that serves most under the SLO when it is an SD one, else the longest measured

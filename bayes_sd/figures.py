@@ -118,7 +118,8 @@ def saturated_runs(model) -> pd.DataFrame:
 
 def system_title(model, system: str) -> str:
     """A system (or draft system) as a person would name it: "Meta-Llama-3-70B-Instruct on
-    4 × H100-SXM-80GB, ShareGPT 215/198 tokens" (and the drafter), not its pipe-joined key."""
+    4 × H100-SXM-80GB, ShareGPT 215/198 tokens" (engine, precision and parallel layout when
+    known; the drafter), not its pipe-joined key."""
     import textwrap
 
     base = system.split("|")
@@ -128,7 +129,8 @@ def system_title(model, system: str) -> str:
         return "\n".join(textwrap.wrap(" ".join(p for p in base if p), 56))
     r = table.loc[key]
     text = f"{str(r['target']).split('/')[-1]} on {int(r['num_gpus'])} × {r['gpu']}"
-    extra = [str(r[c]) for c in ("engine", "precision") if str(r[c]) not in ("", "unknown")]
+    extra = [str(r[c]) for c in ("engine", "precision", "layout")
+             if str(r[c]) not in ("", "unknown", "nan", "<NA>")]  # fmt: skip
     if str(r["dataset"]):
         extra.append(f"{r['dataset']} {float(r['prefill_len']):.0f}/{float(r['decode_len']):.0f}"
                      " tokens")  # fmt: skip

@@ -65,9 +65,16 @@ class Frontier:
         workload, say), the default names the bands."""
         import matplotlib.pyplot as plt
 
+        names = self.table["config"].unique()
+        # more than four curves: the legend goes under the panels (inside, it hides them), in
+        # two columns when the names are short enough to fit side by side
+        below = len(names) > 4
+        ncol = 2 if max(len(str(x)) for x in names) <= 40 else 1
+        rows = -(-len(names) // ncol) if below else 0
         fig, (top, bottom) = plt.subplots(
-            2, 1, figsize=(7.0, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
-        )
+            2, 1, figsize=(7.0, 6.5 + 0.2 * rows), sharex=True,
+            gridspec_kw={"height_ratios": [3, 1.3]}, layout="constrained",
+        )  # fmt: skip
         pct = round(100 * self.interval)
         for i, (name, t) in enumerate(self.table.groupby("config", sort=False)):
             colour = f"C{i % 10}"
@@ -79,7 +86,11 @@ class Frontier:
         top.set_ylabel("output throughput per GPU (tok/s)", fontsize=10)
         top.set_title(title or f"Throughput–interactivity frontier (median, {pct}% credible "
                       "band)", fontsize=11)  # fmt: skip
-        top.legend(fontsize=9, frameon=False)
+        if below:
+            fig.legend(*top.get_legend_handles_labels(), loc="outside lower center", ncol=ncol,
+                       fontsize=8, frameon=False)  # fmt: skip
+        else:
+            top.legend(fontsize=9, frameon=False)
         top.grid(alpha=0.3, which="both")
         bottom.set_ylabel("P(on frontier)", fontsize=10)
         bottom.set_ylim(-0.02, 1.02)
@@ -90,7 +101,6 @@ class Frontier:
         bottom.xaxis.set_major_formatter(ScalarFormatter())
         for ax in (top, bottom):
             ax.tick_params(labelsize=9)
-        fig.tight_layout()
         return fig
 
 

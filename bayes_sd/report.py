@@ -147,16 +147,17 @@ class Report:
 
 
 def build_report(model, *, interval: float = 0.9, title: str | None = None, slo=None,
-                 credibility: float = 0.95) -> Report:  # fmt: skip
+                 credibility: float = 0.95, max_configs: int = 8) -> Report:  # fmt: skip
     """The report of a fitted (or loaded) :class:`bayes_sd.LatencyModel`: decisions first
     (capacity under ``slo`` — any form :func:`bayes_sd.slo.parse_slo` reads — with
-    ``credibility``; without an SLO the report says how to give one), then the fit, then the
-    coefficients and diagnostics."""
+    ``credibility``; without an SLO the report says how to give one) for the first
+    ``max_configs`` configurations (:func:`bayes_sd.decisions.configurations`: with SD first),
+    then the fit, then the coefficients and diagnostics."""
     if model.idata is None or model.design is None:
         raise RuntimeError("fit (or load) the model before reporting on it")
     rep = Report(title or "bayes_sd posterior report")
     rep.sections = {s: [] for s in SECTIONS}
-    _decisions(rep, model, slo, credibility, interval)
+    _decisions(rep, model, slo, credibility, interval, max_configs)
     _fit(rep, model, interval)
     rep.tables["coefficients"] = coefficient_table(model, interval)
     rep.notes["coefficients"] = (
@@ -170,12 +171,14 @@ def build_report(model, *, interval: float = 0.9, title: str | None = None, slo=
     return rep
 
 
-def _decisions(rep: Report, model, slo, credibility: float, interval: float) -> None:
+def _decisions(rep: Report, model, slo, credibility: float, interval: float,
+               max_configs: int) -> None:  # fmt: skip
     from bayes_sd.decisions import decide
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        d = decide(model, slo=slo, credibility=credibility, interval=interval)
+        d = decide(model, slo=slo, credibility=credibility, interval=interval,
+                   max_configs=max_configs)  # fmt: skip
     if d.slo is None:
         rep.summary.append(
             "No SLO given, so no capacity: give one, e.g. `bayes-sd report --slo "
@@ -191,8 +194,12 @@ def _decisions(rep: Report, model, slo, credibility: float, interval: float) -> 
     rep.summary += d.sentences
     rep.summary += [f"Note: {str(w.message).rstrip('.')}." for w in caught]
     if d.left_out:
-        rep.summary.append(f"Not covered ({len(d.left_out)} more configurations): "
-                           + "; ".join(d.left_out) + ".")  # fmt: skip
+        shown = "; ".join(d.left_out[:5]) + ("; …" if len(d.left_out) > 5 else "")
+        rep.summary.append(
+            f"Not covered: {len(d.left_out)} more configurations ({shown}). Configurations with "
+            "SD come first; raise `max_configs` (`bayes-sd report --max-configs N`) to cover "
+            "more."
+        )
     names = rep.sections["Decisions"]
     rep.tables["decisions"] = d.table.set_index("configuration")
     rep.notes["decisions"] = (

@@ -290,6 +290,8 @@ def test_demo_report_files_and_numbers_match_the_posterior(demo_fit, tmp_path, c
     capsys.readouterr()
     assert main(["report", "--model", "missing.nc", "--out", str(out), "--slo", "fast"]) == 2
     assert "cannot read the SLO 'fast'" in capsys.readouterr().err
+    assert main(["report", "--model", "missing.nc", "--out", str(out), "--max-configs", "0"]) == 2
+    assert "--max-configs must be at least 1" in capsys.readouterr().err
 
 
 def test_latex_tables_escape_special_characters():

@@ -20,13 +20,13 @@ from bayes_sd.model import ConvergenceWarning, LatencyModel
 from bayes_sd.population import simulate_from_model
 from bayes_sd.report import build_report
 
-CONFIGS = [
-    {"gpu": "H100-SXM-80GB", "target": "llama-3.1-8b", "drafter": "eagle3-head-8b",
-     "prefill_len": 1024, "decode_len": 256, "sd": [(2, 0.7), (4, 0.8)]},
-    {"gpu": "H200-SXM-141GB", "target": "llama-3.1-8b", "drafter": "eagle3-head-8b",
-     "prefill_len": 1024, "decode_len": 256, "sd": [(3, 0.8)]},
+CONFIGS = [  # in the data, the configuration without SD first; the report puts it last
     {"gpu": "H100-SXM-80GB", "target": "llama-3.2-1b", "drafter": None,
      "prefill_len": 256, "decode_len": 512, "sd": []},
+    {"gpu": "H200-SXM-141GB", "target": "llama-3.1-8b", "drafter": "eagle3-head-8b",
+     "prefill_len": 1024, "decode_len": 256, "sd": [(3, 0.8)]},
+    {"gpu": "H100-SXM-80GB", "target": "llama-3.1-8b", "drafter": "eagle3-head-8b",
+     "prefill_len": 1024, "decode_len": 256, "sd": [(2, 0.7), (4, 0.8)]},
 ]  # fmt: skip
 SLO = "p99_ttft_ms<=2000,mean_e2el_ms<=20000"
 
@@ -52,6 +52,7 @@ def model():
 
 def test_configurations_are_the_measured_ones(model):
     cs = configurations(model)
+    # the decisions that matter first: more draft lengths first, no SD last
     assert [c["ks"] for c in cs] == [[0, 2, 4], [0, 3], [0]]
     assert [c["load"] for c in cs] == ["rate", "rate", "concurrency"]
     # readable names, not pipe-joined keys; the two 8B configurations share one workload
@@ -149,3 +150,35 @@ def test_report_opens_with_decisions_and_keeps_the_appendix_last(model, tmp_path
     assert "<strong>llama-3.1-8b on 1 × H100-SXM-80GB" in html
     tex = (rep.to_latex(tmp_path / "tex") / "summary.tex").read_text()
     assert r"\textbf{llama-3.1-8b on 1 × H100-SXM-80GB" in tex and "**" not in tex
+
+
+def test_names_that_collide_are_made_unique_where_they_name():
+    from bayes_sd.decisions import _unique
+
+    w1, w2 = ("t", "d", 1.0, 1.0), ("t", "d", 2.0, 1.0)
+    cs = [
+        {"name": "A", "short": "1 × H100", "workload": w1, "config": {"source": "lab"}},
+        {"name": "A", "short": "1 × H100", "workload": w1, "config": {"source": "cloud"}},
+        {"name": "B", "short": "1 × H100", "workload": w2, "config": {"source": "lab"}},
+    ]
+    _unique(cs)
+    assert [c["name"] for c in cs] == ["A (lab, #1)", "A (cloud, #2)", "B"]
+    # short names name a configuration within its workload only: B's stays as it was
+    assert [c["short"] for c in cs] == ["1 × H100 (lab, #1)", "1 × H100 (cloud, #2)", "1 × H100"]
+
+
+def test_frontier_legend_moves_under_the_panels_when_crowded(model):
+    from bayes_sd.frontier import frontier
+
+    cs = configurations(model)
+    two = frontier(model, {cs[1]["short"]: {**cs[1]["config"], "ks": cs[1]["ks"]}},
+                   load="rate", max_draws=50)  # fmt: skip
+    fig = two.figure(title="few")
+    assert fig.axes[0].get_legend() is not None and not fig.legends
+    five = frontier(model, {c["short"]: {**c["config"], "ks": c["ks"]} for c in cs[:2]},
+                    load="rate", max_draws=50)  # fmt: skip
+    fig = five.figure(title="crowded")
+    assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+    assert fig.axes[0].get_title() == "crowded"
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == list(five.table["config"].unique()) and len(labels) == 5
