@@ -27,13 +27,14 @@ __all__ = [
 MAX_PANELS = 12
 
 
-def _plt():
-    import matplotlib
+def _subplots(*args, **kwargs):
+    """``Figure.subplots`` on a figure outside pyplot's registry: a library's figures are not
+    shown by a notebook's inline backend unless asked for, and are freed with their last
+    reference (no ``plt.close``)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=kwargs.pop("figsize", None), layout=kwargs.pop("layout", None))
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def series_label(series: str, system: str) -> str:
@@ -56,12 +57,11 @@ def _plain_log_ticks(axis) -> None:
 
 
 def latency_figure(model, runs: pd.DataFrame, interval: float):
-    plt = _plt()
     systems = list(dict.fromkeys(runs["system"]))[:MAX_PANELS]
     n = len(systems)
     cols = min(3, n)
     nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     rows = model.design.rows
     keep = [c for c in rows.columns if c != "latency_mean_s"]
     saturated = saturated_runs(model)
@@ -148,8 +148,7 @@ def speedup_figure(model, interval: float):
     sd = rows[(rows["k"] > 0) & rows["request_rate"].notna()]
     if sd.empty:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     keep = [c for c in rows.columns if c not in ("latency_mean_s", "request_rate")]
     for series, g in list(sd.groupby("series"))[:MAX_PANELS]:
         cfg = g[keep].iloc[0].to_dict()
@@ -184,15 +183,16 @@ def speedup_figure(model, interval: float):
 
 
 def best_k_figure(model, max_systems: int = 4):
+    import matplotlib
+
     from bayes_sd import planning
 
     rows = model.design.rows
     sd = rows[(rows["k"] > 0) & rows["request_rate"].notna()]
     if sd.empty:
         return None
-    plt = _plt()
     groups = list(sd.groupby("draft_system"))[:max_systems]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 1.4 * len(groups) + 0.8), squeeze=False)
+    fig, axes = _subplots(len(groups), 1, figsize=(7, 1.4 * len(groups) + 0.8), squeeze=False)
     keep = [c for c in rows.columns if c not in ("latency_mean_s", "request_rate", "k")]
     for ax, (name, g) in zip(axes[:, 0], groups, strict=True):
         cfg = g[keep].iloc[0].to_dict()
@@ -200,7 +200,7 @@ def best_k_figure(model, max_systems: int = 4):
         rates = np.linspace(g["request_rate"].min() / 2, g["request_rate"].max() * 1.1, 40)
         res = planning.best_k(model, cfg, ks=ks, rates=rates, max_draws=400)
         ch = res.choice
-        cmap = plt.get_cmap("viridis", max(ks) + 1)
+        cmap = matplotlib.colormaps["viridis"].resampled(max(ks) + 1)
         # bar colour: the k chosen at that rate; bar height: P(that k is best) — a height
         # below the dashed 0.5 line is a choice the posterior does not settle
         for _, r in ch.iterrows():
@@ -227,8 +227,7 @@ def coverage_figure(model):
     moe = rows[rows["target_experts"].astype(float) > 1]
     if moe.empty:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = _subplots(figsize=(5.5, 3.5))
     tokens = np.logspace(0, 4, 200)
     for target, g in moe.groupby("target"):
         n = float(g["target_experts"].iloc[0])
@@ -248,8 +247,7 @@ def coverage_figure(model):
 
 
 def collapse_figure(runs: pd.DataFrame):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = _subplots(figsize=(5, 4))
     open_runs = runs[runs["request_rate"].notna()]
     x = open_runs["request_rate"].astype(float) * open_runs["C2"]
     y = open_runs["observed"] / open_runs["C1"]
@@ -266,8 +264,7 @@ def collapse_figure(runs: pd.DataFrame):
 
 
 def ppc_figure(runs: pd.DataFrame):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = _subplots(figsize=(5, 4.5))
     # the axes span the runs (observed and predicted), a third of a decade beyond: one run's
     # wide interval (an unseen configuration near saturation) is clipped, not the scale
     points = runs[["observed", "predicted"]].to_numpy(dtype=float)

@@ -54,16 +54,13 @@ class Frontier:
         fig = self.figure()
         atomic_write(paths[3], lambda p: fig.savefig(p, dpi=200, bbox_inches="tight",
                                                      format="png"))  # fmt: skip
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
         return paths
 
     def figure(self, title: str | None = None):
         """Two panels: throughput per GPU against interactivity with the credible band of each
         configuration, and P(on the frontier) along the same axis; ``title`` above (the
         workload, say), the default names the bands."""
-        import matplotlib.pyplot as plt
+        from bayes_sd.figures import _subplots
 
         names = self.table["config"].unique()
         # more than four curves: the legend goes under the panels (inside, it hides them), in
@@ -71,7 +68,7 @@ class Frontier:
         below = len(names) > 4
         ncol = 2 if max(len(str(x)) for x in names) <= 40 else 1
         rows = -(-len(names) // ncol) if below else 0
-        fig, (top, bottom) = plt.subplots(
+        fig, (top, bottom) = _subplots(
             2, 1, figsize=(7.0, 6.5 + 0.2 * rows), sharex=True,
             gridspec_kw={"height_ratios": [3, 1.3]}, layout="constrained",
         )  # fmt: skip

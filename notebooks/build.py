@@ -122,6 +122,21 @@ NOTEBOOKS = {
             "code",
             'a[["rate", "p_speedup_gt_1"]].iloc[::15]',
         ),
+        (
+            "md",
+            "The posterior report opens with these decisions for every configuration the sweep "
+            "measured: capacity under an SLO (here mean E2E ≤ 3 s with 95% credibility) and the "
+            "term that binds, break-even, the best draft length by load, and the "
+            "throughput–interactivity frontier (`bayes-sd report --slo 3s` from the shell).",
+        ),
+        (
+            "code",
+            "from IPython.display import Markdown\n\n"
+            "from bayes_sd.report import build_report\n\n"
+            'report = build_report(model, slo="3s", credibility=0.95)\n'
+            'Markdown("\\n\\n".join(report.summary))',
+        ),
+        ("code", 'report.figures["frontier_1"]'),
     ],
     "03-capacity-planning.ipynb": [
         (

@@ -128,7 +128,13 @@ def test_without_an_slo_no_capacity_and_the_rest_kept(model):
 def test_report_opens_with_decisions_and_keeps_the_appendix_last(model, tmp_path):
     with pytest.warns(UnmeasuredTailWarning):  # said in the report too, as a note
         pass_through = decide(model, slo=SLO, credibility=0.9)
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
     rep = build_report(model, slo=SLO, credibility=0.9)
+    # the figures live in the report, not in pyplot (a notebook would show them all, a loop of
+    # reports would keep them all)
+    assert plt.get_fignums() == before and len(rep.figures) >= 5
     assert [h for h, _ in rep.layout()] == ["Decisions", "Fit", "Appendix"]
     assert rep.sections["Decisions"][0] == "decisions"
     assert rep.sections["Appendix"] == ["coefficients", "diagnostics"]
