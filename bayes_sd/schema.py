@@ -51,6 +51,7 @@ CONFIG_KEYS = (
     "precision",
     "layout",
     "engines",
+    "disaggregated",
 )
 
 
@@ -108,6 +109,12 @@ SWEEP_COLUMNS: dict[str, Column] = {
         "Engines sharing the load (decode workers × attention data-parallel ranks; 1 if "
         "empty): each runs concurrency / engines requests.",
         low=1,
+    ),
+    "disaggregated": Column(
+        "bool",
+        False,
+        "Prefill runs on its own workers (prefill/decode disaggregation, e.g. NVIDIA Dynamo); "
+        "empty = no. Recorded, not yet used by the model (docs/validation.md, section 5).",
     ),
     "max_num_seqs": Column("float", False, "Engine's cap on running requests, if known.", low=1),
     # Acceptance

@@ -47,6 +47,9 @@ def test_inferencex_rows_map_to_the_canonical_table(inferencex):
     assert multi["num_gpus"] == row["num_prefill_gpu"] + row["num_decode_gpu"]
     dpa_ranks = row["decode_tp"] if row["decode_dp_attention"] else 1
     assert multi["engines"] == max(row["decode_num_workers"], 1) * dpa_ranks
+    # prefill on its own workers (Dynamo), recorded for the disaggregated law to come
+    assert not first["disaggregated"] and bool(multi["disaggregated"]) == bool(row["disagg"])
+    assert t["disaggregated"].sum() == sum(bool(r["disagg"]) for r in raw) == 155
     # single-node recipes send 10 x conc prompts (the opening wave is a tenth of the run);
     # the multi-node harness was not checked: unknown, not guessed
     assert first["n_requests"] == 40 and pd.isna(multi["n_requests"])

@@ -150,6 +150,7 @@ def parse_inferencex(rows: list, file: str, k_table: dict) -> list[dict[str, Any
             "precision": str(obj["precision"]).strip().lower(),
             "layout": layout,
             "engines": engines,
+            "disaggregated": disagg,
             "prefill_len": LENGTH_RATIO * rec.num("isl", required=True, low=1),
             "decode_len": LENGTH_RATIO * rec.num("osl", required=True, low=1),
             "load_mode": "concurrency",

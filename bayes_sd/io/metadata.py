@@ -46,6 +46,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "precision": ("precision", "weight_dtype", "quantization"),
     "layout": ("layout", "parallel_layout"),
     "engines": ("engines", "decode_engines", "data_parallel_size"),
+    "disaggregated": ("disaggregated", "disagg", "pd_disaggregation"),
     "max_num_seqs": ("max_num_seqs", "max-num-seqs", "max_running_requests"),
 }
 _LOOKUP = {alias: key for key, aliases in ALIASES.items() for alias in aliases}
