@@ -16,7 +16,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from bayes_sd.coefs import NGRAM_PARAMS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS
+from bayes_sd.coefs import COEFS, NGRAM_PARAMS, REF_DRAFTER_PARAMS, REF_TARGET_PARAMS
 from bayes_sd.errors import DataError
 from bayes_sd.laws import length_covariates, opening_fraction, requests_in_flight
 from bayes_sd.schema import acceptance_of, per_position_rates, validate_sweep
@@ -30,6 +30,7 @@ __all__ = [
     "acceptance_groups",
     "drafter_log_size",
     "label_systems",
+    "log_gpus",
     "system_covariates",
 ]
 
@@ -232,17 +233,31 @@ class AcceptanceLaw:
 
 def system_covariates(table: pd.DataFrame) -> dict[str, np.ndarray]:
     """Per row of ``table`` (systems or prediction configurations): log target size over its
-    reference, log total over active parameters (MoE), length covariates, expert counts."""
+    reference, log GPUs per coefficient (``COEFS`` order: the prefill coefficients on one
+    prefill worker's GPUs where prefill runs on its own workers, ``prefill_gpus``, the rest on
+    ``num_gpus``), log total over active parameters (MoE), length covariates, expert counts."""
     active = table["target_active_params"].to_numpy(dtype=float)
     total = table["target_params"].to_numpy(dtype=float)
     return {
         "log_size": np.log(active / REF_TARGET_PARAMS),
-        "log_gpus": np.log(table["num_gpus"].to_numpy(dtype=float)),
+        "log_gpus": log_gpus(table),
         "log_total_over_active": np.log(total / active),
         "lengths": length_covariates(table["prefill_len"], table["decode_len"]),
         "experts": table["target_experts"].to_numpy(dtype=float),
         "experts_per_token": table["target_experts_per_token"].to_numpy(dtype=float),
     }
+
+
+def log_gpus(table: pd.DataFrame) -> np.ndarray:
+    """(rows, coefficients) log GPU counts, the covariate of the GPU-count law: a prefill
+    coefficient's is one prefill worker's GPUs (``prefill_gpus``, disaggregated serving) where
+    given, every other one's the deployment's ``num_gpus``."""
+    gpus = table["num_gpus"].to_numpy(dtype=float)
+    prefill = gpus
+    if "prefill_gpus" in table:
+        prefill = table["prefill_gpus"].astype(float).fillna(pd.Series(gpus, index=table.index))
+        prefill = prefill.to_numpy(dtype=float)
+    return np.log(np.stack([prefill if c[2] == "p" else gpus for c in COEFS], axis=1))
 
 
 def drafter_log_size(table: pd.DataFrame) -> np.ndarray:
@@ -544,14 +559,14 @@ class Design:
     def covariate_centre(self) -> dict[str, np.ndarray]:
         """Mean covariates of the design: log size per coefficient (the targets' for the
         target's coefficients, the drafters' for drafting) and the three lengths."""
-        from bayes_sd.coefs import COEFS, DRAFT_COEFS
+        from bayes_sd.coefs import DRAFT_COEFS
 
         cov = self.system_covariates
         d_size = self.draft_gpu_and_size[1] if self.draft_systems else np.zeros(1)
         log_size = np.array([float(np.mean(d_size)) if c in DRAFT_COEFS
                              else float(np.mean(cov["log_size"])) for c in COEFS])  # fmt: skip
         return {"log_size": log_size, "lengths": cov["lengths"].mean(axis=0),
-                "log_gpus": float(np.mean(cov["log_gpus"]))}  # fmt: skip
+                "log_gpus": cov["log_gpus"].mean(axis=0)}  # fmt: skip
 
     @cached_property
     def closed_loop(self) -> bool:

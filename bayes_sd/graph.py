@@ -30,7 +30,7 @@ from bayes_sd.coefs import (
     SLOPE_COEFS,
     TARGET_COEFS,
 )
-from bayes_sd.design import EFFECTS, Design, Points
+from bayes_sd.design import EFFECTS, Design, Points, log_gpus
 from bayes_sd.priors import make_likelihood
 
 __all__ = ["GraphOptions", "build_graph"]
@@ -221,8 +221,7 @@ class _Builder:
     def effect_sum(self, pop, table: pd.DataFrame, cols: slice):
         """Sum of the categorical effects (GPU type, engine, precision) and of the GPU count's
         (``gpus_slope · log GPUs``) for the rows of ``table`` (systems, draft systems)."""
-        log_gpus = np.log(table["num_gpus"].to_numpy(dtype=float))[:, None]
-        total = pop["gpus_slope"][None, cols] * log_gpus
+        total = pop["gpus_slope"][None, cols] * log_gpus(table)[:, cols]
         for effect in EFFECTS:
             idx = self.d.effect_index(effect, table)
             total = total + pop["effects"][effect][idx, cols]

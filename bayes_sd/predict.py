@@ -139,7 +139,7 @@ def predict(
     # coefficients per configuration (a series with its sizes): a table of 10^5 loads of a
     # few configurations needs a few coefficient draws, and every row of one (unseen)
     # configuration shares its new residual draws
-    keys = ["series", *CONFIG_SIZE_COLUMNS]
+    keys = ["series", *CONFIG_SIZE_COLUMNS, *(["prefill_gpus"] if "prefill_gpus" in rows else [])]
     group = rows.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
     _, first = np.unique(group, return_index=True)
     configs_u = rows.iloc[first].reset_index(drop=True)
@@ -304,7 +304,7 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
     slope = flat["size_slope"][:, COEF_SLOPE]
     priors = model.priors
     effects = sum(_effect_draws(design, priors, e, configs, flat, draws, rng) for e in EFFECTS)
-    effects = effects + flat["gpus_slope"][:, None, COEF_SLOPE] * cov["log_gpus"][None, :, None]
+    effects = effects + flat["gpus_slope"][:, None, COEF_SLOPE] * cov["log_gpus"][None]
     shift = _draw_shifts(model, "system", configs["system"], flat, draws, rng)
     dshift = _draw_shifts(model, "draft", configs["draft_system"], flat, draws, rng)
     # (draw, cfg, coef): the target's size for its coefficients, the drafter's for drafting

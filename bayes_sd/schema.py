@@ -116,6 +116,13 @@ SWEEP_COLUMNS: dict[str, Column] = {
         "Prefill runs on its own workers (prefill/decode disaggregation, e.g. NVIDIA Dynamo); "
         "empty = no. Recorded, not yet used by the model (docs/validation.md, section 5).",
     ),
+    "prefill_gpus": Column(
+        "float",
+        False,
+        "GPUs of one prefill worker where prefill runs on its own workers (disaggregated); "
+        "the prefill coefficients scale with it; empty = num_gpus.",
+        low=1,
+    ),
     "max_num_seqs": Column("float", False, "Engine's cap on running requests, if known.", low=1),
     # Acceptance
     "alpha": Column(

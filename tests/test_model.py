@@ -581,6 +581,35 @@ def test_unseen_gpu_and_size_draw_new_effects(fitted):
     # prior draws leave even seen systems unconstrained)
 
 
+def test_prefill_coefficients_scale_with_the_prefill_workers_gpus(fitted):
+    """Disaggregated serving: a prompt is prefilled on one prefill worker, so the prefill
+    coefficients take its GPU count (``prefill_gpus``) in the GPU-count law; the others keep
+    the deployment's."""
+    from bayes_sd.coefs import COEFS, SLOPE_COEFS
+    from bayes_sd.design import log_gpus
+
+    table = pd.DataFrame({"num_gpus": [8.0, 40.0], "prefill_gpus": [np.nan, 4.0]})
+    lg = log_gpus(table)
+    assert lg.shape == (2, len(COEFS))
+    np.testing.assert_allclose(lg[0], np.log(8.0))
+    prefill = [i for i, c in enumerate(COEFS) if c in ("c1p", "c2p")]
+    np.testing.assert_allclose(lg[1, prefill], np.log(4.0))
+    np.testing.assert_allclose(np.delete(lg[1], prefill), np.log(40.0))
+    # at a vanishing load TTFT is the prefill's c1p: halving the prefill worker's GPUs scales
+    # it by 2^-slope, the draw's own GPU elasticity of c1p; TPOT does not move
+    rows = fitted.design.rows
+    cfg = rows[rows["k"] == 0].iloc[[0]].assign(request_rate=1e-6)
+    gpus = float(cfg["num_gpus"].iloc[0]) * 2
+    both = pd.concat([cfg.assign(num_gpus=gpus, prefill_gpus=p) for p in (gpus, gpus / 2)],
+                     ignore_index=True)  # fmt: skip
+    pred = fitted.predict(both, random_seed=1, tails=False).draws
+    ttft, tpot = (pred[m].values.reshape(-1, 2) for m in ("ttft", "tpot"))
+    slope = fitted.idata["posterior"]["gpus_slope"].values.reshape(len(ttft), -1)
+    want = 2.0 ** -slope[:, SLOPE_COEFS.index("c1p")]
+    np.testing.assert_allclose(ttft[:, 1] / ttft[:, 0], want, rtol=1e-4)
+    np.testing.assert_allclose(tpot[:, 1], tpot[:, 0], rtol=1e-6)
+
+
 def test_unseen_baseline_row_has_speedup_one(fitted):
     """A k = 0 row of an unseen configuration is its own baseline: one draw of its series
     shift serves both (drawn twice, its speedup against itself was not 1)."""

@@ -50,6 +50,8 @@ def test_inferencex_rows_map_to_the_canonical_table(inferencex):
     # prefill on its own workers (Dynamo), recorded for the disaggregated law to come
     assert not first["disaggregated"] and bool(multi["disaggregated"]) == bool(row["disagg"])
     assert t["disaggregated"].sum() == sum(bool(r["disagg"]) for r in raw) == 155
+    # one prefill worker's GPUs: the prefill coefficients' GPU count in the GPU-count law
+    assert multi["prefill_gpus"] == row["prefill_tp"] and pd.isna(first["prefill_gpus"])
     # single-node recipes send 10 x conc prompts (the opening wave is a tenth of the run);
     # the multi-node harness was not checked: unknown, not guessed
     assert first["n_requests"] == 40 and pd.isna(multi["n_requests"])

@@ -151,6 +151,8 @@ def parse_inferencex(rows: list, file: str, k_table: dict) -> list[dict[str, Any
             "layout": layout,
             "engines": engines,
             "disaggregated": disagg,
+            # one prefill worker's GPUs (the 2025-12 single-node rows give the total there)
+            "prefill_gpus": rec.num("prefill_tp", low=1) if disagg and multinode else None,
             "prefill_len": LENGTH_RATIO * rec.num("isl", required=True, low=1),
             "decode_len": LENGTH_RATIO * rec.num("osl", required=True, low=1),
             "load_mode": "concurrency",

@@ -47,6 +47,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "layout": ("layout", "parallel_layout"),
     "engines": ("engines", "decode_engines", "data_parallel_size"),
     "disaggregated": ("disaggregated", "disagg", "pd_disaggregation"),
+    "prefill_gpus": ("prefill_gpus", "prefill_worker_gpus"),
     "max_num_seqs": ("max_num_seqs", "max-num-seqs", "max_running_requests"),
 }
 _LOOKUP = {alias: key for key, aliases in ALIASES.items() for alias in aliases}
@@ -63,6 +64,7 @@ NUMERIC = {
     "prefill_len",
     "decode_len",
     "engines",
+    "prefill_gpus",
     "max_num_seqs",
 }
 MODEL_KEYS = {"target", "drafter"}
