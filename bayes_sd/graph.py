@@ -54,6 +54,9 @@ class GraphOptions:
     # the phases once per load point (design.Points); False: once per run (the same model
     # where replicates share their batch; kept to measure the saving, benchmarks/bench_points.py)
     by_point: bool = True
+    # the series shifts centred even when the rest is not (many series, each measured at
+    # several loads, under few systems: model.AUTO_CENTRED_SERIES)
+    centred_series: bool = False
 
 
 def build_graph(design: Design, priors: dict, options: GraphOptions, step_rows=None) -> pm.Model:
@@ -307,7 +310,7 @@ class _Builder:
         dims = {"system": ("system", "level"), "draft": ("draft_system",)}.get(
             group, ("sd_series",)
         )
-        if self.opt.centred:
+        if self.opt.centred or (group == "series" and self.opt.centred_series):
             level = pm.Normal(f"level_{group}", anchor, sd, dims=dims)
             shift = pm.Deterministic(f"shift_{group}", level - anchor, dims=dims)
         else:

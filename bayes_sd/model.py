@@ -39,9 +39,14 @@ Prediction = _predict.Prediction
 # per series) mixes far better centred (min bulk ESS 124 vs 7 at 2 x 300 draws); centred, the
 # CI recovery sweep (4 systems) gets 15 divergences (target_accept 0.95; non-centred 0), the
 # demo's sparse split (48 systems, 2.7 runs per series) R-hat 1.54 at 4 x 500 draws, and
-# SBC's sparse 12-system design mixed 10x better non-centred.
+# SBC's sparse 12-system design mixed 10x better non-centred. Few systems with many
+# well-measured series (notebook 01: 4 systems, 49 series, 7.8 runs per series): all
+# non-centred, 363 s, R-hat 1.020, bulk ESS 182 (681 leapfrog steps per draw: the series shifts
+# of one system moved together); all centred, 129 s, 1.019, 308; the series alone centred,
+# 181 s / 172 s, 1.006 / 1.010, 678 / 549 (seeds 1, 2; 4 x 1,000 draws).
 AUTO_CENTRED_SYSTEMS = 20
 AUTO_CENTRED_RUNS_PER_SERIES = 5
+AUTO_CENTRED_SERIES = 20
 # Within one configuration the data pin C1 and C2 of each (k, acceptance) series, not the six to
 # eight coefficients apart: residuals per coefficient left ridges (every draw at tree depth 10 on
 # the demo). So residuals are one log-scale shift per level: on the target's coefficients per
@@ -70,7 +75,9 @@ class LatencyModel:
         ``("system", "draft", "series")``) and ``"centred"``: ``True`` (hierarchical
         centring), ``False`` (non-centred) or ``"auto"`` (the default: centred for sweeps of
         at least ``AUTO_CENTRED_SYSTEMS`` systems and ``AUTO_CENTRED_RUNS_PER_SERIES`` runs per
-        series) residual shifts (for sparse or noisy sweeps; see the Validation page).
+        series; with fewer systems but at least ``AUTO_CENTRED_SERIES`` series so measured, the
+        series shifts alone; non-centred otherwise) residual shifts (for sparse or noisy
+        sweeps; see the Validation page).
     sampler_config
         ``draws``, ``tune``, ``chains``, ``target_accept``, ``nuts_sampler`` (``"nutpie"``
         — the default, fastest by measurement —, ``"pymc"`` or ``"numpyro"``),
@@ -104,6 +111,7 @@ class LatencyModel:
             raise ValueError(f"model_config centred must be True, False or 'auto', not {centred!r}")
         self.centring = centred
         self.centred = centred is True  # "auto" decides when the model is built
+        self.centred_series = False  # "auto" may centre the series shifts alone (build_model)
         self.residuals = tuple(model_config.get("residuals", DEFAULT_RESIDUALS))
         bad = sorted(set(self.residuals) - set(RESIDUALS))
         if bad:
@@ -142,14 +150,16 @@ class LatencyModel:
 
         design = Design.from_sweep(sweep)
         self.design = design
+        dense = design.runs_per_series >= AUTO_CENTRED_RUNS_PER_SERIES
         if self.centring == "auto":
-            self.centred = (
-                len(design.systems) >= AUTO_CENTRED_SYSTEMS
-                and design.runs_per_series >= AUTO_CENTRED_RUNS_PER_SERIES
-            )
+            self.centred = len(design.systems) >= AUTO_CENTRED_SYSTEMS and dense
+        # many well-measured series under few systems: their shifts centred on their own
+        self.centred_series = (self.centring == "auto" and not self.centred and dense
+                               and len(design.series) >= AUTO_CENTRED_SERIES)  # fmt: skip
         self.steps = steps
         step_rows = None if steps is None else step_design(steps, design)
-        options = GraphOptions(self.centred, self.residuals, self.coverage)
+        options = GraphOptions(self.centred, self.residuals, self.coverage,
+                               centred_series=self.centred_series)  # fmt: skip
         self.model = build_graph(design, self.priors, options, step_rows)
         return self.model
 

@@ -390,6 +390,21 @@ def test_auto_centring_chooses_by_design(sweep):
     sparse = LatencyModel()
     sparse.build_model(many[many["run_id"].isin(two)])
     assert len(sparse.design.systems) == len(big.design.systems) and sparse.centred is False
+    assert big.centred_series is False and sparse.centred_series is False  # all or sparse
+    # few systems, many series measured at several rates each (notebook 01: 4 systems, 49
+    # series, 7.8 runs per series): the series shifts centred, the systems' not
+    deep, _ = simulate_from_model(
+        [{**CONFIGS[0], "sd": [(k, a) for k in (1, 2, 3, 5, 7) for a in (0.6, 0.7, 0.8, 0.9)]}],
+        seed=2,
+    )
+    series = LatencyModel()
+    free = {v.name for v in series.build_model(deep).free_RVs}
+    assert len(series.design.series) >= 20 and series.design.runs_per_series >= 5
+    assert series.centred is False and series.centred_series is True
+    assert "level_series" in free and "shift_system_z" in free and "shift_series_z" not in free
+    fixed = LatencyModel(model_config={"centred": False})  # asked for: not overridden
+    fixed.build_model(deep)
+    assert fixed.centred_series is False
     with pytest.raises(ValueError, match="centred must be"):
         LatencyModel(model_config={"centred": "yes"})
 
