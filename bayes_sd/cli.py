@@ -107,7 +107,10 @@ def _demo_bayes(out: Path, args: argparse.Namespace) -> list[str]:
         _markdown_table(res.break_even),
         f"\n### Highest rate with P(mean latency <= {args.slo:g} s) >= 0.9\n\n",
         _markdown_table(res.sustainable),
-        "\nFigures, coefficient tables with intervals and fit quality: `report/report.md`, "
+        "\nThe posterior report opens with the decisions per configuration (capacity under "
+        "the SLO and the binding term, break-even, best k by load, the throughput-"
+        "interactivity frontier), then figures, fit quality and coefficient tables: "
+        "`report/report.md`, "
         "`report/report.html` (one file) and `report/latex/` (booktabs tables, PDF figures).\n",
         "\nThe fitted model is saved as `vllm-blog-model.nc`: try "
         f"`bayes-sd plan --model {out / 'vllm-blog-model.nc'} --config gpu=H100-SXM-80GB "
