@@ -62,7 +62,10 @@ def configurations(model) -> list[dict]:
     from bayes_sd.figures import system_title
 
     rows = model.design.rows
-    drop = {"latency_mean_s", "request_rate", "concurrency", "k"}
+    # the load and k vary; a run's measured acceptance belongs to its k, not to the others:
+    # without it the model uses each k's measured mean or its acceptance law (predict)
+    drop = {"latency_mean_s", "request_rate", "concurrency", "k", "acceptance_length",
+            "acceptance_per_position", "acceptance_source"}  # fmt: skip
     keep = [c for c in rows.columns if c not in drop]
     out = []
     for system, part in rows.groupby("system", sort=False):
@@ -166,7 +169,8 @@ def decide(
     for i, c in enumerate(configs):
         f = frontiers.get(c["workload"])
         if f is not None:
-            part = _frontier_text(f, c["short"], f.table["config"].nunique() > len(c["ks"]))
+            part = _frontier_text(f, c["short"], c["ks"],
+                                  f.table["config"].nunique() > len(c["ks"]))  # fmt: skip
             if part:
                 sentences[i] += " " + part
 
@@ -326,9 +330,14 @@ def _frontiers(model, configs, interval, max_draws, seed) -> dict:
     return out
 
 
-def _frontier_text(f, name: str, others: bool) -> str:
-    """Where each k of configuration ``name`` is on the frontier with P ≥ 0.5."""
-    t = f.table[f.table["config"].str.startswith(name + ", ")]
+def _frontier_text(f, name: str, ks, others: bool) -> str:
+    """Where each k of configuration ``name`` is on the frontier with P ≥ 0.5 (its curves by
+    their exact labels: one short name may begin another's, "8 × B200, trt" and
+    "8 × B200, trt, fp8")."""
+    from bayes_sd.frontier import curve_label
+
+    labels = {curve_label(name, k) for k in ks}
+    t = f.table[f.table["config"].isin(labels)]
     parts = []
     for label, g in t.groupby("config", sort=False):
         on = g[g["p_frontier"] >= 0.5]

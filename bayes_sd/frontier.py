@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["Frontier", "frontier"]
+__all__ = ["Frontier", "curve_label", "frontier"]
 
 
 @dataclass
@@ -134,7 +134,7 @@ def frontier(
         cfg = {c: v for c, v in cfg.items() if c != "ks"}
         grid = (load_grid(model, cfg, own, load=load, points=48, max_concurrency=512.0)
                 if loads is None else np.asarray(loads, dtype=float))  # fmt: skip
-        names += [(f"{name}, {'no SD' if k == 0 else f'SD k={k}'}", k, grid) for k in own]
+        names += [(curve_label(name, k), k, grid) for k in own]
         parts.append(_rows(cfg, own, grid, load))
     rows = pd.concat(parts, ignore_index=True)
     pred = model.predict(rows, max_draws=max_draws, random_seed=random_seed, tails=False)
@@ -183,6 +183,11 @@ def frontier(
         }))  # fmt: skip
     return Frontier(pd.concat(table, ignore_index=True), pd.concat(curves, ignore_index=True),
                     interval)  # fmt: skip
+
+
+def curve_label(name: str, k: int) -> str:
+    """The label of configuration ``name`` at draft length ``k`` in a frontier's tables."""
+    return f"{name}, {'no SD' if k == 0 else f'SD k={k}'}"
 
 
 def _best_at(thr: np.ndarray, inter: np.ndarray, levels: np.ndarray) -> np.ndarray:

@@ -61,6 +61,8 @@ def test_configurations_are_the_measured_ones(model):
     assert cs[0]["name"].endswith("drafter eagle3-head-8b")
     assert cs[0]["workload"] == cs[1]["workload"] != cs[2]["workload"]
     assert cs[0]["short"] == "1 × H100-SXM-80GB, drafter eagle3-head-8b"
+    # a run's measured acceptance is its k's: not carried to the configuration's other ks
+    assert not {"acceptance_length", "acceptance_source", "k"} & set(cs[0]["config"])
 
 
 @pytest.mark.filterwarnings("ignore::bayes_sd.capacity.UnmeasuredTailWarning")
@@ -188,3 +190,21 @@ def test_frontier_legend_moves_under_the_panels_when_crowded(model):
     assert fig.axes[0].get_title() == "crowded"
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == list(five.table["config"].unique()) and len(labels) == 5
+
+
+def test_frontier_sentence_reads_its_own_curves_only():
+    """One short name may begin another's ("8 × B200, trt" and "8 × B200, trt, fp8"): the
+    sentence of the first must not take the second's curves."""
+    from types import SimpleNamespace
+
+    from bayes_sd.decisions import _frontier_text
+    from bayes_sd.frontier import curve_label
+
+    rows = []
+    for name, p in (("8 × B200, trt", 0.0), ("8 × B200, trt, fp8", 1.0)):
+        for level in (10.0, 20.0):
+            rows.append({"config": curve_label(name, 0), "interactivity": level, "p_frontier": p})
+    f = SimpleNamespace(table=pd.DataFrame(rows))
+    assert "no draft length of it is on it" in _frontier_text(f, "8 × B200, trt", [0], True)
+    text = _frontier_text(f, "8 × B200, trt, fp8", [0], True)
+    assert "no SD from 10 to 20 tok/s per user" in text and "among the configurations" in text
