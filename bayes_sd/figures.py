@@ -52,8 +52,15 @@ def _plain_log_ticks(axis) -> None:
     from matplotlib.ticker import FuncFormatter
 
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    # between the decades: 2 and 5 labelled (all eight would collide)
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+
+    def minor(v, _):
+        # between the decades: 2 and 5 labelled (all eight would collide over a decade); an
+        # axis spanning less than a factor 4 (no decade, perhaps no 2 or 5) labels every one
+        lo, hi = sorted(axis.get_view_interval())
+        narrow = lo > 0 and hi / lo < 4
+        return f"{v:.3g}" if narrow or f"{v:.0e}"[0] in "25" else ""
+
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def latency_figure(model, runs: pd.DataFrame, interval: float):
@@ -91,7 +98,9 @@ def latency_figure(model, runs: pd.DataFrame, interval: float):
                         label=None if shown else "saturated (not fitted)")  # fmt: skip
                 shown = True
         ax.set_title(system_title(model, system), fontsize=9)
-        ax.set_xlabel("request rate (req/s)" if part["request_rate"].notna().any() else "N")
+        ax.set_xlabel(
+            "request rate (req/s)" if part["request_rate"].notna().any() else "requests in flight"
+        )
         ax.set_ylabel("mean latency (s)")
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
@@ -126,7 +135,7 @@ def system_title(model, system: str) -> str:
     table = model.design.sys_table
     key = next((s for s in table.index if system == s or system.startswith(s + "|")), None)
     if key is None:
-        return "\n".join(textwrap.wrap(" ".join(p for p in base if p), 56))
+        return "\n".join(textwrap.wrap(" ".join(p for p in base if p), 50))
     r = table.loc[key]
     text = f"{str(r['target']).split('/')[-1]} on {int(r['num_gpus'])} × {r['gpu']}"
     extra = [str(r[c]) for c in ("engine", "precision", "layout")
@@ -138,7 +147,7 @@ def system_title(model, system: str) -> str:
         text += ", " + ", ".join(extra)
     if system != key:  # a draft system: its drafter (or method)
         text += f"; drafter {system[len(key) + 1 :].split('/')[-1]}"
-    return "\n".join(textwrap.wrap(text, 56))
+    return "\n".join(textwrap.wrap(text, 50))
 
 
 def speedup_figure(model, interval: float):
