@@ -76,6 +76,8 @@ class Report:
         """``report.md`` with PNG figures under ``figures/`` and every table as CSV."""
         folder = Path(folder)
         parts = [f"# {self.title}\n"]
+        if SECTIONS[0] not in self.sections:  # a report built by hand: the summary first
+            parts += ["\n", *(p + "\n\n" for p in self.summary)]
         for heading, names in self.layout():
             parts.append(f"\n## {heading}\n\n")
             if heading == SECTIONS[0]:
@@ -101,6 +103,8 @@ class Report:
     def to_html(self, path: str | Path) -> Path:
         """One self-contained HTML file (figures embedded as PNG data URIs)."""
         body = [f"<h1>{html.escape(self.title)}</h1>"]
+        if SECTIONS[0] not in self.sections:  # a report built by hand: the summary first
+            body += [f"<p>{_html_bold(p)}</p>" for p in self.summary]
         for heading, names in self.layout():
             body.append(f"<h2>{html.escape(heading)}</h2>")
             if heading == SECTIONS[0]:

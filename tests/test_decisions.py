@@ -208,3 +208,12 @@ def test_frontier_sentence_reads_its_own_curves_only():
     assert "no draft length of it is on it" in _frontier_text(f, "8 × B200, trt", [0], True)
     text = _frontier_text(f, "8 × B200, trt, fp8", [0], True)
     assert "no SD from 10 to 20 tok/s per user" in text and "among the configurations" in text
+
+
+def test_a_report_built_by_hand_keeps_its_summary(tmp_path):
+    from bayes_sd.report import Report
+
+    rep = Report("t", tables={"a": pd.DataFrame({"x": [1]})}, summary=["**hello** world"])
+    md = rep.to_markdown(tmp_path).read_text()
+    assert md.index("**hello** world") < md.index("## More") < md.index("### A")
+    assert "<p><strong>hello</strong> world</p>" in rep.to_html(tmp_path / "r.html").read_text()
