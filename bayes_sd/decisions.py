@@ -56,7 +56,8 @@ def configurations(model) -> list[dict]:
     ``name`` (readable), ``key`` (the draft system or system label), ``config`` (prediction
     columns without the load), ``ks``, ``load`` (``rate`` or ``concurrency``: as measured),
     ``workload`` (target and lengths: configurations comparable on one frontier), ``short``
-    (what tells it apart from the others of its workload), ``runs`` (fitted runs). Names are
+    (what tells it apart from the others of its workload), ``runs`` (fitted runs),
+    ``measured_to`` (its heaviest load measured, the system's k = 0 runs included). Names are
     unique. Ordered as the report covers them: with SD first (more draft lengths first), then
     by runs measured."""
     from bayes_sd.figures import system_title
@@ -85,6 +86,8 @@ def configurations(model) -> list[dict]:
                 "workload": (str(r["target"]), str(r["dataset"]), float(r["prefill_len"]),
                              float(r["decode_len"])),
                 "runs": len(g) + (0 if not drafts else int((part["k"] == 0).sum())),
+                "measured_to": float(part["request_rate" if load == "rate"
+                                          else "concurrency"].max()),
             })  # fmt: skip
     _unique(out)
     # the decisions that matter first: configurations with SD (more draft lengths first), then
@@ -320,7 +323,8 @@ def _frontiers(model, configs, interval, max_draws, seed) -> dict:
         groups.setdefault(c["workload"], []).append(c)
     out = {}
     for w, cs in groups.items():
-        named = {c["short"]: {**c["config"], "ks": c["ks"]} for c in cs}
+        named = {c["short"]: {**c["config"], "ks": c["ks"], "measured_to": c["measured_to"]}
+                 for c in cs}  # fmt: skip
         load = "rate" if all(c["load"] == "rate" for c in cs) else "concurrency"
         try:
             out[w] = frontier(model, named, load=load, interval=interval, max_draws=max_draws,
@@ -344,8 +348,15 @@ def _frontier_text(f, name: str, ks, others: bool) -> str:
         if on.empty:
             continue
         what = label[len(name) + 2 :].replace("SD k=", "SD k = ")
-        parts.append(f"{what} from {on['interactivity'].min():.3g} to "
-                     f"{on['interactivity'].max():.3g} tok/s per user")  # fmt: skip
+        text = (f"{what} from {on['interactivity'].min():.3g} to "
+                f"{on['interactivity'].max():.3g} tok/s per user")  # fmt: skip
+        far = on["extrapolated"].to_numpy(dtype=bool) if "extrapolated" in on else None
+        if far is not None and far.all():
+            text += " (all beyond the measured loads)"
+        elif far is not None and far.any():
+            measured = g.loc[~g["extrapolated"].astype(bool), "interactivity"].min()
+            text += f" (below {measured:.3g} beyond the measured loads)"
+        parts.append(text)
     among = " among the configurations of this workload" if others else ""
     if not parts:
         return f"Frontier{among}: no draft length of it is on it with P ≥ 0.5."

@@ -32,8 +32,9 @@ class Frontier:
     ``interactivity`` (tok/s per user), ``throughput_median``, ``throughput_lo``,
     ``throughput_hi`` (tok/s per GPU; NaN where the configuration cannot reach that level in
     most draws), ``p_reach`` (P(it reaches the level)), ``p_frontier`` (P(it gives the most
-    throughput there)). ``curves``: per configuration and load, the median and band of both
-    axes (the curve itself)."""
+    throughput there)), ``extrapolated`` (the level needs loads heavier than the heaviest
+    measured, where a configuration gave ``measured_to``: dashed in the figure). ``curves``:
+    per configuration and load, the median and band of both axes (the curve itself)."""
 
     table: pd.DataFrame
     curves: pd.DataFrame
@@ -73,9 +74,16 @@ class Frontier:
             gridspec_kw={"height_ratios": [3, 1.3]}, layout="constrained",
         )  # fmt: skip
         pct = round(100 * self.interval)
+        extrapolated = self.table.get("extrapolated", pd.Series(False, index=self.table.index))
         for i, (name, t) in enumerate(self.table.groupby("config", sort=False)):
             colour = f"C{i % 10}"
-            top.plot(t["interactivity"], t["throughput_median"], color=colour, lw=1.8, label=name)
+            far = extrapolated.loc[t.index].to_numpy(dtype=bool)
+            # dashed beyond the measured loads, joined at the first measured level
+            dashed = far | (np.r_[False, far[:-1]] & ~far)
+            x, y = t["interactivity"].to_numpy(), t["throughput_median"].to_numpy()
+            if dashed.any():
+                top.plot(x[dashed], y[dashed], color=colour, lw=1.2, ls="--")
+            top.plot(x[~far], y[~far], color=colour, lw=1.8, label=name)
             top.fill_between(t["interactivity"], t["throughput_lo"], t["throughput_hi"],
                              color=colour, alpha=0.2, lw=0)  # fmt: skip
             bottom.plot(t["interactivity"], t["p_frontier"], color=colour, lw=1.5)
@@ -83,6 +91,8 @@ class Frontier:
         top.set_ylabel("output throughput per GPU (tok/s)", fontsize=10)
         top.set_title(title or f"Throughput–interactivity frontier (median, {pct}% credible "
                       "band)", fontsize=11)  # fmt: skip
+        if extrapolated.any():  # one legend entry for the dashes
+            top.plot([], [], color="0.4", lw=1.2, ls="--", label="beyond the measured loads")
         if below:
             fig.legend(*top.get_legend_handles_labels(), loc="outside lower center", ncol=ncol,
                        fontsize=8, frameon=False)  # fmt: skip
@@ -115,7 +125,8 @@ def frontier(
 ) -> Frontier:
     """The frontier of ``configs`` (a mapping of readable names to configurations as in
     :mod:`bayes_sd.planning`, or one configuration), each at every draft length of ``ks``
-    (0 = no SD; a configuration with a ``ks`` entry uses its own), swept over ``loads``
+    (0 = no SD; a configuration with a ``ks`` entry uses its own; a ``measured_to`` entry,
+    the heaviest load its sweep measured, marks the levels beyond it), swept over ``loads``
     (closed-loop concurrencies 1 … 512 by default, or open-loop rates with ``load="rate"``),
     at ``levels`` interactivity levels spanning what the configurations reach."""
     from bayes_sd.capacity import load_grid
@@ -128,13 +139,15 @@ def frontier(
     if not configs:
         raise ValueError("give at least one configuration")
     ks = [int(k) for k in ks]
-    names, parts = [], []
+    names, parts, measured = [], [], {}
     for name, cfg in configs.items():
         own = [int(k) for k in cfg.get("ks", ks)]  # a configuration may name its own ks
-        cfg = {c: v for c, v in cfg.items() if c != "ks"}
+        top = cfg.get("measured_to")  # the heaviest load measured, when the caller knows it
+        cfg = {c: v for c, v in cfg.items() if c not in ("ks", "measured_to")}
         grid = (load_grid(model, cfg, own, load=load, points=48, max_concurrency=512.0)
                 if loads is None else np.asarray(loads, dtype=float))  # fmt: skip
         names += [(curve_label(name, k), k, grid) for k in own]
+        measured.update({curve_label(name, k): top for k in own})
         parts.append(_rows(cfg, own, grid, load))
     rows = pd.concat(parts, ignore_index=True)
     pred = model.predict(rows, max_draws=max_draws, random_seed=random_seed, tails=False)
@@ -173,6 +186,12 @@ def frontier(
             med = np.nanmedian(b, axis=0)
             lo, hi = np.nanquantile(b, lo_q, axis=0), np.nanquantile(b, hi_q, axis=0)
         mostly = p_reach >= 0.5
+        # levels below the interactivity at the heaviest measured load need heavier loads:
+        # their throughput is extrapolated
+        top, grid = measured.get(label), names[c][2]
+        inside = grid <= top if top is not None else np.zeros(len(grid), bool)
+        edge = (float(np.median(blocks[c][3][:, np.flatnonzero(inside)[-1]]))
+                if top is not None and inside.any() else -np.inf)  # fmt: skip
         table.append(pd.DataFrame({
             "config": label, "k": k, "interactivity": u_levels,
             "throughput_median": np.where(mostly, med, np.nan),
@@ -180,6 +199,7 @@ def frontier(
             "throughput_hi": np.where(mostly, hi, np.nan),
             "p_reach": p_reach,
             "p_frontier": ((winner == c) & ~none).mean(axis=0),
+            "extrapolated": u_levels < edge,
         }))  # fmt: skip
     return Frontier(pd.concat(table, ignore_index=True), pd.concat(curves, ignore_index=True),
                     interval)  # fmt: skip

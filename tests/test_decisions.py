@@ -217,3 +217,32 @@ def test_a_report_built_by_hand_keeps_its_summary(tmp_path):
     md = rep.to_markdown(tmp_path).read_text()
     assert md.index("**hello** world") < md.index("## More") < md.index("### A")
     assert "<p><strong>hello</strong> world</p>" in rep.to_html(tmp_path / "r.html").read_text()
+
+
+def test_frontier_marks_the_levels_beyond_the_measured_loads(model):
+    from bayes_sd.frontier import frontier
+
+    c = configurations(model)[1]  # open loop: rates
+    cfg = {**c["config"], "ks": c["ks"]}
+    plain = frontier(model, {"x": cfg}, load="rate", max_draws=50)
+    assert not plain.table["extrapolated"].any()
+    low = float(np.quantile(plain.curves["load"], 0.3))
+    marked = frontier(model, {"x": {**cfg, "measured_to": low}}, load="rate", max_draws=50)
+    t = marked.table
+    assert t["extrapolated"].any() and not t["extrapolated"].all()
+    # heavier loads mean less interactivity: the marked levels are the lowest of each curve
+    for _, g in t.groupby("config"):
+        far = g["extrapolated"].to_numpy()
+        assert (np.diff(far.astype(int)) <= 0).all()
+    fig = marked.figure()
+    assert any(line.get_linestyle() == "--" for line in fig.axes[0].get_lines())
+    # the sentence says so
+    from types import SimpleNamespace
+
+    from bayes_sd.decisions import _frontier_text
+    from bayes_sd.frontier import curve_label
+
+    rows = [{"config": curve_label("a", 0), "interactivity": u, "p_frontier": 1.0,
+             "extrapolated": u < 20} for u in (10.0, 20.0, 40.0)]  # fmt: skip
+    text = _frontier_text(SimpleNamespace(table=pd.DataFrame(rows)), "a", [0], False)
+    assert "no SD from 10 to 40 tok/s per user (below 20 beyond the measured loads)" in text
