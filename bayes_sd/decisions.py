@@ -99,16 +99,14 @@ def configurations(model) -> list[dict]:
 def _short_name(r: pd.Series) -> str:
     """What tells configurations of one workload apart: GPUs, engine, precision, layout,
     drafter."""
+    from bayes_sd.figures import known
+
     text = f"{int(r['num_gpus'])} × {r['gpu']}"
-    extra = [str(r[c]) for c in ("engine", "precision", "layout") if _known(r[c])]
-    drafter = r["drafter"] if _known(r["drafter"]) else r["method"]
-    if _known(drafter) and str(drafter) != "none":
+    extra = [str(r[c]) for c in ("engine", "precision", "layout") if known(r[c])]
+    drafter = r["drafter"] if known(r["drafter"]) else r["method"]
+    if known(drafter) and str(drafter) != "none":
         extra.append(f"drafter {str(drafter).split('/')[-1]}")
     return ", ".join([text, *extra])
-
-
-def _known(value) -> bool:
-    return not pd.isna(value) and str(value) not in ("", "unknown")
 
 
 def _unique(configs: list[dict]) -> None:

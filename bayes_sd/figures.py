@@ -16,6 +16,7 @@ __all__ = [
     "best_k_figure",
     "collapse_figure",
     "coverage_figure",
+    "known",
     "latency_figure",
     "ppc_figure",
     "saturated_runs",
@@ -125,6 +126,11 @@ def saturated_runs(model) -> pd.DataFrame:
     return sat
 
 
+def known(value) -> bool:
+    """A label worth showing: not missing, empty or ``unknown``."""
+    return not pd.isna(value) and str(value) not in ("", "unknown")
+
+
 def system_title(model, system: str) -> str:
     """A system (or draft system) as a person would name it: "Meta-Llama-3-70B-Instruct on
     4 × H100-SXM-80GB, ShareGPT 215/198 tokens" (engine, precision and parallel layout when
@@ -138,8 +144,7 @@ def system_title(model, system: str) -> str:
         return "\n".join(textwrap.wrap(" ".join(p for p in base if p), 50))
     r = table.loc[key]
     text = f"{str(r['target']).split('/')[-1]} on {int(r['num_gpus'])} × {r['gpu']}"
-    extra = [str(r[c]) for c in ("engine", "precision", "layout")
-             if str(r[c]) not in ("", "unknown", "nan", "<NA>")]  # fmt: skip
+    extra = [str(r[c]) for c in ("engine", "precision", "layout") if known(r[c])]
     if str(r["dataset"]):
         extra.append(f"{r['dataset']} {float(r['prefill_len']):.0f}/{float(r['decode_len']):.0f}"
                      " tokens")  # fmt: skip
