@@ -25,6 +25,7 @@ class NumpyOps:
     minimum = staticmethod(np.minimum)
     maximum = staticmethod(np.maximum)
     log1p = staticmethod(np.log1p)
+    log = staticmethod(np.log)
 
     @staticmethod
     def asarray(x):
@@ -60,6 +61,7 @@ class TensorOps:
         self.minimum = pt.minimum
         self.maximum = pt.maximum
         self.log1p = pt.log1p
+        self.log = pt.log
 
     def where(self, cond, a, b):
         return self.pt.switch(

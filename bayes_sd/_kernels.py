@@ -41,8 +41,9 @@ SOFTMIN_P = 8.0  # bayes_sd.phases.SOFTMIN_P
 GROWTH = 1.5  # the largest step up of the open-loop solver
 MAX_STEPS = 200
 REL_TOL = 1e-12
+WAVE_LEVELS = (0.5, 0.9, 0.99)  # bayes_sd.laws.TAIL_LEVELS
 # output planes
-PLANES = ("latency", "ttft", "tpot", "speedup", "saturation_rate", "light")
+PLANES = ("latency", "ttft", "tpot", "speedup", "saturation_rate", "light", "wave")
 
 
 def _terms(coef, incr, f, i, q, k, act, kink, out):
@@ -134,8 +135,8 @@ def _solve_open(tm, k, e, dl, lam, log_q, moe, a1, a2):
 
 
 def _phases(tm, k, e, dl, plen, rate, conc, is_open, n, cap, share, log_q, moe, opening, out):
-    """E2E, TTFT, TPOT and the light-load latency C1 at one load into ``out``
-    (``opening``: f κ, a closed loop's opening wave; bayes_sd.phases.closed_loop_phases)."""
+    """E2E, TTFT, TPOT, the light-load latency C1 and the opening wave's part of the mean TTFT
+    at one load into ``out`` (``opening``: f κ; bayes_sd.phases.closed_loop_phases)."""
     phi_p = 1.0 - math.exp(plen * log_q) if moe else 0.0
     a1 = tm[0] + phi_p * tm[5]
     a2 = tm[1] + phi_p * tm[6]
@@ -150,6 +151,7 @@ def _phases(tm, k, e, dl, plen, rate, conc, is_open, n, cap, share, log_q, moe, 
             tpot = (lat - ttft) / decode
         else:  # saturated: no stationary operating point
             ttft = tpot = math.inf
+        wave = 0.0
     else:
         per = conc / n
         b = per
@@ -169,6 +171,7 @@ def _phases(tm, k, e, dl, plen, rate, conc, is_open, n, cap, share, log_q, moe, 
     out[1] = ttft
     out[2] = tpot
     out[3] = a1 + cyc * tm[2]
+    out[4] = wave
 
 
 def _saturation(tm, k, e, dl, plen, n, log_q, moe):
@@ -191,7 +194,7 @@ def _baselines(coef, incr, f_base, cfg, moe, log_q, act, kink, cap, share, burst
     out = np.empty((nb, draws))
     for b in prange(nb):
         tb = np.empty(11)
-        res = np.empty(4)
+        res = np.empty(5)
         j = base_rep[b]
         q = cfg[j]
         for i in range(draws):
@@ -204,9 +207,10 @@ def _baselines(coef, incr, f_base, cfg, moe, log_q, act, kink, cap, share, burst
 
 def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, burst, k, e_known,
              acc, d_idx, dl, plen, rate, conc, is_open, n, opening, base_lat, base_of,
-             with_noise):  # fmt: skip
+             planes):  # fmt: skip
     """Planes (PLANES, rows, draws): latency, TTFT, TPOT, speedup against k = 0 at the same
-    load, saturation rate, and (``with_noise``) the light-load latency C1.
+    load, saturation rate, and (``planes`` 6 or 7) the light-load latency C1 and the opening
+    wave's part of the mean TTFT.
 
     ``coef`` / ``incr``: (8, draws, configs) coefficients in ``COEFS`` order before the series
     shifts and MoE coverage increments; ``f_sd`` / ``f_base``: (draws, configs) level-2 series
@@ -216,13 +220,12 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, b
     prefill length, ``rate`` / ``conc`` / ``is_open``, ``n`` engines."""
     draws = f_sd.shape[0]
     rows = cfg.shape[0]
-    planes = 6 if with_noise else 5
     out = np.empty((planes, rows, draws))
     for j in prange(rows):
         tm = np.empty(11)
         tb = np.empty(11)
-        res = np.empty(4)
-        base = np.empty(4)
+        res = np.empty(5)
+        base = np.empty(5)
         q = cfg[j]
         kk = k[j]
         for i in range(draws):
@@ -249,17 +252,22 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, b
             out[3, j, i] = lat_b / lat if lat < math.inf else (math.nan if lat_b == math.inf
                                                               else 0.0)  # fmt: skip
             out[4, j, i] = _saturation(tm, kk, e, dl[j], plen[j], n[j], log_q[q], moe[q])
-            if with_noise:
+            if planes > 5:
                 out[5, j, i] = res[3]
+            if planes > 6:
+                out[6, j, i] = res[4]
     return out
 
 
-def _tails(level, slope, lab, is_open, rate, conc, n, ttft, tpot, lat):
+def _tails(level, slope, lab, is_open, rate, conc, n, frac, share, ttft, tpot, lat):
     """Percentile planes (9, rows, draws) — ``TAILS`` order, metric-major — from the tail
-    law of :mod:`bayes_sd.laws` (``tail_load``, ``tail_log_ratios``): ``level`` (draws, 9,
-    labels), ``slope`` (draws, 9), ``lab`` each row's engine label, ``ttft``, ``tpot``, ``lat``
-    (rows, draws) the means; the load is the requests in flight per engine at the row's
-    predicted E2E (open loop) or its concurrency (closed loop)."""
+    law of :mod:`bayes_sd.laws` (``tail_load``, ``tail_log_ratios``, ``wave_log_ratios``):
+    ``level`` (draws, 9, labels), ``slope`` (draws, 9), ``lab`` each row's engine label,
+    ``frac`` its opening fraction f and ``share`` (2, rows, draws; read only where f > 0) the
+    opening wave's share of the mean TTFT and E2E, ``ttft``, ``tpot``, ``lat`` (rows, draws)
+    the means;
+    the load is the requests in flight per engine at the row's predicted E2E (open loop) or
+    its concurrency (closed loop)."""
     rows = lab.shape[0]
     draws = slope.shape[0]
     out = np.empty((9, rows, draws))
@@ -276,9 +284,16 @@ def _tails(level, slope, lab, is_open, rate, conc, n, ttft, tpot, lat):
                 r90 = r50 + math.exp(level[i, t + 1, g] + slope[i, t + 1] * load)
                 r99 = r90 + math.exp(level[i, t + 2, g] + slope[i, t + 2] * load)
                 mean = ttft[j, i] if m == 0 else (tpot[j, i] if m == 1 else lat[j, i])
-                out[t, j, i] = mean * math.exp(r50)
-                out[t + 1, j, i] = mean * math.exp(r90)
-                out[t + 2, j, i] = mean * math.exp(r99)
+                s = 0.0  # the wave's share of the mean (TTFT, E2E)
+                if m != 1 and frac[j] > 0.0:
+                    s = share[m // 2, j, i]
+                for u, r in ((0, r50), (1, r90), (2, r99)):
+                    at = (
+                        2.0 * max(0.0, 1.0 - (1.0 - WAVE_LEVELS[u]) / frac[j]) / frac[j]
+                        if s > 0.0
+                        else 0.0
+                    )
+                    out[t + u, j, i] = mean * ((1.0 - s) * math.exp(r) + s * at)
     return out
 
 
@@ -305,8 +320,16 @@ def _arrays(experts, experts_per_token):
         return experts > 1, np.log1p(-experts_per_token / experts)
 
 
+def plane_count(params: dict, rows: dict, with_noise: bool) -> int:
+    """How many of :data:`PLANES` a pass writes: 5; 6 with the light-load latency
+    (``with_noise``); 7 with the opening wave's part of the mean, where a row has one."""
+    if (np.asarray(rows["opening"]) > 0).any() and (np.asarray(params["burst_share"]) > 0).any():
+        return 7
+    return 6 if with_noise else 5
+
+
 def predict(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=None):
-    """The planes (see :data:`PLANES`; 5, or 6 ``with_noise``) as an array (plane, row, draw).
+    """The planes (see :data:`PLANES`, :func:`plane_count`) as an array (plane, row, draw).
 
     ``params``: ``coef``, ``incr`` (8, draws, configs), ``f_sd``, ``f_base``, ``capacity``
     (draws, configs), per configuration ``experts``, ``experts_per_token``, ``active_share``,
@@ -343,25 +366,28 @@ def predict(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=No
         return _predict_jit(
             *common, f64(params["f_sd"]), f64(params["f_base"]), *per_config, f64(rows["k"]),
             f64(rows["e_known"]), f64(params["acceptance"]), i64(rows["d_idx"]), *load, base_lat,
-            base_of, bool(with_noise),
+            base_of, plane_count(params, rows, with_noise),
         )  # fmt: skip
 
 
-def tails(level, slope, lab, rows: dict, means) -> np.ndarray:
+def tails(level, slope, lab, rows: dict, means, shares=None) -> np.ndarray:
     """Percentile planes (9, rows, draws) in ``bayes_sd.laws.TAILS`` order (see
-    :func:`_tails`); ``rows``: ``is_open``, ``rate``, ``conc``, ``engines``; ``means``: the
-    (draw, row) planes of TTFT, TPOT and E2E (the kernel's transposed planes: no copy).
+    :func:`_tails`); ``rows``: ``is_open``, ``rate``, ``conc``, ``engines``, ``opening``;
+    ``means``: the (draw, row) planes of TTFT, TPOT and E2E (the kernel's transposed planes:
+    no copy); ``shares``: the wave's share of TTFT and E2E, (2, row, draw) (None: no wave).
     :func:`tails_numpy` is its oracle and fallback."""
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
+    frac = np.asarray(rows["opening"], dtype=float) if shares is not None else np.zeros(len(lab))
+    shares = np.zeros((2, 1, 1)) if shares is None else shares
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's cache notices
         return _tails_jit(f64(level), f64(slope), np.ascontiguousarray(lab, dtype=np.int64),
                           np.ascontiguousarray(rows["is_open"]), f64(np.nan_to_num(rows["rate"])),
-                          f64(np.nan_to_num(rows["conc"])), f64(rows["engines"]),
-                          *(f64(np.asarray(m).T) for m in means))  # fmt: skip
+                          f64(np.nan_to_num(rows["conc"])), f64(rows["engines"]), f64(frac),
+                          f64(shares), *(f64(np.asarray(m).T) for m in means))  # fmt: skip
 
 
-def tails_numpy(level, slope, lab, rows: dict, means) -> np.ndarray:
+def tails_numpy(level, slope, lab, rows: dict, means, shares=None) -> np.ndarray:
     """:func:`tails` by :mod:`bayes_sd.laws` in NumPy (the kernel's oracle; the fallback)."""
     from bayes_sd import laws
 
@@ -372,7 +398,11 @@ def tails_numpy(level, slope, lab, rows: dict, means) -> np.ndarray:
         terms = range(3 * m, 3 * m + 3)
         ratios = laws.tail_log_ratios([level[:, t, lab] for t in terms],
                                       [slope[:, t, None] for t in terms], load)  # fmt: skip
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            if shares is not None and laws.TAIL_METRICS[m] in laws.WAVE_METRICS:
+                frac = np.asarray(rows["opening"], dtype=float)
+                share = shares[laws.WAVE_METRICS.index(laws.TAIL_METRICS[m])].T
+                ratios = laws.wave_log_ratios(ratios, np.where(frac > 0, share, 0.0), frac)
             out += [(mean * np.exp(r)).T for r in ratios]
     return np.stack(out)
 
@@ -382,7 +412,7 @@ def predict_numpy(params: dict, rows: dict, *, with_noise: bool = False, chunk_r
     its fallback without numba), in chunks of ``chunk_rows`` rows (~200,000 row-draws)."""
     draws = params["f_sd"].shape[0]
     n = len(rows["cfg"])
-    planes = 6 if with_noise else 5
+    planes = plane_count(params, rows, with_noise)
     out = np.empty((planes, n, draws))
     chunk_rows = chunk_rows or max(100, 200_000 // max(draws, 1))
     for start in range(0, n, chunk_rows):
@@ -443,6 +473,7 @@ def _numpy_block(params: dict, rows: dict) -> dict:
                                          coverage=(phi_p, *_coverage(moe, log_q, kk, b)),
                                          **shape)  # fmt: skip
         out = {}
+        out["wave"] = np.where(rows["is_open"], 0.0, closed["wave"])
         for key in ("latency", "ttft", "tpot"):
             value = np.where(rows["is_open"], opened[key], closed[key])
             out[key] = np.where(rows["is_open"] & ~np.isfinite(lat), np.inf, value)

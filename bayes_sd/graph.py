@@ -72,7 +72,7 @@ def build_graph(design: Design, priors: dict, options: GraphOptions, step_rows=N
         terms = b.series_terms(c_pv, c_d, inc, data, tokens)  # per series, then per run
         predicted = b.phases(data, terms, tokens)  # TTFT, TPOT, E2E per run
         b.likelihoods(data, predicted)
-        side.tails(b, data)  # the percentiles' ratios to their means
+        side.tails(b, data, predicted)  # the percentiles' ratios to their means
         if step_rows is not None:
             side.step_likelihood(b, step_rows, pop)
     return model
@@ -127,6 +127,14 @@ class _Builder:
         if isinstance(spec, float):
             return pt.constant(spec)
         return spec.create_variable(name)
+
+    @property
+    def wave_on(self) -> bool:
+        """Whether runs' opening waves enter the model: some closed-loop run gives its request
+        count and ``burst_share`` is not fixed at 0 (its default, :mod:`bayes_sd.priors`)."""
+        kappa = self.priors.get("burst_share", 0.0)
+        fixed_off = isinstance(kappa, int | float) and kappa == 0
+        return bool((self.d.opening > 0).any()) and not fixed_off
 
     def by_mode(self, open_value, closed_value):
         """Only the load modes the sweep has enter the graph (an unused expression is not
@@ -523,14 +531,13 @@ class _Builder:
             batch = phases.smooth_min(data["conc"] / data["engines"], capacity)
             # the opening wave's prefill queue, where a run's request count says how large it is
             # (κ = burst_share is fixed at 0 by default: priors.py)
-            opening = (data["opening"] * self.prior("burst_share")
-                       if (self.d.opening > 0).any() else 0.0)  # fmt: skip
+            opening = data["opening"] * self.prior("burst_share") if self.wave_on else 0.0
             closed_p = phases.closed_loop_phases(
                 terms, concurrency=data["conc"], capacity=capacity,
                 coverage=self.run_coverage(data, batch), opening=opening, **common,
             )  # fmt: skip
         out = {}
-        for key in ("latency", "ttft", "tpot"):
+        for key in ("latency", "ttft", "tpot", "wave"):
             out[key] = self.by_mode(
                 None if open_p is None else open_p[key], None if closed_p is None else closed_p[key]
             )

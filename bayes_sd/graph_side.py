@@ -19,11 +19,14 @@ from bayes_sd.priors import make_likelihood
 __all__ = ["step_design", "step_likelihood", "tails"]
 
 
-def tails(b, data) -> None:
+def tails(b, data, predicted) -> None:
     """Each measured percentile (p50, p90, p99 of TTFT, TPOT, E2E) enters as its log ratio
     to the same run's measured mean (:func:`bayes_sd.laws.tail_log_ratios`: the ratio grows
-    with the measured load), so a run's mean is not counted twice and the tails do not pull
-    on the coefficients; one scale per percentile, and
+    with the measured load), so a run's mean is not counted twice; one scale per percentile.
+    Where a closed-loop run's request count sizes its opening wave (``burst_share`` on), TTFT's
+    and E2E's ratios hold the wave (:func:`bayes_sd.laws.wave_log_ratios`, its share of the
+    predicted mean): the p99 of such a run pins the wave's size ``κ``. Otherwise the tails do
+    not pull on the coefficients;
     per-engine terms around the population's when the sweep has several engines. A sweep
     without percentiles leaves the tail law out of the graph (27 parameters only their
     priors would inform cost the sampler time and mixing): ``predict`` then draws them from
@@ -32,16 +35,20 @@ def tails(b, data) -> None:
         return
     level, slope = b.prior("tail_level"), b.prior("tail_slope")
     sigma = b.prior("tail_sigma")
-    engines = b.d.levels("engine")
-    if len(engines) > 1:
-        # zero-sum over the engines: with free terms their mean traded off against
+    level = level[:, None]  # (tail, run) with the factors' terms
+    model = pm.modelcontext(None)
+    for factor, coord in laws.TAIL_FACTORS:
+        labels = laws.tail_levels(b.d.rows, factor)
+        if len(labels) < 2:
+            continue
+        if coord not in model.coords:
+            model.add_coord(coord, labels)
+        # zero-sum over the levels: with free terms their mean traded off against
         # tail_level (InferenceX: tail_level[latency_p50] and its four engine terms at bulk
         # ESS 8-9 of 900 draws, moving together)
-        z = pm.ZeroSumNormal("tail_engine_z", sigma=1.0, dims=("tail", "engine"))
-        idx = pd.Index(engines).get_indexer(b.d.rows["engine"])
-        level = level[:, None] + (b.prior("tail_engine_sd") * z)[:, idx]  # (tail, run)
-    else:
-        level = level[:, None]
+        z = pm.ZeroSumNormal(f"tail_{factor}_z", sigma=1.0, dims=("tail", coord))
+        idx = pd.Index(labels).get_indexer(b.d.rows[factor].astype(str))
+        level = level + (b.prior(f"tail_{factor}_sd") * z)[:, idx]
     load = laws.tail_load(b.d.batch)  # the measured requests in flight per engine
     for metric in laws.TAIL_METRICS:
         terms = [laws.TAILS.index(f"{metric}_{q}") for q in laws.TAIL_STATS]
@@ -49,6 +56,10 @@ def tails(b, data) -> None:
             continue
         ratios = laws.tail_log_ratios([level[t] for t in terms], [slope[t] for t in terms],
                                       load)  # fmt: skip
+        if metric in laws.WAVE_METRICS and b.wave_on:
+            mean = b.per_run(predicted[metric])
+            share = pt.clip(b.per_run(predicted["wave"]) / mean, 0.0, 1.0 - 1e-9)
+            ratios = laws.wave_log_ratios(ratios, share, b.d.opening)
         for t, ratio in zip(terms, ratios, strict=True):
             tail = laws.TAILS[t]
             if tail not in data:

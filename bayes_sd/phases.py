@@ -36,8 +36,10 @@ InferenceX TTFT erred by 67% at the median, 40% without a wave). A share ``f`` o
 requests (``f = N / requests``, :func:`bayes_sd.laws.opening_fraction`; 0 in the steady
 state) therefore adds
 ``f κ B A2`` to the run's mean TTFT and E2E (not to TPOT): measured on the simulator, the
-opening wave was 1/6 of a run's requests and 95% of its mean TTFT at 256 in flight. Off by
-default (``burst_share`` fixed at 0, :mod:`bayes_sd.priors`): its form is not settled.
+opening wave was 1/6 of a run's requests and 95% of its mean TTFT at 256 in flight. The wave
+sits in the run's top percentiles (``wave``, its part of the mean; :func:`bayes_sd.laws.
+wave_log_ratios`). Off by default (``burst_share`` fixed at 0, :mod:`bayes_sd.priors`): its
+form is not settled.
 **Open loop** (rate ``λ`` over ``n`` engines): ``B = λ E2E / n`` (a fixed point, solved in
 prediction; in the likelihood the load-dependent terms are taken at the measured batch, as for
 the MoE coverage), ``W = 0``; saturation is where no fixed point exists.
@@ -161,7 +163,8 @@ def prefill(terms: StepTerms, phi_p: Any = 0.0) -> tuple[Any, Any]:
 
 class Phases(dict):
     """``ttft``, ``tpot``, ``latency`` (E2E), ``batch`` (running per engine), ``wait``,
-    ``throughput`` (requests/s, all engines) — arrays of one shape."""
+    ``wave`` (the opening wave's part of the mean TTFT and E2E), ``throughput`` (requests/s,
+    all engines) — arrays of one shape."""
 
 
 def closed_loop_phases(
@@ -193,7 +196,7 @@ def closed_loop_phases(
     ttft = wait + wave + a1 + ttft_share * a2 * batch
     tpot = t / tokens + (1.0 - ttft_share) * a2 * batch / decode
     return Phases(ttft=ttft, tpot=tpot, latency=wait + wave + service, batch=batch, wait=wait,
-                  throughput=engines * batch / service)  # fmt: skip
+                  wave=wave, throughput=engines * batch / service)  # fmt: skip
 
 
 def open_loop_phases(
@@ -232,5 +235,5 @@ def open_loop_phases(
     ttft = a1 + ttft_share * a2 * in_flight
     tpot = (e2e - ttft) / decode
     zero = 0.0 * e2e if ops.tensor else np.zeros_like(np.asarray(e2e, dtype=float))
-    return Phases(ttft=ttft, tpot=tpot, latency=e2e, batch=in_flight, wait=zero,
+    return Phases(ttft=ttft, tpot=tpot, latency=e2e, batch=in_flight, wait=zero, wave=zero,
                   throughput=rate + zero)  # fmt: skip

@@ -164,6 +164,7 @@ def predict(
     kernel = _kernels.predict if _kernels.AVAILABLE else _kernels.predict_numpy
     out = kernel(params, per_row, with_noise=noise, chunk_rows=chunk_rows)
     planes = dict(zip(_kernels.PLANES, (plane.T for plane in out), strict=False))  # (draw, row)
+    shares = _wave_shares(planes)  # of the noiseless means: the noise scales the whole
     if noise:
         _with_noise(design, rows, flat, planes, per_row, rng)
     # tokens per step: as given, or the acceptance law's draws
@@ -174,7 +175,7 @@ def predict(
     if tails:
         missing = [v for v in _TAIL_PRIORS if v not in post]  # no training run measured a tail
         flat.update(draw_priors(model.priors, missing, draws, rng, {"tail": list(laws.TAILS)}))
-        planes.update(_tail_draws(design, rows, flat, planes, per_row, rng, noise))
+        planes.update(_tail_draws(design, rows, flat, planes, per_row, rng, noise, shares))
         names = OUTPUTS + TAIL_OUTPUTS
     decode = rows["decode_len"].to_numpy(dtype=float)
     gpus = rows["num_gpus"].to_numpy(dtype=float)
@@ -499,27 +500,43 @@ def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) ->
         planes["latency"] = np.where(np.isfinite(lat), noisy, lat)
 
 
+def _wave_shares(planes: dict) -> np.ndarray | None:
+    """The opening wave's share of the mean TTFT and of the mean E2E, (2, row, draw), from the
+    (draw, row) planes of one pass (None where the pass has no wave plane)."""
+    if "wave" not in planes:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares = [np.nan_to_num(np.clip(planes["wave"] / planes[m], 0.0, 1.0)).T
+                  for m in ("ttft", "latency")]  # fmt: skip
+    return np.ascontiguousarray(np.stack(shares))
+
+
 def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
-                noise: bool) -> dict:  # fmt: skip
+                noise: bool, shares=None) -> dict:  # fmt: skip
     """(draw, row) percentiles of TTFT, TPOT and E2E: each metric's (noisy) mean times the tail
-    law's ratio at the row's load (requests in flight per engine), with the engine's fitted
-    terms (fresh draws from their spread for an engine the model has not seen) and, with
-    ``noise``, the fitted scatter of a measured ratio. One fused pass (``_kernels.tails``)."""
+    law's ratio at the row's load (requests in flight per engine; with the opening wave's
+    ``shares`` of the means where a closed-loop row has one), with the fitted terms of the
+    factors of ``laws.TAIL_FACTORS`` (fresh draws from their spread for a level the model has
+    not seen) and, with ``noise``, the fitted scatter of a measured ratio. One fused pass
+    (``_kernels.tails``)."""
     draws = planes["latency"].shape[0]
-    labels, lab = np.unique(rows["engine"].astype(str).to_numpy(), return_inverse=True)
-    idx = pd.Index(design.levels("engine")).get_indexer(labels)
-    level = np.repeat(flat["tail_level"][:, :, None], len(labels), axis=2)  # (draw, tail, label)
-    sd = flat["tail_engine_sd"][:, None, None]
-    if "tail_engine_z" in flat:
-        seen = idx >= 0
-        level[:, :, seen] += sd * flat["tail_engine_z"][:, :, idx[seen]]
-    else:  # fitted on one engine (or without percentiles): its terms are the population's
-        seen = idx >= 0
-    if (~seen).any():  # an engine the model has not seen: new draws from the spread
-        level[:, :, ~seen] += sd * rng.normal(size=(draws, len(laws.TAILS), int((~seen).sum())))
+    factors = [f for f, _ in laws.TAIL_FACTORS]
+    lab, combos = pd.factorize(pd.MultiIndex.from_frame(rows[factors].astype(str)))
+    combos = combos.to_frame().to_numpy(dtype=str)
+    level = np.repeat(flat["tail_level"][:, :, None], len(combos), axis=2)  # (draw, tail, label)
+    for i, factor in enumerate(factors):
+        labels, at = np.unique(combos[:, i], return_inverse=True)
+        idx = pd.Index(laws.tail_levels(design.rows, factor)).get_indexer(labels)
+        seen = idx >= 0  # fitted on one level (or without percentiles): the population's
+        term = np.zeros((draws, len(laws.TAILS), len(labels)))
+        if f"tail_{factor}_z" in flat:
+            term[:, :, seen] = flat[f"tail_{factor}_z"][:, :, idx[seen]]
+        if (~seen).any():  # a level the model has not seen: new draws from the spread
+            term[:, :, ~seen] = rng.normal(size=(draws, len(laws.TAILS), int((~seen).sum())))
+        level += flat[f"tail_{factor}_sd"][:, None, None] * term[:, :, at.ravel()]
     kernel = _kernels.tails if _kernels.AVAILABLE else _kernels.tails_numpy
     means = [planes[metric] for metric in laws.TAIL_METRICS]
-    out = kernel(level, flat["tail_slope"], lab.ravel(), per_row, means)  # (tail, row, draw)
+    out = kernel(level, flat["tail_slope"], lab.ravel(), per_row, means, shares)  # tail, row, draw
     tails = {name: out[t].T for t, name in enumerate(laws.TAILS)}
     if noise:  # the scatter of a measured ratio around the law
         for t, name in enumerate(laws.TAILS):

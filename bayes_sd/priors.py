@@ -78,9 +78,14 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   ~1/2 when prompts are prefilled in chunks as they come, 1 in one pass. **Off by default**
   (fixed at 0): measured, the wave priced at ``A2`` took the held-out InferenceX mean TTFT
   from 40% to 37% but the simulated held-out draft lengths from 2.4–4.7% to 5.5–6.4% (priced
-  at ``A1``: 67% on InferenceX) — its form is not settled (docs/validation.md). Turn it on
-  with a prior, e.g. ``{"burst_share": Prior("LogNormal", mu=log(0.7), sigma=0.5)}``; it
-  enters fits with closed-loop runs whose request count is known.
+  at ``A1``: 67% on InferenceX) — its form is not settled (docs/validation.md). On, it also
+  sets the top percentiles of TTFT and E2E (:mod:`bayes_sd.laws`, **The opening wave in the
+  tails**), so a run's p99 sizes it: on the InferenceX higher-loads fold that took E2E from
+  13.1% to 8.0–9.8% and TPOT from 8.6% to 6.7–7.2%, but mean TTFT from 42% to 71–84% and p99
+  TTFT from 49% to 61–64% (low-load p99s that are not the wave, on both AMD GPUs, size it too
+  large). Turn it on with a prior, e.g.
+  ``{"burst_share": Prior("LogNormal", mu=log(0.7), sigma=0.5)}``; it enters fits with
+  closed-loop runs whose request count is known.
 * Tails (:mod:`bayes_sd.laws`, **Tails**): ``tail_level`` per percentile term (coordinate
   ``tail``: ``ttft_p50``, ``ttft_p90``, …, ``latency_p99``) — the log p50/mean ratio
   Normal(−0.1 TTFT, 0 TPOT, −0.05 E2E; 0.3) (queueing skews TTFT right, so its median sits

@@ -336,3 +336,35 @@ def test_a_closed_loop_benchmarks_opening_wave_adds_to_ttft_and_e2e_not_tpot():
     assert burst["tpot"] == pytest.approx(steady["tpot"])
     assert laws.opening_fraction([True, False, False, False], 64.0,
                                  [384.0, np.nan, 0.0, 10.0]).tolist() == [0, 0, 0, 1]  # fmt: skip
+
+
+def test_the_opening_wave_sets_the_top_percentiles_of_a_closed_loop_run():
+    """The wave's requests (a share f of the run) wait a uniform share of its span W on top of
+    the steady state: sampled requests of such a run have the p50, p90 and p99 the tail law
+    with the wave gives (within sampling and the additive approximation), the wave's mean part
+    f W / 2 in the mean; NumPy and PyTensor alike; no wave, no change."""
+    from bayes_sd import laws
+
+    rng = np.random.default_rng(3)
+    n, f, width = 400_000, 0.1, 6.0  # e.g. 64 prompts in flight at 0.09 s each
+    steady = rng.lognormal(np.log(0.2), 0.4, size=n)
+    in_wave = rng.random(n) < f
+    ttft = steady + in_wave * rng.uniform(0.0, width, size=n)
+    mean = ttft.mean()
+    share = f * width / 2 / mean  # the wave's part of the mean
+    # the steady state's log ratios to its own mean
+    steady_ratios = [np.log(np.quantile(steady, q) / steady.mean()) for q in laws.TAIL_LEVELS]
+    ratios = laws.wave_log_ratios(steady_ratios, share, f)
+    measured = np.quantile(ttft, laws.TAIL_LEVELS)
+    law = mean * np.exp(ratios)
+    np.testing.assert_allclose(law[[0, 2]], measured[[0, 2]], rtol=0.08)  # p50 and p99
+    # at q = 1 − f (p90 here) the law gives the steady state's, the mixture's is higher (the
+    # wave's shortest waits): a fitted steady tail absorbs it (laws: "The opening wave")
+    assert np.quantile(steady, 0.9) * 0.95 < law[1] < measured[1]
+    assert measured[2] > 20 * measured[0]  # the wave owns the p99
+    tensor = laws.wave_log_ratios([pt.as_tensor_variable(r) for r in steady_ratios],
+                                  pt.as_tensor_variable(share), f)  # fmt: skip
+    np.testing.assert_allclose([t.eval() for t in tensor], ratios)
+    unchanged = laws.wave_log_ratios(steady_ratios, 0.0, np.array([0.0, 0.1]))
+    np.testing.assert_allclose(np.stack(unchanged), np.stack([steady_ratios] * 2).T)
+    assert laws.wave_position(0.99, [0.1, 0.0, 1.0]).tolist() == pytest.approx([18.0, 0.0, 1.98])

@@ -996,9 +996,48 @@ def test_predict_adds_the_opening_wave_of_rows_that_give_their_request_count(fit
     same = fitted.predict(opened.assign(n_requests=64), random_seed=1, tails=False).draws
     base = fitted.predict(opened, random_seed=1, tails=False).draws
     np.testing.assert_allclose(same["ttft"].values, base["ttft"].values, rtol=1e-12)
+    # the percentiles: the wave is in the top f of the run (here f = 1/2: p99 and p90 inside
+    # it, p50 at its edge), the steady state's p50 is the steady run's (laws.wave_log_ratios)
+    steady_q = fitted.predict(rows, random_seed=1).draws
+    wave_q = fitted.predict(rows.assign(n_requests=64), random_seed=1).draws
+    np.testing.assert_allclose(wave_q["ttft_p50"].values, steady_q["ttft_p50"].values,
+                               rtol=1e-9)  # fmt: skip
+    wave_mean = wave["ttft"] - steady["ttft"]  # f κ B A2, so the span W is 4 × that at f = 1/2
+    for q, at in (("p90", 0.8), ("p99", 0.98)):  # a prior-drawn tail can be huge: rtol
+        expected = steady_q[f"ttft_{q}"].values + at * 4 * wave_mean.values
+        np.testing.assert_allclose(wave_q[f"ttft_{q}"].values, expected, rtol=1e-9)
     fitted.priors = {**fitted.priors, "burst_share": 0.0}  # the default: no wave
     off = fitted.predict(rows.assign(n_requests=64), random_seed=1, tails=False).draws
     np.testing.assert_allclose(off["ttft"].values, steady["ttft"].values, rtol=1e-12)
+
+
+def test_with_the_opening_wave_on_the_measured_p99_sizes_it(sweep):
+    """With ``burst_share`` on and closed-loop runs that give their request count, the wave
+    enters the means and the TTFT / E2E percentiles' likelihood (its share of the predicted
+    mean, laws.wave_log_ratios): the p99 term depends on κ, the p50 term through the share
+    only; fixed at 0 (the default) the graph has no κ and the ratios are the tail law's."""
+    from pymc_extras.prior import Prior
+    from pytensor.graph.traversal import ancestors
+
+    closed = sweep.copy()
+    closed["request_rate"], closed["concurrency"] = np.nan, 16.0
+    closed["load_mode"] = "concurrency"
+    closed["n_requests"] = 160  # f = 1/10, as InferenceX
+    closed["ttft_mean_s"] = closed["latency_mean_s"] * 0.05
+    closed["ttft_p50_s"] = closed["ttft_mean_s"] * 0.5
+    closed["ttft_p99_s"] = closed["ttft_mean_s"] * 8.0
+    on = LatencyModel(model_config={"priors": {"burst_share": Prior("LogNormal", mu=-0.7,
+                                                                    sigma=0.5)}})  # fmt: skip
+    model = on.build_model(closed)
+    assert "burst_share" in model.named_vars
+    kappa = model.rvs_to_values[model["burst_share"]]
+    for term, sized in (("log_ttft_p99", True), ("log_ttft_p50", True), ("log_tpot_p99", False)):
+        if term not in model.named_vars:
+            continue
+        inputs = ancestors([model.logp(vars=[model[term]])])
+        assert (kappa in set(inputs)) is sized, term
+    off = LatencyModel().build_model(closed)
+    assert "burst_share" not in off.named_vars
 
 
 def test_ttft_noise_grows_with_the_measured_load_not_with_the_predicted_share(sweep):
