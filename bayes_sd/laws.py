@@ -34,8 +34,10 @@ the steady state's (the tail law on the mean without the wave) plus ``u_q W``,
 ``q = 1 − f`` (p90 there) the law gives the steady state's percentile where the mixture's is
 higher (the wave's shortest waits overlap it) — the fitted steady tail absorbs that. Measured
 on the InferenceX runs with a known request count, ``(p99 − p50) / (mean − p50)`` is 13–18 at 16
-to 256 requests in flight, where the wave alone gives 18; ``(p99 − p50) / N`` stays within ±10%
-across the loads of a configuration.
+to 256 requests in flight (medians by load band), where the wave alone gives 18; where the
+p99 grows with the load, ``(p99 − p50) / N`` stays within ±10% across a configuration's loads
+(H200 with MTP, 8k/1k: 0.29, 0.30, 0.30 s at 16, 32, 64) — not on MI300X at 1k/1k, where a
+~2 s stall sets the p99 at every load.
 
 **Noise**: the measured log mean latency scatters with scale ``σ (1 + load_noise · share)``,
 ``share`` the queueing share of latency (``L/C1 − 1``, or ``N C2 / C1`` closed loop), capped at
