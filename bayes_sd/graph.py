@@ -291,8 +291,9 @@ class _Builder:
         level1, level2 = latency.demand(target, k, e, self.d.decode_len[rep])
         return pt.log(pt.stack([level1, level2], axis=1))
 
-    def shifts(self, group: str, size: int, anchor):
-        """Log-scale shifts (size, level) of a residual group, zeros when the group is off.
+    def shifts(self, group: str, size: int, anchor, mean=0.0):
+        """Log-scale shifts (size, level) of a residual group around ``mean`` (series: their
+        trend in k, :func:`bayes_sd.laws.series_trend`), zeros when the group is off.
 
         Systems shift both levels of the target's coefficients, draft systems level 1 of the
         drafter's (``c1d``), series level 2. Drafting's level 2 (``c2d``) has no shift of its
@@ -319,11 +320,11 @@ class _Builder:
             group, ("sd_series",)
         )
         if self.opt.centred or (group == "series" and self.opt.centred_series):
-            level = pm.Normal(f"level_{group}", anchor, sd, dims=dims)
+            level = pm.Normal(f"level_{group}", anchor + mean, sd, dims=dims)
             shift = pm.Deterministic(f"shift_{group}", level - anchor, dims=dims)
         else:
             z = pm.Normal(f"shift_{group}_z", 0.0, 1.0, dims=dims)
-            shift = pm.Deterministic(f"shift_{group}", z * sd, dims=dims)
+            shift = pm.Deterministic(f"shift_{group}", mean + z * sd, dims=dims)
         if group == "system":
             return shift
         zeros = pt.zeros(size)
@@ -464,7 +465,7 @@ class _Builder:
         # level-2 shift is its own, and a second one was a ridge for single-series systems)
         sd = pd.Index(d.series).get_indexer(d.sd_series)
         if len(sd) and "series" in self.opt.residuals:
-            shift = self.shifts("series", len(sd), anchor[sd])[:, 1]
+            shift = self.shifts("series", len(sd), anchor[sd], side.series_trend(self, sd))[:, 1]
             scale2 = pt.set_subtensor(pt.ones(len(d.series))[sd], pt.exp(shift))
         else:
             scale2 = pt.ones(len(d.series))

@@ -1,7 +1,7 @@
-"""The side observations of :mod:`bayes_sd.graph`'s model: per-run percentiles (the tail law
-of :mod:`bayes_sd.laws`) and forward-pass step timings (a joint fit with step costs). Each
-function takes the graph's term builder (its design, priors and ``prior``) and adds its
-likelihood to the model in context.
+"""The side terms of :mod:`bayes_sd.graph`'s model: the series shifts' trend in k, per-run
+percentiles (the tail law of :mod:`bayes_sd.laws`) and forward-pass step timings (a joint fit
+with step costs). Each function takes the graph's term builder (its design, priors and
+``prior``) and adds its terms or likelihood to the model in context.
 """
 
 from __future__ import annotations
@@ -16,7 +16,20 @@ from bayes_sd.coefs import COEFS, LEVEL, REF_TARGET_PARAMS
 from bayes_sd.errors import DataError
 from bayes_sd.priors import make_likelihood
 
-__all__ = ["step_design", "step_likelihood", "tails"]
+__all__ = ["series_trend", "step_design", "step_likelihood", "tails"]
+
+
+def series_trend(b, sd: np.ndarray):
+    """The mean of each SD series' level-2 shift (``sd``: their indices among the design's
+    series): :func:`bayes_sd.laws.series_trend` of its k with ``series_k_slope``; 0 where the
+    SD series run fewer than two draft lengths (the slope would trade off against the
+    intercepts of ``c2s`` and ``c2d``)."""
+    ks = b.d.rows.groupby("series")["k"].first().reindex(np.asarray(b.d.series)[sd])
+    ks = ks.to_numpy(dtype=float)
+    if len(np.unique(ks)) < 2:
+        return 0.0
+    trend = laws.series_trend(b.prior("series_k_slope"), ks)
+    return pm.Deterministic("series_trend", trend, dims="sd_series")
 
 
 def tails(b, data, predicted) -> None:

@@ -71,6 +71,7 @@ __all__ = [
     "queue_share_closed",
     "queue_share_open",
     "requests_in_flight",
+    "series_trend",
     "tail_levels",
     "tail_load",
     "tail_log_ratios",
@@ -86,6 +87,7 @@ TAIL_METRICS = ("ttft", "tpot", "latency")
 TAIL_STATS = ("p50", "p90", "p99")
 TAILS = tuple(f"{m}_{q}" for m in TAIL_METRICS for q in TAIL_STATS)
 TAIL_LEVELS = (0.5, 0.9, 0.99)  # the quantile of each of TAIL_STATS
+SERIES_K_REF = 3.0  # the draft length at which the series shifts' trend in k is 0
 # the metrics whose percentiles hold the opening wave (it delays the first token, not the rest)
 WAVE_METRICS = ("ttft", "latency")
 # the factors whose levels have tail terms of their own around the population's (zero-sum over
@@ -189,6 +191,17 @@ def predicted_load(is_open: Any, rate: Any, latency: Any, concurrency: Any,
 def tail_levels(rows: Any, factor: str) -> list[str]:
     """The levels of a tail factor (:data:`TAIL_FACTORS`) in a table's rows, sorted."""
     return sorted(rows[factor].astype(str).unique())
+
+
+def series_trend(slope: Any, k: Any) -> Any:
+    """The mean of a series' level-2 shift at draft length ``k``: ``slope · (k − 3)``
+    (:data:`SERIES_K_REF`). What the step law leaves out of a draft position's per-request
+    cost — the verification of one more token per request is the target's cost, while
+    ``k c2d`` follows the drafter's size — shows as series shifts that grow with k (the demo's
+    held-out-series fold: −0.10, 0.00, +0.03, +0.11, +0.19 at k = 1, 2, 3, 5, 7, alike for
+    three drafters, dense and MoE targets); with the trend an unseen k is predicted on it
+    instead of at the law (docs/model.md, Residuals)."""
+    return slope * (k - SERIES_K_REF)
 
 
 def tail_load(in_flight: Any) -> Any:

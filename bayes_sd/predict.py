@@ -44,7 +44,8 @@ POSTERIOR_VARS = (
     "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_effect", "engine_effect",
     "precision_effect",
     "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd", "series_sd", "shift_system",
-    "shift_draft", "shift_series", "moe_excess", "kink_tokens", "ttft_share", "burst_share",
+    "shift_draft", "shift_series", "series_k_slope", "moe_excess", "kink_tokens", "ttft_share",
+    "burst_share",
     "accept_logit",
     "accept_decay", "accept_logit_sd", "accept_decay_sd", "accept_group_logit",
     "accept_group_decay",
@@ -334,7 +335,8 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
     # for both: an unseen series that is one row's own and another's (or its own) baseline
     # gets one draw (two calls drew it twice: a baseline row's speedup against itself was not 1)
     labels = np.concatenate([configs["series"].to_numpy(), configs["base_series"].to_numpy()])
-    factor = np.exp(_draw_shifts(model, "series", labels, flat, draws, rng)[1])
+    ks = np.concatenate([configs["k"].to_numpy(dtype=float), np.zeros(n)])
+    factor = np.exp(_draw_shifts(model, "series", labels, flat, draws, rng, ks)[1])
     return coef, incr, factor[:, :n], factor[:, n:]
 
 
@@ -373,9 +375,10 @@ def _capacity_draws(design: Design, configs, flat, draws, rng) -> np.ndarray:
     return out
 
 
-def _draw_shifts(model, group, labels, flat, draws, rng) -> np.ndarray:
+def _draw_shifts(model, group, labels, flat, draws, rng, ks=None) -> np.ndarray:
     """Shifts (level, draws, row) of a residual group: the fitted ones for configurations the
-    model has seen, new draws from the population law for the others."""
+    model has seen, new draws from the population law for the others (series: around their
+    trend in k, ``ks`` per label, where the model has one)."""
     shift = np.zeros((2, draws, len(labels)))
     if group not in model.residuals:
         return shift
@@ -392,6 +395,10 @@ def _draw_shifts(model, group, labels, flat, draws, rng) -> np.ndarray:
     # one new draw per unseen label: the rows of one configuration share it
     names, inverse = np.unique(labels[new_rows], return_inverse=True)
     new = rng.normal(size=(draws, len(names), sd.shape[2])) * sd
+    if group == "series" and "series_k_slope" in flat and len(names):
+        _, first = np.unique(labels[new_rows], return_index=True)
+        k_new = np.asarray(ks, dtype=float)[new_rows][first]
+        new = new + laws.series_trend(flat["series_k_slope"][:, None, None], k_new[None, :, None])
     fitted = flat.get(f"shift_{group}", np.zeros((draws, 1)))
     fitted = fitted if fitted.ndim == 3 else fitted[..., None]  # (draws, label, level)
     take = np.where(seen, idx, 0)

@@ -361,6 +361,9 @@ def test_hierarchical_centring_is_a_reparametrisation(sweep):
     mapped = {k: v for k, v in point.items() if not k.startswith("level_")}
     for group in ("system", "draft", "series"):
         mapped[f"shift_{group}_z"] = values[f"shift_{group}"] / values[f"{group}_sd"]
+    # the series shifts are centred on their trend in k (laws.series_trend)
+    trend = _evaluate(centred, ["series_trend"], point)["series_trend"]
+    mapped["shift_series_z"] = (values["shift_series"] - trend) / values["series_sd"]
     # the zero-sum transform is linear: z's transformed value is the effects' over the spread
     mapped["gpu_z_zerosum__"] = point["level_gpu_zerosum__"] / values["gpu_sd"]
     names = ["c_system", "c_draft", "gpu_effect", "latency"]
@@ -1081,3 +1084,26 @@ def test_convergence_warning_asks_100_ess_per_chain_in_bulk_and_tail():
         warn_if_unreliable({**good, "min_ess_tail": 150.0})
     with pytest.warns(ConvergenceWarning, match=r"--target-accept 0.98"):
         warn_if_unreliable({**good, "divergences": 1, "target_accept": 0.95})
+
+
+def test_series_shifts_follow_their_trend_in_k(sweep, fitted):
+    """The SD series' level-2 shifts have a trend in k (``series_k_slope``, laws.series_trend)
+    when the series run two or more draft lengths, none otherwise; an unseen series is drawn
+    around the trend at its k, a seen one keeps its fitted shift, a baseline has none."""
+    from bayes_sd import laws
+    from bayes_sd.predict import _draw_shifts
+
+    assert sweep.loc[sweep["k"] > 0, "k"].nunique() >= 2
+    model = LatencyModel().build_model(sweep)
+    assert "series_k_slope" in model.named_vars
+    one_k = sweep[sweep["k"].isin([0, sweep.loc[sweep["k"] > 0, "k"].iloc[0]])]
+    assert "series_k_slope" not in LatencyModel().build_model(one_k).named_vars
+    draws = 4000
+    seen = fitted.design.sd_series[0]
+    flat = {"series_sd": np.full(draws, 1e-6), "series_k_slope": np.full(draws, 0.1),
+            "shift_series": np.full((draws, len(fitted.design.sd_series)), 0.25)}  # fmt: skip
+    labels = ["new|k7|a0.8", "new|k1|a0.8", seen, "new|k0"]
+    shift = _draw_shifts(fitted, "series", labels, flat, draws, np.random.default_rng(0),
+                         ks=[7, 1, 3, 0])[1]  # fmt: skip
+    np.testing.assert_allclose(shift.mean(axis=0), [0.4, -0.2, 0.25, 0.0], atol=1e-5)
+    assert laws.series_trend(0.1, np.array([3.0])) == pytest.approx(0.0)
