@@ -24,6 +24,9 @@ def series_trend(b, sd: np.ndarray):
     series): :func:`bayes_sd.laws.series_trend` of its k with ``series_k_slope``; 0 where the
     SD series run fewer than two draft lengths (the slope would trade off against the
     intercepts of ``c2s`` and ``c2d``)."""
+    slope = b.priors.get("series_k_slope", 0.0)
+    if isinstance(slope, int | float) and slope == 0:  # off: the default (bayes_sd.priors)
+        return 0.0
     ks = b.d.rows.groupby("series")["k"].first().reindex(np.asarray(b.d.series)[sd])
     ks = ks.to_numpy(dtype=float)
     if len(np.unique(ks)) < 2:

@@ -361,9 +361,9 @@ def test_hierarchical_centring_is_a_reparametrisation(sweep):
     mapped = {k: v for k, v in point.items() if not k.startswith("level_")}
     for group in ("system", "draft", "series"):
         mapped[f"shift_{group}_z"] = values[f"shift_{group}"] / values[f"{group}_sd"]
-    # the series shifts are centred on their trend in k (laws.series_trend)
-    trend = _evaluate(centred, ["series_trend"], point)["series_trend"]
-    mapped["shift_series_z"] = (values["shift_series"] - trend) / values["series_sd"]
+    if "series_trend" in centred.named_vars:  # the series shifts around their trend in k
+        trend = _evaluate(centred, ["series_trend"], point)["series_trend"]
+        mapped["shift_series_z"] = (values["shift_series"] - trend) / values["series_sd"]
     # the zero-sum transform is linear: z's transformed value is the effects' over the spread
     mapped["gpu_z_zerosum__"] = point["level_gpu_zerosum__"] / values["gpu_sd"]
     names = ["c_system", "c_draft", "gpu_effect", "latency"]
@@ -1087,17 +1087,22 @@ def test_convergence_warning_asks_100_ess_per_chain_in_bulk_and_tail():
 
 
 def test_series_shifts_follow_their_trend_in_k(sweep, fitted):
-    """The SD series' level-2 shifts have a trend in k (``series_k_slope``, laws.series_trend)
-    when the series run two or more draft lengths, none otherwise; an unseen series is drawn
-    around the trend at its k, a seen one keeps its fitted shift, a baseline has none."""
+    """With ``series_k_slope`` on (off by default), the SD series' level-2 shifts have a trend
+    in k (laws.series_trend) when the series run two or more draft lengths, none otherwise;
+    an unseen series is drawn around the trend at its k, a seen one keeps its fitted shift, a
+    baseline has none."""
+    from pymc_extras.prior import Prior
+
     from bayes_sd import laws
     from bayes_sd.predict import _draw_shifts
 
     assert sweep.loc[sweep["k"] > 0, "k"].nunique() >= 2
-    model = LatencyModel().build_model(sweep)
-    assert "series_k_slope" in model.named_vars
+    assert "series_k_slope" not in LatencyModel().build_model(sweep).named_vars  # off: default
+    on = {"priors": {"series_k_slope": Prior("Normal", mu=0.0, sigma=0.1)}}
+    model = LatencyModel(model_config=on).build_model(sweep)
+    assert {"series_k_slope", "series_trend"} <= set(model.named_vars)
     one_k = sweep[sweep["k"].isin([0, sweep.loc[sweep["k"] > 0, "k"].iloc[0]])]
-    assert "series_k_slope" not in LatencyModel().build_model(one_k).named_vars
+    assert "series_k_slope" not in LatencyModel(model_config=on).build_model(one_k).named_vars
     draws = 4000
     seen = fitted.design.sd_series[0]
     flat = {"series_sd": np.full(draws, 1e-6), "series_k_slope": np.full(draws, 0.1),
