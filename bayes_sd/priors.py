@@ -40,7 +40,7 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   with ``Prior("Normal", mu=0, sigma=0.1)`` (±10% of ``C2`` per draft token at one sd), it
   took the simulated held-out draft lengths from 2.2–4.7% to 1.1–3.1% median error and the
   held-out series of the demo from 1.06× to 0.94× the curve fit's, but notebook 01's fit fell
-  from bulk ESS 550–680 to 434 and a tail ESS of 393 (a convergence warning) — docs/validation.md,
+  from bulk ESS 550–740 to 434 and a tail ESS of 393 (a convergence warning) — docs/validation.md,
   section 4.
 * ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
   what a dense model of the total size would", Normal(0, 0.5). Hierarchically centred with the
