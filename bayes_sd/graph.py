@@ -131,10 +131,8 @@ class _Builder:
     @property
     def wave_on(self) -> bool:
         """Whether runs' opening waves enter the model: some closed-loop run gives its request
-        count and ``burst_share`` is not fixed at 0 (its default, :mod:`bayes_sd.priors`)."""
-        kappa = self.priors.get("burst_share", 0.0)
-        fixed_off = isinstance(kappa, int | float) and kappa == 0
-        return bool((self.d.opening > 0).any()) and not fixed_off
+        count and ``burst_share`` is on."""
+        return bool((self.d.opening > 0).any()) and not side.off(self.priors, "burst_share")
 
     def by_mode(self, open_value, closed_value):
         """Only the load modes the sweep has enter the graph (an unused expression is not

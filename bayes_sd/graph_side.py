@@ -16,7 +16,14 @@ from bayes_sd.coefs import COEFS, LEVEL, REF_TARGET_PARAMS
 from bayes_sd.errors import DataError
 from bayes_sd.priors import make_likelihood
 
-__all__ = ["series_trend", "step_design", "step_likelihood", "tails"]
+__all__ = ["off", "series_trend", "step_design", "step_likelihood", "tails"]
+
+
+def off(priors: dict, name: str) -> bool:
+    """Whether the term of prior ``name`` is off: fixed at 0 (``burst_share``,
+    ``series_k_slope``: their defaults, :mod:`bayes_sd.priors`)."""
+    spec = priors.get(name, 0.0)
+    return isinstance(spec, int | float) and spec == 0
 
 
 def series_trend(b, sd: np.ndarray):
@@ -24,8 +31,7 @@ def series_trend(b, sd: np.ndarray):
     series): :func:`bayes_sd.laws.series_trend` of its k with ``series_k_slope``; 0 where the
     SD series run fewer than two draft lengths (the slope would trade off against the
     intercepts of ``c2s`` and ``c2d``)."""
-    slope = b.priors.get("series_k_slope", 0.0)
-    if isinstance(slope, int | float) and slope == 0:  # off: the default (bayes_sd.priors)
+    if off(b.priors, "series_k_slope"):  # the default (bayes_sd.priors)
         return 0.0
     ks = b.d.rows.groupby("series")["k"].first().reindex(np.asarray(b.d.series)[sd])
     ks = ks.to_numpy(dtype=float)
@@ -51,20 +57,16 @@ def tails(b, data, predicted) -> None:
         return
     level, slope = b.prior("tail_level"), b.prior("tail_slope")
     sigma = b.prior("tail_sigma")
-    level = level[:, None]  # (tail, run) with the factors' terms
-    model = pm.modelcontext(None)
-    for factor, coord in laws.TAIL_FACTORS:
-        labels = laws.tail_levels(b.d.rows, factor)
-        if len(labels) < 2:
-            continue
-        if coord not in model.coords:
-            model.add_coord(coord, labels)
-        # zero-sum over the levels: with free terms their mean traded off against
+    engines = b.d.levels("engine")
+    if len(engines) > 1:
+        # zero-sum over the engines: with free terms their mean traded off against
         # tail_level (InferenceX: tail_level[latency_p50] and its four engine terms at bulk
         # ESS 8-9 of 900 draws, moving together)
-        z = pm.ZeroSumNormal(f"tail_{factor}_z", sigma=1.0, dims=("tail", coord))
-        idx = pd.Index(labels).get_indexer(b.d.rows[factor].astype(str))
-        level = level + (b.prior(f"tail_{factor}_sd") * z)[:, idx]
+        z = pm.ZeroSumNormal("tail_engine_z", sigma=1.0, dims=("tail", "engine"))
+        idx = pd.Index(engines).get_indexer(b.d.rows["engine"])
+        level = level[:, None] + (b.prior("tail_engine_sd") * z)[:, idx]  # (tail, run)
+    else:
+        level = level[:, None]
     load = laws.tail_load(b.d.batch)  # the measured requests in flight per engine
     for metric in laws.TAIL_METRICS:
         terms = [laws.TAILS.index(f"{metric}_{q}") for q in laws.TAIL_STATS]

@@ -72,7 +72,6 @@ __all__ = [
     "queue_share_open",
     "requests_in_flight",
     "series_trend",
-    "tail_levels",
     "tail_load",
     "tail_log_ratios",
     "wave_log_ratios",
@@ -90,11 +89,6 @@ TAIL_LEVELS = (0.5, 0.9, 0.99)  # the quantile of each of TAIL_STATS
 SERIES_K_REF = 3.0  # the draft length at which the series shifts' trend in k is 0
 # the metrics whose percentiles hold the opening wave (it delays the first token, not the rest)
 WAVE_METRICS = ("ttft", "latency")
-# the factors whose levels have tail terms of their own around the population's (zero-sum over
-# the fitted levels), with the model coordinate of each: schedulers order prefills their own
-# way. (Per GPU type as well — InferenceX's log p50/mean of TTFT is −0.1 to −0.6 on NVIDIA
-# GPUs, −1.2 on both AMD GPUs — was measured, not kept: bayes_sd.priors, tails.)
-TAIL_FACTORS = (("engine", "engine"),)
 
 
 def length_covariates(prefill_len: Any, decode_len: Any) -> np.ndarray:
@@ -186,11 +180,6 @@ def predicted_load(is_open: Any, rate: Any, latency: Any, concurrency: Any,
     ``predict`` (a saturated draw's infinite queue stays infinite, then clipped)."""
     in_flight = requests_in_flight(is_open, rate, latency, concurrency, engines)
     return tail_load(np.nan_to_num(in_flight, nan=0.0, posinf=np.inf))
-
-
-def tail_levels(rows: Any, factor: str) -> list[str]:
-    """The levels of a tail factor (:data:`TAIL_FACTORS`) in a table's rows, sorted."""
-    return sorted(rows[factor].astype(str).unique())
 
 
 def series_trend(slope: Any, k: Any) -> Any:

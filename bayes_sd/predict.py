@@ -393,10 +393,9 @@ def _draw_shifts(model, group, labels, flat, draws, rng, ks=None) -> np.ndarray:
     levels = {"system": [0, 1], "draft": [0], "series": [1]}[group]
     sd = flat[f"{group}_sd"].reshape(draws, 1, -1)
     # one new draw per unseen label: the rows of one configuration share it
-    names, inverse = np.unique(labels[new_rows], return_inverse=True)
+    names, first, inverse = np.unique(labels[new_rows], return_index=True, return_inverse=True)
     new = rng.normal(size=(draws, len(names), sd.shape[2])) * sd
     if group == "series" and "series_k_slope" in flat and len(names):
-        _, first = np.unique(labels[new_rows], return_index=True)
         k_new = np.asarray(ks, dtype=float)[new_rows][first]
         new = new + laws.series_trend(flat["series_k_slope"][:, None, None], k_new[None, :, None])
     fitted = flat.get(f"shift_{group}", np.zeros((draws, 1)))
@@ -514,7 +513,7 @@ def _wave_shares(planes: dict) -> np.ndarray | None:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
         shares = [np.nan_to_num(np.clip(planes["wave"] / planes[m], 0.0, 1.0)).T
-                  for m in ("ttft", "latency")]  # fmt: skip
+                  for m in laws.WAVE_METRICS]  # fmt: skip
     return np.ascontiguousarray(np.stack(shares))
 
 
@@ -522,25 +521,21 @@ def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
                 noise: bool, shares=None) -> dict:  # fmt: skip
     """(draw, row) percentiles of TTFT, TPOT and E2E: each metric's (noisy) mean times the tail
     law's ratio at the row's load (requests in flight per engine; with the opening wave's
-    ``shares`` of the means where a closed-loop row has one), with the fitted terms of the
-    factors of ``laws.TAIL_FACTORS`` (fresh draws from their spread for a level the model has
-    not seen) and, with ``noise``, the fitted scatter of a measured ratio. One fused pass
-    (``_kernels.tails``)."""
+    ``shares`` of the means where a closed-loop row has one), with the engine's fitted
+    terms (fresh draws from their spread for an engine the model has not seen) and, with
+    ``noise``, the fitted scatter of a measured ratio. One fused pass (``_kernels.tails``)."""
     draws = planes["latency"].shape[0]
-    factors = [f for f, _ in laws.TAIL_FACTORS]
-    lab, combos = pd.factorize(pd.MultiIndex.from_frame(rows[factors].astype(str)))
-    combos = combos.to_frame().to_numpy(dtype=str)
-    level = np.repeat(flat["tail_level"][:, :, None], len(combos), axis=2)  # (draw, tail, label)
-    for i, factor in enumerate(factors):
-        labels, at = np.unique(combos[:, i], return_inverse=True)
-        idx = pd.Index(laws.tail_levels(design.rows, factor)).get_indexer(labels)
-        seen = idx >= 0  # fitted on one level (or without percentiles): the population's
-        term = np.zeros((draws, len(laws.TAILS), len(labels)))
-        if f"tail_{factor}_z" in flat:
-            term[:, :, seen] = flat[f"tail_{factor}_z"][:, :, idx[seen]]
-        if (~seen).any():  # a level the model has not seen: new draws from the spread
-            term[:, :, ~seen] = rng.normal(size=(draws, len(laws.TAILS), int((~seen).sum())))
-        level += flat[f"tail_{factor}_sd"][:, None, None] * term[:, :, at.ravel()]
+    labels, lab = np.unique(rows["engine"].astype(str).to_numpy(), return_inverse=True)
+    idx = pd.Index(design.levels("engine")).get_indexer(labels)
+    level = np.repeat(flat["tail_level"][:, :, None], len(labels), axis=2)  # (draw, tail, label)
+    sd = flat["tail_engine_sd"][:, None, None]
+    if "tail_engine_z" in flat:
+        seen = idx >= 0
+        level[:, :, seen] += sd * flat["tail_engine_z"][:, :, idx[seen]]
+    else:  # fitted on one engine (or without percentiles): its terms are the population's
+        seen = idx >= 0
+    if (~seen).any():  # an engine the model has not seen: new draws from the spread
+        level[:, :, ~seen] += sd * rng.normal(size=(draws, len(laws.TAILS), int((~seen).sum())))
     kernel = _kernels.tails if _kernels.AVAILABLE else _kernels.tails_numpy
     means = [planes[metric] for metric in laws.TAIL_METRICS]
     out = kernel(level, flat["tail_slope"], lab.ravel(), per_row, means, shares)  # tail, row, draw
