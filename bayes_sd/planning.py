@@ -200,14 +200,17 @@ def break_even(
     Per draw, the first grid rate where the speedup falls below 1 (interpolated); ``inf`` when
     SD pays on the whole grid, ``0`` when it never pays. Rates past a draw's saturation of the
     SD system count as "not paying" while the baseline still serves them, and as "paying" once
-    the baseline has saturated first (SD served every rate either could).
+    the baseline has saturated first (SD served every rate either could); past both
+    saturations, as at the last rate one of them served.
     """
     if k <= 0:
         raise ValueError("k must be a positive draft length")
     rates = rate_grid(model, config, (0, k)) if rates is None else np.asarray(rates, float)
     _, spd, _ = _draws(model, config, [k], rates, max_draws=max_draws, random_seed=random_seed)
-    # both saturated (NaN): SD outlived the baseline, so it paid wherever anything serves
-    s = np.nan_to_num(spd[:, 0, :], nan=np.inf, posinf=np.inf)  # (draw, rate)
+    # both saturated (NaN): SD paid if it outlived the baseline (its last served rate had
+    # speedup inf), not if the baseline outlived it (0) — the last state carried forward; a
+    # lone 1/0 draw saturated at the first rate: nothing served, SD did not pay
+    s = pd.DataFrame(spd[:, 0, :]).ffill(axis=1).fillna(0.0).to_numpy()  # (draw, rate)
     pays = s > 1
     first_bad = np.where(pays.all(axis=1), len(rates), np.argmin(pays, axis=1))
     be = np.empty(len(s))

@@ -65,6 +65,23 @@ def test_break_even_distribution_matches_speedup_along_the_grid(model):
         assert 0.3 < p < 0.7
 
 
+def test_break_even_past_both_saturations_keeps_who_outlived_whom(monkeypatch):
+    """Where SD and the baseline are both saturated (speedup NaN), SD paid only if the
+    baseline saturated first: a draw whose SD system saturated first (speedup 0, then NaN)
+    does not pay again past the baseline's saturation (it used to count as paying: P(speedup
+    > 1) rose from 0 to 1 past both saturations)."""
+    inf, nan = np.inf, np.nan
+    spd = np.array([[1.3, 1.1, 0.8, 0.0, nan, nan],  # SD saturates first
+                    [1.3, 1.2, 1.1, inf, nan, nan],  # the baseline saturates first
+                    [nan, nan, nan, nan, nan, nan]])[:, None, :]  # fmt: skip
+    monkeypatch.setattr(planning, "_draws", lambda *a, **k: (None, spd, None))
+    be = planning.break_even(None, CONFIG, k=2, rates=np.arange(1.0, 7.0))
+    np.testing.assert_allclose(be.along["p_speedup_gt_1"], [2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3,
+                                                            1 / 3])  # fmt: skip
+    assert be.draws[0] == pytest.approx(2 + 1 / 3)  # 1.1 → 0.8 crosses 1 a third of the way
+    assert be.draws[1] == np.inf and be.draws[2] == 0.0
+
+
 def test_best_k_probabilities_and_schedule(model):
     rates = np.linspace(0.05, 1.0, 8)
     res = planning.best_k(model, CONFIG, ks=(0, 1, 2, 3), rates=rates)
