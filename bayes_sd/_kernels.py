@@ -46,19 +46,20 @@ WAVE_LEVELS = (0.5, 0.9, 0.99)  # bayes_sd.laws.TAIL_LEVELS
 PLANES = ("latency", "ttft", "tpot", "speedup", "saturation_rate", "light", "wave")
 
 
-def _terms(coef, incr, f, i, q, k, act, kink, out):
-    """Step terms (bayes_sd.phases.step_terms) of configuration ``q``, draw ``i``, into
-    ``out``: a1 a2 t1 t2 roof h1 h2 gv1 gv2 gd1 gd2 (level 2 scaled by the series factor)."""
+def _terms(coef, incr, f, i, q, k, act, kink, eta, out):
+    """Step terms (bayes_sd.phases.step_terms; ``eta``: its ``verify_share``) of configuration
+    ``q``, draw ``i``, into ``out``: a1 a2 t1 t2 roof h1 h2 gv1 gv2 gd1 gd2 (level 2 scaled by
+    the series factor)."""
     sd = 1.0 if k > 0 else 0.0
     out[0] = coef[0, i, q]
     out[1] = f * coef[1, i, q]
     out[2] = coef[2, i, q] + sd * coef[4, i, q] + k * coef[6, i, q]
-    out[3] = f * (coef[3, i, q] + sd * coef[5, i, q] + k * coef[7, i, q])
+    out[3] = f * (coef[3, i, q] * (1.0 + eta * k) + sd * coef[5, i, q] + k * coef[7, i, q])
     out[4] = (coef[2, i, q] + incr[2, i, q]) * act / kink
     out[5] = incr[0, i, q]
     out[6] = f * incr[1, i, q]
     out[7] = incr[2, i, q] + sd * incr[4, i, q]
-    out[8] = f * (incr[3, i, q] + sd * incr[5, i, q])
+    out[8] = f * (incr[3, i, q] * (1.0 + eta * k) + sd * incr[5, i, q])
     out[9] = k * incr[6, i, q]
     out[10] = f * k * incr[7, i, q]
 
@@ -198,15 +199,15 @@ def _baselines(coef, incr, f_base, cfg, moe, log_q, act, kink, cap, share, burst
         j = base_rep[b]
         q = cfg[j]
         for i in range(draws):
-            _terms(coef, incr, f_base[i, q], i, q, 0.0, act[q], kink[i], tb)
+            _terms(coef, incr, f_base[i, q], i, q, 0.0, act[q], kink[i], 0.0, tb)
             _phases(tb, 0.0, 1.0, dl[j], plen[j], rate[j], conc[j], is_open[j], n[j], cap[i, q],
                     share[i], log_q[q], moe[q], opening[j] * burst[i], res)  # fmt: skip
             out[b, i] = res[0]
     return out
 
 
-def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, burst, k, e_known,
-             acc, d_idx, dl, plen, rate, conc, is_open, n, opening, base_lat, base_of,
+def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, burst, eta, k,
+             e_known, acc, d_idx, dl, plen, rate, conc, is_open, n, opening, base_lat, base_of,
              planes):  # fmt: skip
     """Planes (PLANES, rows, draws): latency, TTFT, TPOT, speedup against k = 0 at the same
     load, saturation rate, and (``planes`` 6 or 7) the light-load latency C1 and the opening
@@ -215,8 +216,8 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, b
     ``coef`` / ``incr``: (8, draws, configs) coefficients in ``COEFS`` order before the series
     shifts and MoE coverage increments; ``f_sd`` / ``f_base``: (draws, configs) level-2 series
     factors; per configuration ``moe``, ``log_q`` = log(1 − m/M), ``act`` = N_active/N_total;
-    per draw ``kink`` (T*), ``share`` (θ); ``cap``: (draws, configs) capacity per engine; per
-    row ``cfg``, ``k``, ``e_known`` (NaN: latent, from ``acc[draw, d_idx]``), decode and
+    per draw ``kink`` (T*), ``share`` (θ), ``eta`` (η); ``cap``: (draws, configs) capacity per
+    engine; per row ``cfg``, ``k``, ``e_known`` (NaN: latent, from ``acc[draw, d_idx]``), decode and
     prefill length, ``rate`` / ``conc`` / ``is_open``, ``n`` engines."""
     draws = f_sd.shape[0]
     rows = cfg.shape[0]
@@ -232,7 +233,7 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, b
             e = e_known[j]
             if math.isnan(e):  # the acceptance law's draw for the row's (group, k)
                 e = acc[i, d_idx[j]]
-            _terms(coef, incr, f_sd[i, q], i, q, kk, act[q], kink[i], tm)
+            _terms(coef, incr, f_sd[i, q], i, q, kk, act[q], kink[i], eta[i], tm)
             wave = opening[j] * burst[i]
             _phases(tm, kk, e, dl[j], plen[j], rate[j], conc[j], is_open[j], n[j], cap[i, q],
                     share[i], log_q[q], moe[q], wave, res)  # fmt: skip
@@ -241,7 +242,7 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, b
             elif base_of[j] >= 0:  # a baseline shared with other rows, solved already
                 lat_b = base_lat[base_of[j], i]
             else:
-                _terms(coef, incr, f_base[i, q], i, q, 0.0, act[q], kink[i], tb)
+                _terms(coef, incr, f_base[i, q], i, q, 0.0, act[q], kink[i], 0.0, tb)
                 _phases(tb, 0.0, 1.0, dl[j], plen[j], rate[j], conc[j], is_open[j], n[j],
                         cap[i, q], share[i], log_q[q], moe[q], wave, base)  # fmt: skip
                 lat_b = base[0]
@@ -333,12 +334,12 @@ def predict(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=No
 
     ``params``: ``coef``, ``incr`` (8, draws, configs), ``f_sd``, ``f_base``, ``capacity``
     (draws, configs), per configuration ``experts``, ``experts_per_token``, ``active_share``,
-    per draw ``kink_tokens``, ``ttft_share``, ``burst_share`` (κ), and ``acceptance`` (draws,
-    combinations): the acceptance law's tokens per cycle per (group, k) of the rows without a
-    given one. ``rows``: ``cfg``, ``k``, ``e_known``, ``d_idx``, ``decode_len``,
-    ``prefill_len``, ``rate``, ``conc`` (NaN where not given), ``is_open``, ``engines``,
-    ``opening`` (the opening wave's share of a closed-loop run), ``base_of`` (an id of
-    each row's baseline: rows with one id have the same baseline configuration and load).
+    per draw ``kink_tokens``, ``verify_share``, ``ttft_share``, ``burst_share`` (κ), and
+    ``acceptance`` (draws, combinations): the acceptance law's tokens per cycle per (group, k)
+    of the rows without a given one. ``rows``: ``cfg``, ``k``, ``e_known``, ``d_idx``,
+    ``decode_len``, ``prefill_len``, ``rate``, ``conc`` (NaN where not given), ``is_open``,
+    ``engines``, ``opening`` (the opening wave's share of a closed-loop run), ``base_of`` (an id
+    of each row's baseline: rows with one id have the same baseline configuration and load).
     ``chunk_rows`` is the NumPy path's; the kernel does not need it."""
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     i64 = lambda x: np.ascontiguousarray(x, dtype=np.int64)  # noqa: E731
@@ -364,7 +365,8 @@ def predict(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=No
         base_lat = _baselines_jit(*common, f64(params["f_base"]), *per_config, *load,
                                   i64(rep[shared]))  # fmt: skip
         return _predict_jit(
-            *common, f64(params["f_sd"]), f64(params["f_base"]), *per_config, f64(rows["k"]),
+            *common, f64(params["f_sd"]), f64(params["f_base"]), *per_config,
+            f64(params["verify_share"]), f64(rows["k"]),
             f64(rows["e_known"]), f64(params["acceptance"]), i64(rows["d_idx"]), *load, base_lat,
             base_of, plane_count(params, rows, with_noise),
         )  # fmt: skip
@@ -444,6 +446,7 @@ def _numpy_block(params: dict, rows: dict) -> dict:
     incr = np.take(params["incr"], cfg, axis=2)
     act = params["active_share"][cfg]
     kink = params["kink_tokens"][:, None]
+    eta = params["verify_share"][:, None]
     share = params["ttft_share"][:, None]
     opening = rows["opening"] * params["burst_share"][:, None]
     cap = np.take(params["capacity"], cfg, axis=1)
@@ -454,7 +457,7 @@ def _numpy_block(params: dict, rows: dict) -> dict:
         scaled_inc = [c * factor if LEVEL[j] else c for j, c in enumerate(incr)]
         inc = Coefficients.from_values(scaled_inc) if moe.any() else None
         return phases.step_terms(Coefficients.from_values(scaled), inc, kk, active_share=act,
-                                 kink_tokens=kink)  # fmt: skip
+                                 kink_tokens=kink, verify_share=eta)  # fmt: skip
 
     def at_load(tm, kk, ee):
         phi_p = np.where(moe, -np.expm1(rows["prefill_len"] * log_q), 0.0)

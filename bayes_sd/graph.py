@@ -442,10 +442,9 @@ class _Builder:
             )
 
         increment = coefs(inc[ser_sys], pt.zeros_like(cd_s)) if self.moe else None
-        kink = self.prior("kink_tokens")
         terms = phases.step_terms(
             coefs(c_s, cd_s), increment, d.k[first], active_share=d.active_share[ser_sys],
-            kink_tokens=kink,
+            kink_tokens=self.prior("kink_tokens"), verify_share=side.verify_share(self),
         )  # fmt: skip
         # series residuals: a log-scale shift of the per-request-in-flight level per series,
         # centred on the log C2 of the series' most loaded run (the run that pins it).

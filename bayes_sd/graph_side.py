@@ -16,7 +16,15 @@ from bayes_sd.coefs import COEFS, LEVEL, REF_TARGET_PARAMS
 from bayes_sd.errors import DataError
 from bayes_sd.priors import make_likelihood
 
-__all__ = ["off", "series_trend", "step_design", "step_likelihood", "tails"]
+__all__ = [
+    "draft_lengths",
+    "off",
+    "series_trend",
+    "step_design",
+    "step_likelihood",
+    "tails",
+    "verify_share",
+]
 
 
 def off(priors: dict, name: str) -> bool:
@@ -31,14 +39,25 @@ def series_trend(b, sd: np.ndarray):
     series): :func:`bayes_sd.laws.series_trend` of its k with ``series_k_slope``; 0 where the
     SD series run fewer than two draft lengths (the slope would trade off against the
     intercepts of ``c2s`` and ``c2d``)."""
-    if off(b.priors, "series_k_slope"):  # the default (bayes_sd.priors)
+    if off(b.priors, "series_k_slope") or draft_lengths(b) < 2:  # off: the default
         return 0.0
     ks = b.d.rows.groupby("series")["k"].first().reindex(np.asarray(b.d.series)[sd])
-    ks = ks.to_numpy(dtype=float)
-    if len(np.unique(ks)) < 2:
-        return 0.0
-    trend = laws.series_trend(b.prior("series_k_slope"), ks)
+    trend = laws.series_trend(b.prior("series_k_slope"), ks.to_numpy(dtype=float))
     return pm.Deterministic("series_trend", trend, dims="sd_series")
+
+
+def draft_lengths(b) -> int:
+    """How many draft lengths (k > 0) the sweep's SD series run."""
+    return len(np.unique(b.d.k[b.d.k > 0]))
+
+
+def verify_share(b):
+    """``η``, the share of a one-token verification pass each verified draft token costs a
+    request (:func:`bayes_sd.latency.cycle_terms`): its prior where the SD series run two or
+    more draft lengths, else 0 (with one k, ``η k c2v`` is ``c2s`` by another name: a ridge)."""
+    if off(b.priors, "verify_share") or draft_lengths(b) < 2:
+        return 0.0
+    return b.prior("verify_share")
 
 
 def tails(b, data, predicted) -> None:

@@ -14,9 +14,12 @@ cycle (vLLM's acceptance length, bonus token included), ``D`` output tokens (dec
 ``P`` prompt tokens, ``λ`` request rate (req/s), ``N`` concurrency, ``B`` requests in flight.
 
     C1 = c1p + (D / E) (c1v + [k>0] c1s + k c1d)     load-independent latency (s)
-    C2 = c2p + (D / E) (c2v + [k>0] c2s + k c2d)     latency added per request in flight (s)
+    C2 = c2p + (D / E) (c2v (1 + η k) + [k>0] c2s + k c2d)     per request in flight (s)
     open loop:   L(λ) = C1 / (1 − λ C2)     for λ < 1 / C2, +inf beyond (saturated)
     closed loop: L(N) = C1 + N C2,  throughput N / L(N)
+
+``η`` (``verify_share``) prices each verified draft token per request as a share of the
+one-token pass (:func:`cycle_terms`); 0 gives the paper's law.
 
 Saturated inputs give ``+inf`` latency (never a negative one); speedups that involve a saturated
 system follow IEEE division (finite/inf = 0, inf/finite = inf, inf/inf = nan).
@@ -76,14 +79,18 @@ __all__ = [
 # Demand and latency
 
 
-def cycle_terms(coefs: Coefficients, k: Any) -> tuple[Any, Any, Any, Any]:
+def cycle_terms(coefs: Coefficients, k: Any, verify_share: Any = 0.0) -> tuple[Any, ...]:
     """``(A1, B1, A2, B2)``: per request ``A`` (prefill) and per cycle ``B`` (one draft–verify
     cycle) at each level, so that ``C = A + cycles · B``:
-    ``A = c_p``, ``B = c_v + [k>0] c_s + k c_d`` (no input checks: see :func:`demand`)."""
+    ``A = c_p``, ``B1 = c1v + [k>0] c1s + k c1d``,
+    ``B2 = c2v (1 + η k) + [k>0] c2s + k c2d`` with ``η`` = ``verify_share``: each draft token
+    the target verifies costs a request a share ``η`` of its one-token pass (attention of one
+    more query over its context, its logits and acceptance test); 0 in the published law (no
+    input checks: see :func:`demand`)."""
     ops = _ops(*coefs, k)
     sd = ops.where(k > 0, 1.0, 0.0)  # the verification premium is paid only with drafts
     b1 = coefs.c1v + sd * coefs.c1s + k * coefs.c1d
-    b2 = coefs.c2v + sd * coefs.c2s + k * coefs.c2d
+    b2 = coefs.c2v * (1.0 + verify_share * k) + sd * coefs.c2s + k * coefs.c2d
     return coefs.c1p, b1, coefs.c2p, b2
 
 
@@ -92,18 +99,21 @@ def per_request(a: Any, b: Any, cycles: Any) -> Any:
     return a + cycles * b
 
 
-def _demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any) -> tuple[Any, Any]:
-    a1, b1, a2, b2 = cycle_terms(coefs, k)
+def _demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any,
+            verify_share: Any = 0.0) -> tuple[Any, Any]:  # fmt: skip
+    a1, b1, a2, b2 = cycle_terms(coefs, k, verify_share)
     cycles = decode_len / tokens
     return per_request(a1, b1, cycles), per_request(a2, b2, cycles)
 
 
-def demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any) -> tuple[Any, Any]:
+def demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any,
+           verify_share: Any = 0.0) -> tuple[Any, Any]:  # fmt: skip
     """Combine the coefficients into ``(C1, C2)`` for draft length ``k``.
 
     ``tokens`` is the expected tokens per cycle (1 for k = 0), ``decode_len`` the output tokens:
-    ``C = A + (D / E) B`` with the terms of :func:`cycle_terms`. The one implementation of the
-    demand formula (the prediction kernel, :mod:`bayes_sd._kernels`, is its compiled copy).
+    ``C = A + (D / E) B`` with the terms of :func:`cycle_terms` (``verify_share``: its ``η``).
+    The one implementation of the demand formula (the prediction kernel,
+    :mod:`bayes_sd._kernels`, is its compiled copy).
     """
     ops = _ops(*coefs, k, tokens, decode_len)
     if not ops.tensor:
@@ -112,7 +122,8 @@ def demand(coefs: Coefficients, k: Any, tokens: Any, decode_len: Any) -> tuple[A
         k = _numeric("k", k, low=0.0)
         tokens = _numeric("tokens per cycle", tokens, low=1.0)
         decode_len = _numeric("decode_len", decode_len, low=0.0)
-    return _demand(coefs, k, tokens, decode_len)
+        verify_share = _numeric("verify_share", verify_share, low=0.0)
+    return _demand(coefs, k, tokens, decode_len, verify_share)
 
 
 def open_loop_latency(c1: Any, c2: Any, rate: Any) -> Any:
@@ -309,6 +320,7 @@ def moe_demand(
     experts: Any,
     experts_per_token: Any,
     prefill_len: Any,
+    verify_share: Any = 0.0,
 ) -> tuple[Any, Any]:
     """``(C1, C2)`` of an MoE target with ``batch`` requests in flight.
 
@@ -326,7 +338,7 @@ def moe_demand(
     phi_p = expert_coverage(prefill_len, experts, experts_per_token)
     phi_d = expert_coverage(in_batch, experts, experts_per_token)
     coefs = unsaturated.map(lambda u, s: u + s, coverage_weighted(increment, phi_p, phi_v, phi_d))
-    return demand(coefs, k, tokens, decode_len)
+    return demand(coefs, k, tokens, decode_len, verify_share)
 
 
 def moe_closed_loop_latency(
@@ -339,27 +351,21 @@ def moe_closed_loop_latency(
     experts: Any,
     experts_per_token: Any,
     prefill_len: Any,
+    verify_share: Any = 0.0,
 ) -> Any:
     """MoE mean latency at fixed concurrency ``N``: ``C1(N) + N C2(N)``."""
-    c1, c2 = moe_demand(
-        unsaturated,
-        increment,
-        k,
-        tokens,
-        decode_len,
-        concurrency,
-        experts,
-        experts_per_token,
-        prefill_len,
-    )
+    c1, c2 = moe_demand(unsaturated, increment, k, tokens, decode_len, concurrency, experts,
+                        experts_per_token, prefill_len, verify_share)  # fmt: skip
     return c1 + concurrency * c2
 
 
 def moe_saturation_rate(
-    unsaturated: Coefficients, increment: Coefficients, k: Any, tokens: Any, decode_len: Any
-) -> Any:
+    unsaturated: Coefficients, increment: Coefficients, k: Any, tokens: Any, decode_len: Any,
+    verify_share: Any = 0.0,
+) -> Any:  # fmt: skip
     """Sustainable open-loop rate of an MoE target: ``1 / C2`` with every expert read (φ = 1)."""
-    _, c2 = demand(unsaturated.map(lambda u, s: u + s, increment), k, tokens, decode_len)
+    _, c2 = demand(unsaturated.map(lambda u, s: u + s, increment), k, tokens, decode_len,
+                   verify_share)  # fmt: skip
     return saturation_rate(c2)
 
 
@@ -373,6 +379,7 @@ def moe_open_loop_latency(
     experts: Any,
     experts_per_token: Any,
     prefill_len: Any,
+    verify_share: Any = 0.0,
     *,
     growth: float = 1.1,
     max_growth_steps: int = 500,
@@ -411,13 +418,14 @@ def moe_open_loop_latency(
     phi_p = 1.0 - np.exp(prefill_len * log_q)
     zero = np.zeros_like(phi_p)
     fixed = unsat.map(lambda u, s: u + s, coverage_weighted(incr, phi_p, zero, zero))
-    base1, base2 = _demand(fixed, k, tokens, decode_len)
+    base1, base2 = _demand(fixed, k, tokens, decode_len, verify_share)
 
     def excess(lat: np.ndarray, util: bool = False):  # f(L) − L with B = λL (and λ C2(B))
         batch = np.maximum(rate * lat, 1.0)
         phi_v = 1.0 - np.exp(batch * (k + 1.0) * log_q)
         phi_d = 1.0 - np.exp(batch * log_q)
-        extra1, extra2 = _demand(coverage_weighted(incr, zero, phi_v, phi_d), k, tokens, decode_len)
+        extra1, extra2 = _demand(coverage_weighted(incr, zero, phi_v, phi_d), k, tokens, decode_len,
+                                 verify_share)  # fmt: skip
         c1, c2 = base1 + extra1, base2 + extra2
         g = c1 + rate * lat * c2 - lat
         return (g, rate * c2) if util else g

@@ -55,11 +55,12 @@ RESIDUALS = ("system", "draft", "series")
 DEFAULT_RESIDUALS = RESIDUALS
 # the population-level parameters: diagnosed after fitting, tabulated in reports
 POPULATION_PARAMS = (
-    "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_sd", "engine_sd", "precision_sd",
-    "system_sd", "draft_sd", "series_sd", "series_k_slope", "moe_excess", "accept_logit",
-    "accept_decay", "accept_logit_sd", "accept_decay_sd", "accept_sigma", "accept_pos_sigma",
-    "kink_tokens", "capacity", "capacity_length_slope", "capacity_sd", "ttft_share", "burst_share",
-    "sigma", "ttft_sigma", "tpot_sigma", "load_noise", "nu", "step_overhead", "step_sigma",
+    "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_sd", "engine_sd",
+    "precision_sd", "system_sd", "draft_sd", "series_sd", "series_k_slope",
+    "moe_excess", "accept_logit", "accept_decay", "accept_logit_sd", "accept_decay_sd",
+    "accept_sigma", "accept_pos_sigma", "kink_tokens", "verify_share", "capacity",
+    "capacity_length_slope", "capacity_sd", "ttft_share", "burst_share", "sigma", "ttft_sigma",
+    "tpot_sigma", "load_noise", "nu", "step_overhead", "step_sigma",
 )  # fmt: skip
 
 

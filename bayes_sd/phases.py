@@ -8,8 +8,9 @@ costs
     mem(B)  = T1(B) + B T2(B)                       memory-bound: weights once, KV per request
     comp(B) = c1v_full (N_active / N_total) B (k + 1) / T*     compute-bound (roofline)
 
-with ``T1 = c1v + [k>0] c1s + k c1d``, ``T2 = c2v + [k>0] c2s + k c2d``
-(:func:`bayes_sd.latency.cycle_terms`), their MoE coverage increments at ``φ(B (k+1))``
+with ``T1 = c1v + [k>0] c1s + k c1d``, ``T2 = c2v (1 + η k) + [k>0] c2s + k c2d``
+(:func:`bayes_sd.latency.cycle_terms`; ``η``, ``verify_share``: each verified draft token
+costs a request a share of its one-token pass), their MoE coverage increments at ``φ(B (k+1))``
 (concave: coverage saturates), ``c1v_full`` the weight read with every expert touched and
 ``T*`` the tokens per step at which a dense model's step turns compute-bound (FLOPs over
 bandwidth, ~250 on current GPUs). The smooth maximum is
@@ -121,17 +122,18 @@ def step_terms(
     *,
     active_share: Any = 1.0,
     kink_tokens: Any = np.inf,
+    verify_share: Any = 0.0,
 ) -> StepTerms:
     """The :class:`StepTerms` of coefficients (and MoE increments) at draft length ``k``: the
-    memory terms by :func:`bayes_sd.latency.cycle_terms`, the roofline's compute time per token
-    ``c1v_full · N_active / N_total / T*``."""
-    a1, t1, a2, t2 = latency.cycle_terms(coefs, k)
+    memory terms by :func:`bayes_sd.latency.cycle_terms` (``verify_share``: its ``η``), the
+    roofline's compute time per token ``c1v_full · N_active / N_total / T*``."""
+    a1, t1, a2, t2 = latency.cycle_terms(coefs, k, verify_share)
     if increment is None:
         return StepTerms(a1, a2, t1, t2, coefs.c1v * active_share / kink_tokens)
     zero = 0.0 * increment.c1v
     verify = increment._replace(c1d=zero, c2d=zero)
     draft = increment._replace(c1v=zero, c2v=zero, c1s=zero, c2s=zero)
-    _, gv1, _, gv2 = latency.cycle_terms(verify, k)
+    _, gv1, _, gv2 = latency.cycle_terms(verify, k, verify_share)
     _, gd1, _, gd2 = latency.cycle_terms(draft, k)
     roof = (coefs.c1v + increment.c1v) * active_share / kink_tokens
     return StepTerms(a1, a2, t1, t2, roof, increment.c1p, increment.c2p, gv1, gv2, gd1, gd2)

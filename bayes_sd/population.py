@@ -87,6 +87,9 @@ class Population:
     )
     gpu_sd: float = 0.15
     config_sd: float = 0.1
+    # each verified draft token costs a request this share of its one-token pass (c2v): the
+    # embedded PyTorch step costs give 0.3–0.5 (bayes_sd.priors, verify_share)
+    verify_share: float = 0.3
     noise_sd: float = 0.03
     nu: float = 5.0
 
@@ -197,12 +200,17 @@ def simulate_from_model(
                 raise ValueError(f"config {ci}: SD (k={k}) needs a drafter")
             tokens = float(acceptance.tokens_per_cycle(alpha, k)) if k else 1.0
             args = (unsat, incr, k, tokens, cfg["decode_len"])
-            sat = float(latency.moe_saturation_rate(*args))
+            sat = float(latency.moe_saturation_rate(*args, population.verify_share))
             for f, rep in itertools.product(fractions, range(int(replicates))):
                 rate = f * sat
                 lat = float(
                     latency.moe_open_loop_latency(
-                        *args, rate, t_info.experts, t_info.experts_per_token, cfg["prefill_len"]
+                        *args,
+                        rate,
+                        t_info.experts,
+                        t_info.experts_per_token,
+                        cfg["prefill_len"],
+                        population.verify_share,
                     )
                 )
                 noise = population.noise_sd * rng.standard_t(population.nu)

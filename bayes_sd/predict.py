@@ -42,12 +42,10 @@ NPV = len(TARGET_COEFS)
 # posterior variables the predictions read
 POSTERIOR_VARS = (
     "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_effect", "engine_effect",
-    "precision_effect",
-    "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd", "series_sd", "shift_system",
-    "shift_draft", "shift_series", "series_k_slope", "moe_excess", "kink_tokens", "ttft_share",
-    "burst_share",
-    "accept_logit",
-    "accept_decay", "accept_logit_sd", "accept_decay_sd", "accept_group_logit",
+    "precision_effect", "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd",
+    "series_sd", "shift_system", "shift_draft", "shift_series",
+    "series_k_slope", "moe_excess", "kink_tokens", "verify_share", "ttft_share", "burst_share",
+    "accept_logit", "accept_decay", "accept_logit_sd", "accept_decay_sd", "accept_group_logit",
     "accept_group_decay",
     "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma", "ttft_sigma",
     "tpot_sigma", "load_noise", "nu", "tail_level", "tail_slope", "tail_sigma", "tail_engine_sd",
@@ -152,6 +150,7 @@ def predict(
         "experts": cov["experts"], "experts_per_token": cov["experts_per_token"],
         "active_share": np.exp(-cov["log_total_over_active"]),
         "kink_tokens": flat.get("kink_tokens", np.full(draws, np.inf)),
+        "verify_share": flat.get("verify_share", np.zeros(draws)),
         "ttft_share": flat.get("ttft_share", np.full(draws, 0.5)),
     }  # fmt: skip
     per_row = {"cfg": group, **_row_arrays(design, rows, flat)}

@@ -68,6 +68,13 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   (the roofline's kink: peak FLOPs over memory bandwidth times bytes per parameter over 2 —
   295 on an H100 in bf16, 206 on an H200, 250–300 on B200/MI300X; for MoE it scales by total
   over active parameters), LogNormal(log 250, 0.5).
+* ``verify_share`` (η): what each draft token the target verifies costs a request, as a share
+  of its one-token pass ``c2v`` (attention of one more query over its context, its logits and
+  acceptance test), HalfNormal(0.3). PyTorch forward passes over a dense cache
+  (``data/stepcost``, H100, 8B and 14B targets at 64–256 sequences) cost 0.3–0.5 per token
+  beyond the step to two tokens; paged attention reads a sequence's cache once for all its
+  query tokens, so real engines should sit lower. Only where the SD series run two or more
+  draft lengths (with one, ``η k c2v`` and ``c2s`` are one term); 0 elsewhere.
 * ``capacity`` (log requests one engine runs at most at P + D = 2,048 tokens per request),
   Normal(log 512, 1.5): engines cap running requests (``max_num_seqs``, 256–1,024 by default)
   and KV-cache memory; ``capacity_length_slope`` Normal(−1, 0.5): the KV cache holds fewer
@@ -173,6 +180,7 @@ def _latency_defaults() -> dict[str, Prior]:
         "engine_sd": Prior("HalfNormal", sigma=0.3),
         "precision_sd": Prior("HalfNormal", sigma=0.3),
         "kink_tokens": Prior("LogNormal", mu=float(np.log(250.0)), sigma=0.5),
+        "verify_share": Prior("HalfNormal", sigma=0.3),
         "capacity": Prior("Normal", mu=float(np.log(512.0)), sigma=1.5),
         "capacity_length_slope": Prior("Normal", mu=-1.0, sigma=0.5),
         "capacity_sd": 1.0,

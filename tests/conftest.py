@@ -3,6 +3,8 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 # PyTensor graphs built by the tests (log densities, gradients, prior draws) compile in
 # FAST_COMPILE (the Python VM): each cold numba compile of the model graph took 30-130 s in a
 # fresh CI clone, 10-40 times its evaluation here. Set before pytensor is imported, and
@@ -14,6 +16,14 @@ os.environ["PYTENSOR_FLAGS"] = ",".join(
 
 import pytest
 from hypothesis import settings
+
+
+def logp(model, point) -> float:
+    """The model's log density at ``point``, summed outside the graph: PyMC adds every
+    variable's term in one Add, which the Python VM of FAST_COMPILE cannot run past 32
+    operands (the numba backend users fit with can)."""
+    return float(sum(np.sum(term) for term in model.compile_logp(sum=False)(point)))
+
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

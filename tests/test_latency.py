@@ -315,6 +315,37 @@ def test_verification_premium_is_paid_only_with_drafts():
     assert c2 - p2 == pytest.approx(256 / 2.5 * 0.00005)
 
 
+def test_each_verified_draft_token_costs_a_share_of_the_one_token_pass():
+    """``verify_share`` η: the per-request cycle term is ``c2v (1 + η k) + [k>0] c2s + k c2d``
+    — for a dense target the same as a drafter ``η c2v`` dearer per position; nothing at
+    k = 0; the MoE verification increment takes it at the verification coverage; the step
+    terms (the phases' law) and the mean law agree."""
+    from bayes_sd import phases
+
+    coefs = six(0.02, 0.001, 0.007, 0.0002, 0.0004, 0.00001, c1s=0.001, c2s=0.00005)
+    eta = 0.4
+    assert L.demand(coefs, 0, 1.0, 256, verify_share=eta) == L.demand(coefs, 0, 1.0, 256)
+    dearer = coefs._replace(c2d=coefs.c2d + eta * coefs.c2v)
+    for k in (1, 3, 7):
+        np.testing.assert_allclose(L.demand(coefs, k, 2.5, 256, verify_share=eta),
+                                   L.demand(dearer, k, 2.5, 256), rtol=1e-12)  # fmt: skip
+        terms = phases.step_terms(coefs, None, k, verify_share=eta)
+        assert terms.t2 == pytest.approx(0.0002 * (1 + eta * k) + 0.00005 + k * 0.00001)
+        assert terms.t1 == phases.step_terms(coefs, None, k).t1  # level 1 untouched
+    incr = six(0.01, 0.0005, 0.005, 0.0001, 0.0, 0.0)
+    with_eta = phases.step_terms(coefs, incr, 3, verify_share=eta)
+    assert with_eta.gv2 == pytest.approx(0.0001 * (1 + eta * 3))
+    assert with_eta.gd2 == phases.step_terms(coefs, incr, 3).gd2
+    # the MoE mean law: η on the verification increment too (at φ_v), checked by its demand
+    _, c2 = L.moe_demand(coefs, incr, 3, 2.5, 256, 16.0, 64, 8, 512, verify_share=eta)
+    phi_v = float(L.expert_coverage(16.0 * 4, 64, 8))
+    _, plain = L.moe_demand(coefs, incr, 3, 2.5, 256, 16.0, 64, 8, 512)
+    extra = 256 / 2.5 * eta * 3 * (0.0002 + phi_v * 0.0001)
+    assert c2 - plain == pytest.approx(extra)
+    with pytest.raises(ValueError, match="verify_share"):
+        L.demand(coefs, 3, 2.5, 256, verify_share=-0.1)
+
+
 def test_a_closed_loop_benchmarks_opening_wave_adds_to_ttft_and_e2e_not_tpot():
     """A client that starts N requests at once queues their prompts for prefill together:
     a share f = N / requests of the run waits κ B A2 longer for its first token (and so for its

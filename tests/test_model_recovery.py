@@ -39,6 +39,9 @@ def test_population_parameters_inside_their_94_percent_intervals(recovered):
     for c in SLOPE_COEFS:
         lo, hi = _interval(post["size_slope"].sel(slope_coef=c).values.ravel())
         assert lo <= truth.slope[c] <= hi, (c, lo, truth.slope[c], hi)
+    # the target's cost per verified draft token, against the drafter's per draft position
+    lo, hi = _interval(post["verify_share"].values.ravel())
+    assert lo <= truth.verify_share <= hi, ("verify_share", lo, truth.verify_share, hi)
     # the noise is learnt, not left at its prior (HalfNormal(0.1) has median 0.067)
     lo, hi = _interval(post["sigma"].values.ravel())
     assert lo < truth.noise_sd < hi and hi < 0.05
