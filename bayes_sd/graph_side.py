@@ -36,9 +36,9 @@ def off(priors: dict, name: str) -> bool:
 
 def series_trend(b, sd: np.ndarray):
     """The mean of each SD series' level-2 shift (``sd``: their indices among the design's
-    series): :func:`bayes_sd.laws.series_trend` of its k with ``series_k_slope``; 0 where the
-    SD series run fewer than two draft lengths (the slope would trade off against the
-    intercepts of ``c2s`` and ``c2d``)."""
+    series): :func:`bayes_sd.laws.series_trend` of its k with ``series_k_slope``; 0 where no
+    draft system runs two or more draft lengths (the slope would trade off against the
+    intercepts of ``c2s`` and ``c2d``; :func:`draft_lengths`)."""
     if off(b.priors, "series_k_slope") or draft_lengths(b) < 2:  # off: the default
         return 0.0
     ks = b.d.rows.groupby("series")["k"].first().reindex(np.asarray(b.d.series)[sd])
@@ -47,14 +47,20 @@ def series_trend(b, sd: np.ndarray):
 
 
 def draft_lengths(b) -> int:
-    """How many draft lengths (k > 0) the sweep's SD series run."""
-    return len(np.unique(b.d.k[b.d.k > 0]))
+    """The most draft lengths (k > 0) one draft system of the sweep runs: what separates a
+    cost per draft token from one per cycle (``c2s``) within a configuration. InferenceX runs
+    one k per configuration (k = 1, 2, 3 across them): there ``η`` and the trend in k only
+    traded off against ``c2s`` and ``c2d`` (the full fit fell from R-hat 1.04 / bulk ESS 102
+    to 1.13 / 21 with η free, the worst parameters those intercepts)."""
+    sd = b.d.rows[b.d.rows["k"] > 0]
+    return int(sd.groupby("draft_system")["k"].nunique().max()) if len(sd) else 0
 
 
 def verify_share(b):
     """``η``, the share of a one-token verification pass each verified draft token costs a
-    request (:func:`bayes_sd.latency.cycle_terms`): its prior where the SD series run two or
-    more draft lengths, else 0 (with one k, ``η k c2v`` is ``c2s`` by another name: a ridge)."""
+    request (:func:`bayes_sd.latency.cycle_terms`): its prior where a draft system runs two or
+    more draft lengths, else 0 (with one k each, ``η k c2v`` is ``c2s`` and ``k c2d`` by
+    other names: a ridge; :func:`draft_lengths`)."""
     if off(b.priors, "verify_share") or draft_lengths(b) < 2:
         return 0.0
     return b.prior("verify_share")

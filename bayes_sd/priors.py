@@ -36,7 +36,7 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   (k, acceptance) curve; HalfNormal(0.1): the closed form describes a series to a few percent.
 * ``series_k_slope``: the series shifts' trend per draft token around k = 3
   (:func:`bayes_sd.laws.series_trend`; the demo's fitted shifts grew ~5% per token without it),
-  only where the SD series run two or more draft lengths. **Off by default** (fixed at 0): on,
+  only where a draft system runs two or more draft lengths. **Off by default** (fixed at 0): on,
   with ``Prior("Normal", mu=0, sigma=0.1)`` (±10% of ``C2`` per draft token at one sd), it
   took the simulated held-out draft lengths from 2.2–4.7% to 1.1–3.1% median error and the
   held-out series of the demo from 1.06× to 0.94× the curve fit's, but notebook 01's fit fell
@@ -73,8 +73,9 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   acceptance test), HalfNormal(0.3). PyTorch forward passes over a dense cache
   (``data/stepcost``, H100, 8B and 14B targets at 64–256 sequences) cost 0.3–0.5 per token
   beyond the step to two tokens; paged attention reads a sequence's cache once for all its
-  query tokens, so real engines should sit lower. Only where the SD series run two or more
-  draft lengths (with one, ``η k c2v`` and ``c2s`` are one term); 0 elsewhere.
+  query tokens, so real engines should sit lower. Only where a draft system runs two or more
+  draft lengths (with one each, ``η k c2v`` trades off against ``c2s`` and ``k c2d``); 0
+  elsewhere.
 * ``capacity`` (log requests one engine runs at most at P + D = 2,048 tokens per request),
   Normal(log 512, 1.5): engines cap running requests (``max_num_seqs``, 256–1,024 by default)
   and KV-cache memory; ``capacity_length_slope`` Normal(−1, 0.5): the KV cache holds fewer

@@ -1096,14 +1096,19 @@ def test_convergence_warning_asks_100_ess_per_chain_in_bulk_and_tail():
         warn_if_unreliable({**good, "divergences": 1, "target_accept": 0.95})
 
 
-def test_verify_share_enters_where_the_series_run_several_draft_lengths(sweep, fitted):
-    """η (``verify_share``) is a free parameter of a sweep with two or more draft lengths and
-    is absent with one (``η k c2v`` would be ``c2s`` by another name) or fixed at 0; predict
-    reads its draws: a dearer verification slows SD rows and leaves baselines alone."""
+def test_verify_share_enters_where_a_draft_system_runs_several_draft_lengths(sweep, fitted):
+    """η (``verify_share``) is a free parameter of a sweep where a draft system runs two or
+    more draft lengths and is absent where each runs one (``η k c2v`` would be ``c2s`` and
+    ``k c2d`` by other names: InferenceX) or when fixed at 0; predict reads its draws: a
+    dearer verification slows SD rows and leaves baselines alone."""
     assert sweep.loc[sweep["k"] > 0, "k"].nunique() >= 2
     assert "verify_share" in LatencyModel().build_model(sweep).named_vars
     one_k = sweep[sweep["k"].isin([0, sweep.loc[sweep["k"] > 0, "k"].iloc[0]])]
     assert "verify_share" not in LatencyModel().build_model(one_k).named_vars
+    first_k = sweep.groupby("drafter")["k"].transform(lambda k: k[k > 0].min())
+    one_each = sweep[(sweep["k"] == 0) | (sweep["k"] == first_k)]  # several k, one per drafter
+    assert one_each.loc[one_each["k"] > 0, "k"].nunique() >= 2
+    assert "verify_share" not in LatencyModel().build_model(one_each).named_vars
     off = LatencyModel(model_config={"priors": {"verify_share": 0.0}}).build_model(sweep)
     assert "verify_share" not in off.named_vars
     rows = sweep[sweep["request_rate"] <= sweep["request_rate"].median()].head(12)
