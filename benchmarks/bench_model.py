@@ -174,7 +174,8 @@ def accuracy(sweep, args) -> dict:
 def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
     """predict() wall time for dense and MoE rows (rows × posterior draws): the fused numba
     kernel, and as the baseline of the same run the NumPy path (``_kernels.AVAILABLE`` off)
-    at 10^4 rows × 100 draws."""
+    at 10^4 rows × 100 draws; at 10^5 rows × 100 draws also the means alone (``tails=False``:
+    no percentiles of TTFT, TPOT and E2E)."""
     from bayes_sd import _kernels
 
     out = []
@@ -202,6 +203,17 @@ def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
                         "row_draws_per_s": round(n * used / wall),
                         "distinct_baselines": _distinct_baselines(model, sample)})  # fmt: skip
             print_rows(out[-1:])
+        sample = _inputs(part.sample(100_000, replace=True, random_state=0))
+        sample = sample.reset_index(drop=True)
+        t0 = time.perf_counter()
+        pred = model.predict(sample, random_seed=0, max_draws=100, tails=False)
+        wall = time.perf_counter() - t0
+        used = pred.draws.sizes["chain"] * pred.draws.sizes["draw"]
+        out.append({"rows": kind + ", means only (tails=False)", "path": "numba",
+                    "n_rows": len(sample), "max_draws": 100, "draws_used": used,
+                    "wall_s": round(wall, 2), "row_draws_per_s": round(len(sample) * used / wall),
+                    "distinct_baselines": _distinct_baselines(model, sample)})  # fmt: skip
+        print_rows(out[-1:])
         if kind == "moe":
             # the worst case for the shared baseline solves: every row at its own rate
             sample = _inputs(part.sample(100_000, replace=True, random_state=0))
