@@ -43,13 +43,12 @@ NPV = len(TARGET_COEFS)
 POSTERIOR_VARS = (
     "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_effect", "engine_effect",
     "precision_effect", "gpu_sd", "engine_sd", "precision_sd", "system_sd", "draft_sd",
-    "series_sd", "shift_system", "shift_draft", "shift_series",
-    "series_k_slope", "moe_excess", "kink_tokens", "verify_share", "ttft_share", "burst_share",
-    "accept_logit", "accept_decay", "accept_logit_sd", "accept_decay_sd", "accept_group_logit",
-    "accept_group_decay",
-    "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma", "ttft_sigma",
-    "tpot_sigma", "load_noise", "nu", "tail_level", "tail_slope", "tail_sigma", "tail_engine_sd",
-    "tail_engine_z",
+    "series_sd", "shift_system", "shift_draft", "shift_series", "series_k_slope", "moe_excess",
+    "kink_tokens", "verify_share", "ttft_share", "burst_share", "accept_logit", "accept_decay",
+    "accept_logit_sd", "accept_decay_sd", "accept_group_logit", "accept_group_decay",
+    "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma",
+    "ttft_sigma", "tpot_sigma", "load_noise", "nu", "tail_level", "tail_slope", "tail_sigma",
+    "tail_engine_sd", "tail_engine_z",
 )  # fmt: skip
 # per-row outputs: the kernel's planes and what follows from them
 OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", "saturation_rate",
@@ -528,11 +527,10 @@ def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
     idx = pd.Index(design.levels("engine")).get_indexer(labels)
     level = np.repeat(flat["tail_level"][:, :, None], len(labels), axis=2)  # (draw, tail, label)
     sd = flat["tail_engine_sd"][:, None, None]
+    seen = idx >= 0
+    # fitted on one engine (or without percentiles): no terms, the engine's are the population's
     if "tail_engine_z" in flat:
-        seen = idx >= 0
         level[:, :, seen] += sd * flat["tail_engine_z"][:, :, idx[seen]]
-    else:  # fitted on one engine (or without percentiles): its terms are the population's
-        seen = idx >= 0
     if (~seen).any():  # an engine the model has not seen: new draws from the spread
         level[:, :, ~seen] += sd * rng.normal(size=(draws, len(laws.TAILS), int((~seen).sum())))
     kernel = _kernels.tails if _kernels.AVAILABLE else _kernels.tails_numpy

@@ -192,49 +192,36 @@ def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
             _kernels.AVAILABLE = path == "numba" and _kernels.numba is not None
             try:
                 model.predict(sample.head(100), random_seed=0, max_draws=draws)  # warm
-                t0 = time.perf_counter()
-                pred = model.predict(sample, random_seed=0, max_draws=draws)
-                wall = time.perf_counter() - t0
+                out.append(_timed(model, sample, kind, path, draws))
             finally:
                 _kernels.AVAILABLE = _kernels.numba is not None
-            used = pred.draws.sizes["chain"] * pred.draws.sizes["draw"]  # <= max_draws
-            out.append({"rows": kind, "path": path, "n_rows": n, "max_draws": draws,
-                        "draws_used": used, "wall_s": round(wall, 2),
-                        "row_draws_per_s": round(n * used / wall),
-                        "distinct_baselines": _distinct_baselines(model, sample)})  # fmt: skip
-            print_rows(out[-1:])
         sample = _inputs(part.sample(100_000, replace=True, random_state=0))
         sample = sample.reset_index(drop=True)
-        t0 = time.perf_counter()
-        pred = model.predict(sample, random_seed=0, max_draws=100, tails=False)
-        wall = time.perf_counter() - t0
-        used = pred.draws.sizes["chain"] * pred.draws.sizes["draw"]
-        out.append({"rows": kind + ", means only (tails=False)", "path": "numba",
-                    "n_rows": len(sample), "max_draws": 100, "draws_used": used,
-                    "wall_s": round(wall, 2), "row_draws_per_s": round(len(sample) * used / wall),
-                    "distinct_baselines": _distinct_baselines(model, sample)})  # fmt: skip
-        print_rows(out[-1:])
+        out.append(_timed(model, sample, kind + ", means only (tails=False)", tails=False))
         if kind == "moe":
             # the worst case for the shared baseline solves: every row at its own rate
-            sample = _inputs(part.sample(100_000, replace=True, random_state=0))
-            sample = sample.reset_index(drop=True)
             sample["request_rate"] *= 1.0 + 1e-6 * np.arange(len(sample))
-            t0 = time.perf_counter()
-            pred = model.predict(sample, random_seed=0, max_draws=100)
-            wall = time.perf_counter() - t0
-            used = pred.draws.sizes["chain"] * pred.draws.sizes["draw"]
-            n = len(sample)
-            out.append({"rows": kind + ", every row its own rate", "path": "numba",
-                        "n_rows": n, "max_draws": 100, "draws_used": used,
-                        "wall_s": round(wall, 2), "row_draws_per_s": round(n * used / wall),
-                        "distinct_baselines": _distinct_baselines(model, sample)})  # fmt: skip
-            print_rows(out[-1:])
+            out.append(_timed(model, sample, kind + ", every row its own rate"))
         same = [r for r in out if r["rows"] == kind and r["n_rows"] == 10_000
                 and r["max_draws"] == 100]  # fmt: skip
         fused, numpy = (next(r for r in same if r["path"] == p) for p in ("numba", "numpy"))
         print(f"  {kind}: numpy / numba wall at 10^4 rows x 100 draws = "
               f"{numpy['wall_s'] / fused['wall_s']:.1f}x")  # fmt: skip
     return out
+
+
+def _timed(model, sample, label: str, path: str = "numba", draws: int = 100, **kwargs) -> dict:
+    """One timed ``predict`` of ``sample`` (printed and returned as a result row)."""
+    t0 = time.perf_counter()
+    pred = model.predict(sample, random_seed=0, max_draws=draws, **kwargs)
+    wall = time.perf_counter() - t0
+    used = pred.draws.sizes["chain"] * pred.draws.sizes["draw"]  # <= max_draws
+    row = {"rows": label, "path": path, "n_rows": len(sample), "max_draws": draws,
+           "draws_used": used, "wall_s": round(wall, 2),
+           "row_draws_per_s": round(len(sample) * used / wall),
+           "distinct_baselines": _distinct_baselines(model, sample)}  # fmt: skip
+    print_rows([row])
+    return row
 
 
 def _distinct_baselines(model, sample) -> int:
