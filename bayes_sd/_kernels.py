@@ -4,19 +4,16 @@
 :mod:`bayes_sd.latency` and :mod:`bayes_sd.phases` (step terms, roofline, MoE coverage,
 capacity, the open-loop fixed point), held equal to ``predict_numpy`` (the same signature,
 written with those modules) by ``tests/test_model.py::test_fused_kernel_matches_the_numpy_algebra``.
-``predict_numpy`` is also the fallback without numba. ``tails`` is the percentile pass (the
-tail law of :mod:`bayes_sd.laws` at each draw's load), held equal to ``tails_numpy`` by the
-same test: 10^5 rows × 100 draws of nine percentiles in 1.5 s on 2 cores, 2.6 s in NumPy
-(where the (draw, tail, row) level array alone took 720 MB). ``nan_quantiles`` summarises the
-planes: column-wise quantiles, vectorised.
+``predict_numpy`` is also the fallback without numba. The passes after it (percentiles,
+throughput, the summaries' quantiles) are in :mod:`bayes_sd._percentiles`.
 
 Coefficients come per *configuration* (one series of one system: a prediction table of 10^5
 loads of a few configurations has a few configurations), rows point at theirs. Rows are split
 over the CPU's cores (``prange``), each row's draws written contiguously (quantiles then sort
 contiguous memory). The open-loop fixed point ``L = A1 + A2 B + (D − 1)/E · t(B)``,
-``B = λ L / n``, is solved per draw by safeguarded Newton from a proven lower bound
-(:func:`_solve_open`); baseline (k = 0) latencies of rows that share a baseline configuration
-and load are solved once (:func:`_baselines`).
+``B = λ L / n``, is solved per draw by safeguarded Newton from a proven lower bound that
+takes in the MoE coverage at its own batch (:func:`_solve_open`); baseline (k = 0) latencies
+of rows that share a baseline configuration and load are solved once (:func:`_baselines`).
 
 Compiled on first use and cached (``NUMBA_CACHE_DIR``).
 """
@@ -41,7 +38,6 @@ SOFTMIN_P = 8.0  # bayes_sd.phases.SOFTMIN_P
 GROWTH = 1.5  # the largest step up of the open-loop solver
 MAX_STEPS = 200
 REL_TOL = 1e-12
-WAVE_LEVELS = (0.5, 0.9, 0.99)  # bayes_sd.laws.TAIL_LEVELS
 # output planes
 PLANES = ("latency", "ttft", "tpot", "speedup", "saturation_rate", "light", "wave")
 
@@ -74,8 +70,8 @@ def _step(tm, k, batch, log_q, moe):
     dt2 = 0.0
     if moe:
         b = max(batch, 1.0)
-        miss_v = math.exp(b * (k + 1.0) * log_q)
         miss_d = math.exp(b * log_q)
+        miss_v = miss_d ** (int(k) + 1)  # exp(B (k + 1) log q), k whole: multiplications
         t1 += (1.0 - miss_v) * tm[7] + (1.0 - miss_d) * tm[9]
         t2 += (1.0 - miss_v) * tm[8] + (1.0 - miss_d) * tm[10]
         if batch > 1.0:  # dφ/dB = −(k + 1) log q (1 − φ_v), −log q (1 − φ_d)
@@ -100,15 +96,34 @@ def _step(tm, k, batch, log_q, moe):
 
 def _solve_open(tm, k, e, dl, lam, log_q, moe, a1, a2):
     """Least root L of L = A1 + A2 B + (D − 1)/E t(B), B = λ L (λ per engine): safeguarded
-    Newton from the proven lower bound C1 / (1 − λ C2) at zero coverage and no roofline; +inf
-    where no root exists (the slope bound of :func:`_step` reaches 1 / λ above a point with
-    f(L) > L)."""
+    Newton from a proven lower bound; +inf where no root exists (the slope bound of
+    :func:`_step` reaches 1 / λ above a point with f(L) > L, or a bound's slack vanishes).
+
+    The bound: t ≥ T1(B) + B T2(B) (the roofline only adds), and the MoE coverage grows with B,
+    so with the coverage frozen at the batch of a lower bound ``lo`` the root satisfies
+    L ≥ (A1 + cyc T1(λ lo)) / (1 − λ (A2 + cyc T2(λ lo))) — a higher lower bound, iterated
+    while it climbs by more than 1%. From zero coverage (the bound alone for dense targets)
+    Newton started at 1–10% of an MoE root under load and climbed by its 1.5× cap: 6.2 steps
+    per solve on the demo's MoE rows, 2.6 from the coverage bound."""
     cyc = (dl - 1.0) / e
     c1 = a1 + cyc * tm[2]
     slack = 1.0 - lam * (a2 + cyc * tm[3])
     if not slack > 0.0:
         return math.inf
     lo = c1 / slack
+    if moe:  # coverage grows with B: frozen at the bound's batch, the bound solves higher
+        for _ in range(MAX_STEPS):
+            b = max(lam * lo, 1.0)  # as in _step: below one request, the coverage at one
+            miss_d = math.exp(b * log_q)
+            miss_v = miss_d ** (int(k) + 1)
+            slack = 1.0 - lam * (a2 + cyc * (tm[3] + (1.0 - miss_v) * tm[8]
+                                             + (1.0 - miss_d) * tm[10]))  # fmt: skip
+            if not slack > 0.0:
+                return math.inf
+            nxt = (a1 + cyc * (tm[2] + (1.0 - miss_v) * tm[7] + (1.0 - miss_d) * tm[9])) / slack
+            if nxt <= lo * 1.01:
+                break
+            lo = nxt
     hi = math.inf
     x = lo
     for _ in range(MAX_STEPS):
@@ -208,9 +223,9 @@ def _baselines(coef, incr, f_base, cfg, moe, log_q, act, kink, cap, share, burst
 
 def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, burst, eta, k,
              e_known, acc, d_idx, dl, plen, rate, conc, is_open, n, opening, base_lat, base_of,
-             planes):  # fmt: skip
+             out):  # fmt: skip
     """Planes (PLANES, rows, draws): latency, TTFT, TPOT, speedup against k = 0 at the same
-    load, saturation rate, and (``planes`` 6 or 7) the light-load latency C1 and the opening
+    load, saturation rate, and (``out`` of 6 or 7 planes) the light-load latency C1 and the opening
     wave's part of the mean TTFT.
 
     ``coef`` / ``incr``: (8, draws, configs) coefficients in ``COEFS`` order before the series
@@ -221,7 +236,7 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, b
     prefill length, ``rate`` / ``conc`` / ``is_open``, ``n`` engines."""
     draws = f_sd.shape[0]
     rows = cfg.shape[0]
-    out = np.empty((planes, rows, draws))
+    planes = out.shape[0]
     for j in prange(rows):
         tm = np.empty(11)
         tb = np.empty(11)
@@ -260,44 +275,6 @@ def _predict(coef, incr, f_sd, f_base, cfg, moe, log_q, act, kink, cap, share, b
     return out
 
 
-def _tails(level, slope, lab, is_open, rate, conc, n, frac, share, ttft, tpot, lat):
-    """Percentile planes (9, rows, draws) — ``TAILS`` order, metric-major — from the tail
-    law of :mod:`bayes_sd.laws` (``tail_load``, ``tail_log_ratios``, ``wave_log_ratios``):
-    ``level`` (draws, 9, labels), ``slope`` (draws, 9), ``lab`` each row's engine label,
-    ``frac`` its opening fraction f and ``share`` (2, rows, draws; read only where f > 0) the
-    opening wave's share of the mean TTFT and E2E, ``ttft``, ``tpot``, ``lat`` (rows, draws)
-    the means;
-    the load is the requests in flight per engine at the row's predicted E2E (open loop) or
-    its concurrency (closed loop)."""
-    rows = lab.shape[0]
-    draws = slope.shape[0]
-    out = np.empty((9, rows, draws))
-    for j in prange(rows):
-        g = lab[j]
-        for i in range(draws):
-            b = rate[j] * lat[j, i] / n[j] if is_open[j] else conc[j] / n[j]
-            if math.isnan(b) or b < 0.0:
-                b = 0.0
-            load = math.log1p(min(b, 1e4))
-            for m in range(3):
-                t = 3 * m
-                r50 = level[i, t, g] + slope[i, t] * load
-                r90 = r50 + math.exp(level[i, t + 1, g] + slope[i, t + 1] * load)
-                r99 = r90 + math.exp(level[i, t + 2, g] + slope[i, t + 2] * load)
-                mean = ttft[j, i] if m == 0 else (tpot[j, i] if m == 1 else lat[j, i])
-                s = 0.0  # the wave's share of the mean (TTFT, E2E)
-                if m != 1 and frac[j] > 0.0:
-                    s = share[m // 2, j, i]
-                for u, r in ((0, r50), (1, r90), (2, r99)):
-                    at = (
-                        2.0 * max(0.0, 1.0 - (1.0 - WAVE_LEVELS[u]) / frac[j]) / frac[j]
-                        if s > 0.0
-                        else 0.0
-                    )
-                    out[t + u, j, i] = mean * ((1.0 - s) * math.exp(r) + s * at)
-    return out
-
-
 if AVAILABLE:
     with warnings.catch_warnings():  # an unwritable cache folder is not an error
         warnings.simplefilter("ignore")
@@ -309,9 +286,15 @@ if AVAILABLE:
         _saturation = numba.njit(**_jit)(_saturation)
         _baselines_jit = numba.njit(parallel=True, **_jit)(_baselines)
         _predict_jit = numba.njit(parallel=True, **_jit)(_predict)
-        _tails_jit = numba.njit(parallel=True, **_jit)(_tails)
 else:  # pragma: no cover
-    _baselines_jit = _predict_jit = _tails_jit = None
+    _baselines_jit = _predict_jit = None
+
+
+def _output(shape) -> np.ndarray:
+    """A kernel's output array, allocated by NumPy: NumPy asks Linux for huge pages for large
+    arrays (``madvise``), numba's allocator does not — first-touching 720 MB of planes took
+    0.19 s in numba's memory, 0.07 s in NumPy's."""
+    return np.empty(shape)
 
 
 def _arrays(experts, experts_per_token):
@@ -368,45 +351,9 @@ def predict(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=No
             *common, f64(params["f_sd"]), f64(params["f_base"]), *per_config,
             f64(params["verify_share"]), f64(rows["k"]),
             f64(rows["e_known"]), f64(params["acceptance"]), i64(rows["d_idx"]), *load, base_lat,
-            base_of, plane_count(params, rows, with_noise),
+            base_of, _output((plane_count(params, rows, with_noise), len(base_of),
+                              params["f_sd"].shape[0])),
         )  # fmt: skip
-
-
-def tails(level, slope, lab, rows: dict, means, shares=None) -> np.ndarray:
-    """Percentile planes (9, rows, draws) in ``bayes_sd.laws.TAILS`` order (see
-    :func:`_tails`); ``rows``: ``is_open``, ``rate``, ``conc``, ``engines``, ``opening``;
-    ``means``: the (draw, row) planes of TTFT, TPOT and E2E (the kernel's transposed planes:
-    no copy); ``shares``: the wave's share of TTFT and E2E, (2, row, draw) (None: no wave).
-    :func:`tails_numpy` is its oracle and fallback."""
-    f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
-    frac = np.asarray(rows["opening"], dtype=float) if shares is not None else np.zeros(len(lab))
-    shares = np.zeros((2, 1, 1)) if shares is None else shares
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # numba's cache notices
-        return _tails_jit(f64(level), f64(slope), np.ascontiguousarray(lab, dtype=np.int64),
-                          np.ascontiguousarray(rows["is_open"]), f64(np.nan_to_num(rows["rate"])),
-                          f64(np.nan_to_num(rows["conc"])), f64(rows["engines"]), f64(frac),
-                          f64(shares), *(f64(np.asarray(m).T) for m in means))  # fmt: skip
-
-
-def tails_numpy(level, slope, lab, rows: dict, means, shares=None) -> np.ndarray:
-    """:func:`tails` by :mod:`bayes_sd.laws` in NumPy (the kernel's oracle; the fallback)."""
-    from bayes_sd import laws
-
-    load = laws.predicted_load(rows["is_open"], rows["rate"], means[2], rows["conc"],
-                               rows["engines"])  # fmt: skip
-    out = []
-    for m, mean in enumerate(means):
-        terms = range(3 * m, 3 * m + 3)
-        ratios = laws.tail_log_ratios([level[:, t, lab] for t in terms],
-                                      [slope[:, t, None] for t in terms], load)  # fmt: skip
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            if shares is not None and laws.TAIL_METRICS[m] in laws.WAVE_METRICS:
-                frac = np.asarray(rows["opening"], dtype=float)
-                share = shares[laws.WAVE_METRICS.index(laws.TAIL_METRICS[m])].T
-                ratios = laws.wave_log_ratios(ratios, np.where(frac > 0, share, 0.0), frac)
-            out += [(mean * np.exp(r)).T for r in ratios]
-    return np.stack(out)
 
 
 def predict_numpy(params: dict, rows: dict, *, with_noise: bool = False, chunk_rows=None):
@@ -566,34 +513,3 @@ def _open_fixed_point(tm, k, e, dl, lam, phi_p, moe, log_q, growth=1.1, steps=50
         if not np.any(hi - lo > 1e-13 * hi):
             break
     return np.where(saturated, np.inf, hi)
-
-
-def nan_quantiles(x: np.ndarray, qs, chunk_bytes: int = 1 << 22) -> list[np.ndarray]:
-    """Column-wise quantiles of ``x`` (draws, columns) ignoring NaN, as ``np.nanquantile``
-    (linear interpolation) but vectorised: ``np.nanquantile`` loops over columns in Python
-    (measured: 54 s of a 58 s predict of 20,000 rows). ``+inf`` draws are kept (saturated).
-
-    Columns are sorted a block at a time in one reused buffer of ``chunk_bytes``: a sorted copy
-    of all of ``x`` (10^5 rows × 100 draws: 80 MB per variable) cost more in first-touch page
-    faults than in sorting."""
-    draws, n_cols = x.shape
-    width = max(1, chunk_bytes // (8 * max(draws, 1)))
-    buf = np.empty((min(width, n_cols), draws))
-    out = [np.empty(n_cols) for _ in qs]
-    for c0 in range(0, n_cols, width):
-        c1 = min(c0 + width, n_cols)
-        b = buf[: c1 - c0]
-        b[...] = x[:, c0:c1].T  # (columns, draws): the sort runs over contiguous memory
-        b.sort(axis=1)  # NaN sort last
-        n = (~np.isnan(b)).sum(axis=1)
-        cols = np.arange(c1 - c0)
-        for o, q in zip(out, qs, strict=True):
-            pos = q * np.maximum(n - 1, 0)
-            i = np.floor(pos).astype(int)
-            j = np.minimum(i + 1, np.maximum(n - 1, 0))
-            frac = pos - i
-            a, bb = b[cols, i], b[cols, j]
-            with np.errstate(invalid="ignore"):  # +inf draws: a + (inf - a) · 0 would be NaN
-                v = np.where((a == bb) | (frac == 0), a, a + (bb - a) * frac)
-            o[c0:c1] = np.where(n > 0, v, np.nan)
-    return out

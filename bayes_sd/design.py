@@ -118,7 +118,7 @@ def label_systems(rows: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
     are built once per distinct configuration (a prediction table of 10^5 rates of a few
     configurations costs a few label builds)."""
     cols = [*SYSTEM_KEYS, "drafter", "method", "k", "alpha"]
-    group = rows.groupby(cols, dropna=False, sort=False).ngroup().to_numpy()
+    group = rows[cols].groupby(cols, dropna=False, sort=False).ngroup().to_numpy()
     _, first = np.unique(group, return_index=True)
     uniq = rows.iloc[first][cols].copy()
     work = workload_lengths(uniq, reference)
@@ -510,9 +510,10 @@ class Design:
         law = set(self.rows.loc[~imposed & (self.k > 0), "draft_system"])
         fitted = fitted[~fitted["draft_system"].isin(law)]
         # a row's alpha for a series fitted without one names that series
-        plain = rows["series"].str.replace(r"\|a[^|]*$", "", regex=True)
-        same = ~rows["series"].isin(self.series) & plain.isin(self.series)
-        rows.loc[same, "series"] = plain[same]
+        codes, names = pd.factorize(rows["series"])  # per distinct series, not per row
+        plain = names.str.replace(r"\|a[^|]*$", "", regex=True)
+        same = (~names.isin(self.series) & plain.isin(self.series))[codes]
+        rows.loc[same, "series"] = plain[codes][same]
         need = (rows["k"] > 0).to_numpy() & np.isnan(acceptance_of(rows))
         need &= rows["draft_system"].isin(set(fitted["draft_system"])).to_numpy()
         if not need.any():

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayes_sd import _kernels, acceptance, laws
-from bayes_sd._kernels import nan_quantiles
+from bayes_sd import _kernels, _percentiles, acceptance, laws
+from bayes_sd._percentiles import nan_quantiles
 from bayes_sd.coefs import COEF_SLOPE, COEFS, LEVEL, TARGET_COEFS
 from bayes_sd.design import (
     CONFIG_SIZE_COLUMNS,
@@ -138,7 +138,7 @@ def predict(
     # few configurations needs a few coefficient draws, and every row of one (unseen)
     # configuration shares its new residual draws
     keys = ["series", *CONFIG_SIZE_COLUMNS, *(["prefill_gpus"] if "prefill_gpus" in rows else [])]
-    group = rows.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+    group = rows[keys].groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
     _, first = np.unique(group, return_index=True)
     configs_u = rows.iloc[first].reset_index(drop=True)
     cov = system_covariates(configs_u)
@@ -167,23 +167,22 @@ def predict(
     if noise:
         _with_noise(design, rows, flat, planes, per_row, rng)
     # tokens per step: as given, or the acceptance law's draws
-    e = np.broadcast_to(per_row["e_known"], (draws, len(rows)))
-    planes["acceptance_length"] = np.where(np.isnan(e), params["acceptance"][:, per_row["d_idx"]],
-                                           e)  # fmt: skip
+    accepted = planes["acceptance_length"] = np.empty((draws, len(rows)))
+    accepted[:] = per_row["e_known"]
+    latent = np.isnan(per_row["e_known"])
+    if latent.any():
+        accepted[:, latent] = params["acceptance"][:, per_row["d_idx"][latent]]
     names = OUTPUTS
     if tails:
         missing = [v for v in _TAIL_PRIORS if v not in post]  # no training run measured a tail
         flat.update(draw_priors(model.priors, missing, draws, rng, {"tail": list(laws.TAILS)}))
         planes.update(_tail_draws(design, rows, flat, planes, per_row, rng, noise, shares))
         names = OUTPUTS + TAIL_OUTPUTS
-    decode = rows["decode_len"].to_numpy(dtype=float)
-    gpus = rows["num_gpus"].to_numpy(dtype=float)
-    load = np.where(per_row["is_open"], per_row["rate"], per_row["conc"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        requests = np.where(per_row["is_open"], load, load / planes["latency"])  # Little's law
-        planes["throughput"] = np.where(np.isfinite(planes["latency"]), requests * decode / gpus,
-                                        0.0)  # fmt: skip
-        planes["interactivity"] = np.where(np.isfinite(planes["tpot"]), 1.0 / planes["tpot"], 0.0)
+    # throughput per GPU (Little's law in a closed loop) and interactivity, in one pass
+    derive = _percentiles.derived if _kernels.AVAILABLE else _percentiles.derived_numpy
+    per_row["num_gpus"] = rows["num_gpus"].to_numpy(dtype=float)
+    planes["throughput"], planes["interactivity"] = derive(per_row, planes["latency"],
+                                                           planes["tpot"])  # fmt: skip
     arrays = {name: planes[name] for name in names}
     chains, per_chain = post.sizes["chain"], post.sizes["draw"]
     dims = ("chain", "draw", "row")
@@ -521,7 +520,8 @@ def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
     law's ratio at the row's load (requests in flight per engine; with the opening wave's
     ``shares`` of the means where a closed-loop row has one), with the engine's fitted
     terms (fresh draws from their spread for an engine the model has not seen) and, with
-    ``noise``, the fitted scatter of a measured ratio. One fused pass (``_kernels.tails``)."""
+    ``noise``, the fitted scatter of a measured ratio. One fused pass
+    (``_percentiles.tails``)."""
     draws = planes["latency"].shape[0]
     labels, lab = np.unique(rows["engine"].astype(str).to_numpy(), return_inverse=True)
     idx = pd.Index(design.levels("engine")).get_indexer(labels)
@@ -533,7 +533,7 @@ def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
         level[:, :, seen] += sd * flat["tail_engine_z"][:, :, idx[seen]]
     if (~seen).any():  # an engine the model has not seen: new draws from the spread
         level[:, :, ~seen] += sd * rng.normal(size=(draws, len(laws.TAILS), int((~seen).sum())))
-    kernel = _kernels.tails if _kernels.AVAILABLE else _kernels.tails_numpy
+    kernel = _percentiles.tails if _kernels.AVAILABLE else _percentiles.tails_numpy
     means = [planes[metric] for metric in laws.TAIL_METRICS]
     out = kernel(level, flat["tail_slope"], lab.ravel(), per_row, means, shares)  # tail, row, draw
     tails = {name: out[t].T for t, name in enumerate(laws.TAILS)}
