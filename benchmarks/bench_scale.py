@@ -4,7 +4,7 @@ Run (on 2 cores 10^3 runs take 1.5–2 minutes; 10^4 did not finish in 21 minute
 
     .venv/bin/python benchmarks/bench_scale.py [--sizes 1000,10000,100000]
         [--backends nutpie,numpyro] [--draws 300 --tune 300 --chains 2] [--reps 1]
-        [--timeout SECONDS] [--out benchmarks/results/scale.json]
+        [--timeout SECONDS] [--gradient-only] [--out benchmarks/results/scale.json]
 
 Data (simulated, truth known): ``simulate_from_model`` sweeps drawn from the default population
 (noise 2%): dense targets (Llama-3.2-1B/3B, Llama-3.1-8B, Qwen2.5-14B) with their drafters on H100
@@ -126,6 +126,8 @@ def one(size: int, backend: str, rep: int, args) -> dict:
                                          "chains": args.chains, "nuts_sampler": backend,
                                          "adaptation": args.adaptation,
                                          "progressbar": False})  # fmt: skip
+    if args.gradient_only:
+        return {**row, **gradient_cost(model, sweep)}
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -163,6 +165,32 @@ def one(size: int, backend: str, rep: int, args) -> dict:
     }
 
 
+def gradient_cost(model, sweep) -> dict:
+    """Without sampling: the model's build and numba compile time, its size and the time of
+    one log density and gradient (what every leapfrog step costs; the fit's wall time is this
+    times the steps, which the posterior's geometry sets)."""
+    from bench_points import gradient, time_pair
+
+    import bayes_sd
+
+    t0 = time.perf_counter()
+    model.build_model(sweep)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pair = gradient(model.model)
+    compile_s = time.perf_counter() - t0
+    (gradient_ms,) = time_pair([pair], repeats=3, calls=20)
+    return {
+        "points": len(model.design.points.first),
+        "parameters": int(sum(np.size(v) for v in pair[1])),
+        "build_s": round(build_s, 1),
+        "compile_s": round(compile_s, 1),
+        "gradient_ms": round(gradient_ms, 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "bayes_sd": bayes_sd.__version__,
+    }
+
+
 def growth(rows: list[dict], key: str) -> float | None:
     """The exponent b of ``key ∝ runs^b`` (least squares on logs), over sizes with a value."""
     ok = [(r["runs"], r[key]) for r in rows if r.get(key)]
@@ -172,9 +200,9 @@ def growth(rows: list[dict], key: str) -> float | None:
     return round(float(np.polyfit(x, y, 1)[0]), 2)
 
 
-COLUMNS = ["runs", "points", "backend", "rep", "device", "parameters", "wall_s", "sampling_s",
-           "gradient_ms", "steps_per_draw", "ess_per_s", "max_rhat", "divergences",
-           "coverage_90", "peak_rss_mb", "error"]  # fmt: skip
+COLUMNS = ["runs", "points", "backend", "rep", "device", "parameters", "build_s", "compile_s",
+           "wall_s", "sampling_s", "gradient_ms", "steps_per_draw", "ess_per_s", "max_rhat",
+           "divergences", "coverage_90", "peak_rss_mb", "error"]  # fmt: skip
 
 
 def main() -> None:
@@ -191,6 +219,11 @@ def main() -> None:
                         "configurations are runs / (18 x replicates)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per fit (one still running is recorded unfinished)")  # fmt: skip
+    p.add_argument(
+        "--gradient-only",
+        action="store_true",
+        help="no fits: build, compile and time the log density's gradient per size",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale.json"))
     p.add_argument("--one", nargs=3, metavar=("SIZE", "BACKEND", "REP"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -206,7 +239,8 @@ def main() -> None:
                        "--draws", str(args.draws), "--tune", str(args.tune),
                        "--chains", str(args.chains),
                        "--replicates", str(args.replicates),
-                       "--adaptation", args.adaptation]  # fmt: skip
+                       "--adaptation", args.adaptation,
+                       *(["--gradient-only"] if args.gradient_only else [])]  # fmt: skip
                 try:
                     done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                                           timeout=args.timeout)  # fmt: skip
@@ -241,7 +275,8 @@ def save(args, rows: list[dict]) -> None:
                              "settings": {"draws": args.draws, "tune": args.tune,
                                           "chains": args.chains,
                                           "replicates": args.replicates,
-                                          "adaptation": args.adaptation}})  # fmt: skip
+                                          "adaptation": args.adaptation,
+                                          "gradient_only": args.gradient_only}})  # fmt: skip
 
 
 def write_results(out: str, payload: dict) -> None:
