@@ -193,21 +193,31 @@ def convergence_summary(idata, names) -> dict[str, Any]:
     import arviz as az
 
     post = idata["posterior"].dataset
+    stats = idata["sample_stats"].dataset
     names = [n for n in names if n in post]
-    return {
+    out = {
         "max_rhat": float(az.rhat(post[names]).to_array().max()),
         "min_ess_bulk": float(az.ess(post[names], method="bulk").to_array().min()),
         "min_ess_tail": float(az.ess(post[names], method="tail").to_array().min()),
-        "divergences": int(idata["sample_stats"].dataset["diverging"].sum()),
+        "divergences": int(stats["diverging"].sum()),
         "draws": int(post.sizes["chain"] * post.sizes["draw"]),
         "chains": int(post.sizes["chain"]),
     }
+    if "n_steps" in stats:  # nutpie and PyMC: leapfrog steps of each draw's trajectory
+        out["steps_per_draw"] = float(stats["n_steps"].mean())
+    return out
+
+
+# mean leapfrog steps per draw from which a warning advises the low-rank mass matrix (tree
+# depth 9 and more; the default's 10^4-run fleet fit: 1,018, the low-rank one's: 63)
+LONG_TRAJECTORY = 512
 
 
 def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3, advice: str = "") -> list[str]:
     """Warn (:class:`ConvergenceWarning`) with advice when R-hat > 1.01, bulk or tail ESS
     below :data:`MIN_ESS_PER_CHAIN` per chain (400 for four chains) or any divergence;
-    returns the problems found. ``advice`` is appended to the message."""
+    returns the problems found. ``advice`` is appended to the message, after the low-rank
+    mass matrix's where trajectories ran near the tree-depth limit (:data:`LONG_TRAJECTORY`)."""
     problems = []
     least = MIN_ESS_PER_CHAIN * diag.get("chains", 4)
     if diag["max_rhat"] > 1.01:
@@ -219,6 +229,14 @@ def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3, advice: str = 
     if diag["divergences"]:
         problems.append(f"{diag['divergences']} divergent transitions")
     higher = 0.98 if diag.get("target_accept", 0.9) >= 0.95 else 0.95
+    if diag.get("steps_per_draw", 0) >= LONG_TRAJECTORY:  # near the tree-depth limit (1,023)
+        advice = (
+            f"Trajectories of {diag['steps_per_draw']:.0f} leapfrog steps per draw (the limit is "
+            "1,023): with many configurations pinned by their data, nutpie's low-rank mass "
+            "matrix (sampler_config adaptation='low_rank', bayes-sd fit --adaptation low_rank) "
+            "took a simulated 10^4-run fleet sweep from the limit to 63 steps (docs/fleet.md)."
+            + (f" {advice}" if advice else "")
+        )
     if problems:
         warnings.warn(
             "posterior may not be reliable: " + "; ".join(problems) + ". Try more tuning "

@@ -1103,6 +1103,13 @@ def test_convergence_warning_asks_100_ess_per_chain_in_bulk_and_tail():
         warn_if_unreliable({**good, "min_ess_tail": 150.0})
     with pytest.warns(ConvergenceWarning, match=r"--target-accept 0.98"):
         warn_if_unreliable({**good, "divergences": 1, "target_accept": 0.95})
+    # trajectories at the tree-depth limit: the advice names the low-rank mass matrix
+    slow = {**good, "max_rhat": 1.03, "steps_per_draw": 1018.0}
+    with pytest.warns(ConvergenceWarning, match=r"1018 leapfrog.*--adaptation low_rank"):
+        warn_if_unreliable(slow)
+    with pytest.warns(ConvergenceWarning) as caught:
+        warn_if_unreliable({**slow, "steps_per_draw": 63.0})
+    assert "low_rank" not in str(caught[0].message)
 
 
 def test_verify_share_enters_where_a_draft_system_runs_several_draft_lengths(sweep, fitted):
