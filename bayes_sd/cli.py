@@ -163,12 +163,15 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Read any supported input and write the canonical sweep table."""
     from bayes_sd.io import read_sweep
+    from bayes_sd.load_checks import at_ingest
     from bayes_sd.schema import write_sweep
 
     table = read_sweep(args.inputs, **_parse_meta(args.meta))
+    table, n_falling = at_ingest(table, exclude=args.exclude_falling)
     path = write_sweep(table, args.out)
     n_sat = int(table["saturated"].sum())
-    print(f"wrote {path}: {len(table)} runs ({n_sat} flagged saturated)")
+    note = f", {n_falling} excluded: latency falls with load" if n_falling else ""
+    print(f"wrote {path}: {len(table)} runs ({n_sat} flagged saturated{note})")
     return EXIT_OK
 
 
@@ -413,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="metadata for every run, e.g. --meta gpu=H100 --meta k=0",
     )
+    ingest.add_argument(
+        "--exclude-falling", action="store_true",
+        help="mark excluded (kept, not fitted) every run of a series whose mean TTFT, TPOT or "
+        "E2E falls below 2/3 of its value at a lower load: an effect the load law does not "
+        "have (default: warn only)",
+    )  # fmt: skip
     ingest.set_defaults(func=cmd_ingest)
 
     sim = add(
@@ -538,6 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"bayes-sd: {category.__name__}: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -546,7 +562,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("default")
             # deprecations inside pytensor / pymc-extras are not the user's to act on
             warnings.simplefilter("ignore", DeprecationWarning)
-            return int(args.func(args))
+            if not args.debug:  # one line per warning, without the library's source line
+                warnings.formatwarning = _format_warning
+            try:
+                return int(args.func(args))
+            finally:
+                warnings.formatwarning = _FORMAT_WARNING
     except ValueError as err:  # DataError and bad arguments to the library
         print(f"bayes-sd: error: {err}", file=sys.stderr)
         return EXIT_DATA

@@ -19,6 +19,7 @@ from bayes_sd import predict as _predict
 from bayes_sd._version import __version__
 from bayes_sd.design import Design
 from bayes_sd.errors import DataError
+from bayes_sd.load_checks import warn_falling
 from bayes_sd.priors import MODEL_CONFIG_KEYS, resolve_priors
 from bayes_sd.sampling import (
     DEFAULT_SAMPLER,
@@ -150,6 +151,7 @@ class LatencyModel:
         from bayes_sd.graph_side import step_design
 
         design = Design.from_sweep(sweep)
+        warn_falling(design.rows, stacklevel=4)  # series the load law cannot fit
         self.design = design
         dense = design.runs_per_series >= AUTO_CENTRED_RUNS_PER_SERIES
         if self.centring == "auto":

@@ -28,6 +28,10 @@ for E2E and ``a + b λ`` for TTFT and TPOT; no prediction below two training loa
 ``--previous PATH`` the model of an earlier checkout (E2E only; e.g. ``git worktree add
 /tmp/previous 81cc1f5``, the model before the per-phase law) run in a subprocess.
 
+Runs of series whose latency falls with load (``bayes_sd.load_checks``; InferenceX: 8 Dynamo +
+TensorRT-LLM series) are scored apart as well (a second row per held-out set: the runs outside
+them); ``--exclude-falling`` leaves them out of training and scoring.
+
 Scored quantities: the mean TTFT, TPOT and E2E, and their p50 and p99 where the runs measured
 them (InferenceX: all; the blog sweep: E2E only). Scores per held-out set and quantity: median
 and maximum relative error of the posterior median
@@ -53,6 +57,7 @@ import pandas as pd
 from scipy.optimize import curve_fit
 
 import bayes_sd
+from bayes_sd import load_checks
 from bayes_sd.design import Design
 from bayes_sd.model import ConvergenceWarning, LatencyModel
 
@@ -262,11 +267,23 @@ def main(argv=None) -> None:
     p.add_argument("--engines", default="sglang,dynamo-sglang")
     p.add_argument("--mtp-gpus", default="H200-SXM-141GB,MI325X")
     p.add_argument("--previous", default=None, help="a checkout of an earlier bayes_sd")
+    p.add_argument(
+        "--exclude-falling",
+        action="store_true",
+        help="leave out (train and score) the series whose latency falls with "
+        "load (bayes_sd.load_checks; as bayes-sd ingest --exclude-falling)",
+    )
     _common.dask_options(p)
     args = _common.parse(p, argv, "real_engines")
     target = _common.dask_target(args)
-    data = {"inferencex": fittable(bayes_sd.load_example("inferencex")),
-            "vllm-blog-2024": fittable(bayes_sd.load_example("vllm-blog-2024"))}  # fmt: skip
+    data = {name: bayes_sd.load_example(name) for name in ("inferencex", "vllm-blog-2024")}
+    # the runs of series whose latency falls with load: scored apart as well (or left out)
+    falling = {run for sweep in data.values()
+               for ids in load_checks.falling_series(Design.from_sweep(sweep).rows)["run_ids"]
+               for run in ids}  # fmt: skip
+    if args.exclude_falling:
+        data = {name: load_checks.exclude_falling(sweep) for name, sweep in data.items()}
+    data = {name: fittable(sweep) for name, sweep in data.items()}
     folds = {}  # label -> (train, held), in the order they are reported
     for fold in args.folds.split(","):
         for source, rows in data.items():
@@ -287,6 +304,11 @@ def main(argv=None) -> None:
         for part in parts:
             if not part.empty:
                 scores.append(part.assign(held_out=label, fold=fold))
+        if held["run_id"].isin(falling).any():  # the runs the load law can describe
+            keep = ~parts[0]["run"].isin(falling)
+            scores.append(parts[0][keep].assign(
+                held_out=f"{label}, outside the series whose latency falls with load",
+                fold=fold))  # fmt: skip
         fits.append({"held_out": label, "train_runs": len(train), "held_runs": len(held),
                      **info, "wall_s": round(time.perf_counter() - start, 1)})  # fmt: skip
         table = summarise(pd.concat(scores, ignore_index=True))
