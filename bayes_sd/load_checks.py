@@ -48,11 +48,17 @@ def _load(rows: pd.DataFrame) -> np.ndarray:
 
 
 def _name(r: pd.Series) -> str:
-    """A configuration in words: GPUs, engine, precision, layout, lengths, draft length."""
-    parts = [f"{r['num_gpus']:g} x {r['gpu']}"]
-    parts += [str(r[c]) for c in ("engine", "precision", "layout")
-              if c in r and isinstance(r[c], str) and r[c] not in ("", "unknown")]  # fmt: skip
-    parts.append(f"{r['prefill_len']:.0f}/{r['decode_len']:.0f} tokens")
+    """A configuration in words, as the reports name them: target on GPUs, workload, engine,
+    precision, layout, draft length."""
+
+    def known(c: str) -> bool:
+        return c in r and isinstance(r[c], str) and r[c] not in ("", "unknown")
+
+    head = str(r["target"]).split("/")[-1] + " on " if known("target") else ""
+    parts = [f"{head}{r['num_gpus']:g} × {r['gpu']}"]
+    lengths = f"{r['prefill_len']:.0f}/{r['decode_len']:.0f} tokens"
+    parts.append(f"{r['dataset']} {lengths}" if known("dataset") else lengths)
+    parts += [str(r[c]) for c in ("engine", "precision", "layout") if known(c)]
     return ", ".join(parts) + f", k = {r['k']:g}"
 
 

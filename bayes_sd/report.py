@@ -267,6 +267,7 @@ def _fit(rep: Report, model, interval: float) -> None:
         f"inside their {interval:.0%} posterior predictive interval (measurement noise included)."
     )
     names += ["latency_vs_rate", "posterior_predictive", "fit_quality"]
+    names += _data_checks(rep, model)
     rep.figures["normalised_collapse"] = figures.collapse_figure(runs)
     rep.notes["normalised_collapse"] = (
         "Every open-loop run normalised by its series' posterior-median C1 and C2: latency / C1 "
@@ -281,6 +282,32 @@ def _fit(rep: Report, model, interval: float) -> None:
             "MoE target, with the training runs' verification passes (B·(k+1)) marked."
         )
         names.append("moe_coverage")
+
+
+def _data_checks(rep: Report, model) -> list[str]:
+    """The series whose measured mean falls with load (:mod:`bayes_sd.load_checks`), if any:
+    fitted, with an effect the load law does not have."""
+    from bayes_sd.load_checks import METRICS, falling_series
+
+    found = falling_series(model.design.rows)
+    if found.empty:
+        return []
+    rep.tables["latency_falling_with_load"] = pd.DataFrame({
+        "configuration": found["name"],
+        "metric": found["metric"].map(METRICS),
+        "at load": found["peak_load"],
+        "measured (s)": found["peak"].round(4),
+        "at higher load": found["load"],
+        "then (s)": found["value"].round(4),
+        "ratio": found["ratio"].round(2),
+    }).set_index("configuration")  # fmt: skip
+    rep.notes["latency_falling_with_load"] = (
+        "Series whose measured mean falls below 2/3 of its value at a lower load: every phase "
+        "of the load law grows with the load, so these runs hold an effect it does not have "
+        "(a prefill stage waiting to fill a batch, a warm-up, an autoscaler) and were fitted "
+        "with large residuals. To fit without them: bayes-sd ingest --exclude-falling."
+    )
+    return ["latency_falling_with_load"]
 
 
 def _heading(name: str) -> str:

@@ -25,7 +25,8 @@ def test_real_sweeps_flag_only_dynamo_trt_ttft():
     worst = found.loc[found["ratio"].idxmin()]
     assert worst["ratio"] == pytest.approx(0.313 / 2.153, abs=0.01)
     assert (worst["peak_load"], worst["load"]) == (4.0, 32.0)
-    assert "32 x B200, dynamo-trt, fp8" in worst["name"] and "|" not in worst["name"]
+    assert worst["name"].startswith("DeepSeek-R1-0528 on 32 × B200, random 922/922 tokens")
+    assert "dynamo-trt, fp8" in worst["name"] and "|" not in worst["name"]
     assert (found["ratio"] < FALL).all() and found["run_ids"].map(len).min() >= 2
     for name in ("vllm-blog-2024", "demo"):
         assert falling_series(Design.from_sweep(bayes_sd.load_example(name)).rows).empty
@@ -106,3 +107,21 @@ def test_fit_and_ingest_say_so(blog_with_a_fall, tmp_path, capsys):
     n = int(np.sum(pd.read_csv(out)["excluded"]))
     assert n >= 2 and f"{n} excluded: latency falls with load" in std.out
     assert "LoadLawWarning" not in std.err
+
+
+def test_the_report_lists_them(blog_with_a_fall):
+    from bayes_sd.report import Report, _data_checks
+
+    make, *_, top = blog_with_a_fall
+    model = LatencyModel()
+    with pytest.warns(LoadLawWarning):
+        model.build_model(make(0.5))
+    rep = Report("t")
+    assert _data_checks(rep, model) == ["latency_falling_with_load"]
+    table = rep.tables["latency_falling_with_load"]
+    assert len(table) == 1 and table["metric"].iloc[0] == "mean E2E"
+    assert table["ratio"].iloc[0] == 0.5 and table["at higher load"].iloc[0] == top["request_rate"]
+    assert "|" not in table.index[0] and table.index.name == "configuration"
+    clean = LatencyModel()
+    clean.build_model(make(1.0))
+    assert _data_checks(Report("t"), clean) == []
