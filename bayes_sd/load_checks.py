@@ -4,8 +4,10 @@ Every phase of :mod:`bayes_sd.phases` — TTFT, TPOT and E2E — is non-decreasi
 (requests in flight or request rate): more requests mean more prefill to wait for, longer
 steps, longer queues. A series (one configuration at one draft length) whose measured mean
 falls well below what it was at a lower load therefore holds an effect the law does not have —
-a prefill stage that waits to fill a batch, a warm-up inside the lower-load runs, an autoscaler
-— and the fit will spread it over the shared coefficients and the noise. :func:`falling_series`
+a prefill stage that waits to fill a batch, a warm-up inside the lower-load runs, an autoscaler,
+or runs of two setups the table does not tell apart (say, two campaigns of one system whose
+mean lengths differ by under 10%: one workload) — and the fit will spread it over the shared
+coefficients and the noise. :func:`falling_series`
 finds them and :func:`warn_falling` says so when a sweep is fitted or ingested; the runs are
 kept (exclude them with the ``excluded`` column to fit without them).
 
@@ -65,8 +67,7 @@ def _name(r: pd.Series) -> str:
 def falling_series(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (series, metric) whose mean at some load is below :data:`FALL` of the
     highest mean of the series at a lower load: ``series``, ``name`` (in words), ``engine``,
-    ``metric``,
-    ``peak_load``, ``peak``, ``load``, ``value``, ``ratio`` (the lowest such ratio) and
+    ``metric``, ``peak_load``, ``peak``, ``load``, ``value``, ``ratio`` (the lowest such ratio),
     ``multi_load`` (the series of that engine measured at two or more loads, per metric).
     ``rows``: labelled runs (``Design.rows``: ``series``, ``load_mode``, ``request_rate``,
     ``concurrency``, the metric columns, ``run_id``); runs at one load are averaged first;
@@ -77,6 +78,7 @@ def falling_series(rows: pd.DataFrame) -> pd.DataFrame:
     engine = t["engine"] if "engine" in t else pd.Series("", index=t.index)
     t = t.assign(engine=engine.fillna("").astype(str))
     out = []
+    members = t.groupby(["series", "_mode"], sort=False).indices  # row positions per series
     for metric in METRICS:
         if metric not in t or t[metric].isna().all():
             continue
@@ -92,12 +94,13 @@ def falling_series(rows: pd.DataFrame) -> pd.DataFrame:
         before = at.groupby(keys)[metric].cummax().groupby([at["series"], at["_mode"]]).shift()
         at = at.assign(ratio=at[metric] / before)
         worst = at.loc[at["ratio"] < FALL]
-        for _, g in worst.groupby(keys, sort=False):
+        loads = at.groupby(keys, sort=False).indices
+        for key, g in worst.groupby(keys, sort=False):
             row = g.loc[g["ratio"].idxmin()]
-            lower = at[(at["series"] == row["series"]) & (at["_mode"] == row["_mode"])
-                       & (at["_load"] < row["_load"])]  # fmt: skip
+            series = at.iloc[loads[key]]
+            lower = series[series["_load"] < row["_load"]]
             peak = lower.loc[lower[metric].idxmax()]
-            runs = rows.loc[(t["series"] == row["series"]) & (t["_mode"] == row["_mode"])]
+            runs = rows.iloc[members[key]]
             out.append([row["series"], _name(runs.iloc[0]), row["engine"], metric, peak["_load"],
                         peak[metric], row["_load"], row[metric], row["ratio"],
                         int(multi[row["engine"]]), list(runs.get("run_id", []))])  # fmt: skip
@@ -126,7 +129,8 @@ def warn_falling(rows: pd.DataFrame, stacklevel: int = 3) -> pd.DataFrame:
         warnings.warn(
             "; ".join(describe(found)) + ". Every phase of the load law grows with the load: "
             "these runs hold an effect it does not have (a prefill stage waiting to fill a "
-            "batch, a warm-up, an autoscaler) and are fitted with large residuals; to fit "
+            "batch, a warm-up, an autoscaler, or two setups under one label) and are fitted "
+            "with large residuals; to fit "
             "without them: bayes-sd ingest --exclude-falling, or "
             "bayes_sd.load_checks.exclude_falling(sweep)",
             LoadLawWarning,

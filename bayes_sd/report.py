@@ -304,7 +304,8 @@ def _data_checks(rep: Report, model) -> list[str]:
     rep.notes["latency_falling_with_load"] = (
         "Series whose measured mean falls below 2/3 of its value at a lower load: every phase "
         "of the load law grows with the load, so these runs hold an effect it does not have "
-        "(a prefill stage waiting to fill a batch, a warm-up, an autoscaler) and were fitted "
+        "(a prefill stage waiting to fill a batch, a warm-up, an autoscaler, or two setups "
+        "under one label) and were fitted "
         "with large residuals. To fit without them: bayes-sd ingest --exclude-falling."
     )
     return ["latency_falling_with_load"]
