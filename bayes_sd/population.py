@@ -150,8 +150,11 @@ def simulate_from_model(
     """Draw configurations' coefficients from the population and sweep them in closed form.
 
     ``configs``: rows with ``gpu, target, drafter (or None), prefill_len, decode_len`` and a list
-    of ``(k, alpha)`` pairs in ``sd`` (k = 0 is always added). Each system gets open-loop runs at
-    ``fractions`` of its saturation rate (MoE targets through the coverage fixed point).
+    of ``(k, alpha)`` pairs in ``sd`` (k = 0 is always added); an optional ``dataset`` labels
+    the configuration's workload (configurations of one GPU and target whose lengths lie within
+    10% are otherwise one workload to the model: :func:`bayes_sd.design.workload_lengths`).
+    Each system gets open-loop runs at ``fractions`` of its saturation rate (MoE targets
+    through the coverage fixed point).
     ``replicates``: runs per load point, each with its own noise (a fleet re-running its
     benchmarks; run ids end in ``-r<j>`` when above 1).
     Returns the validated canonical sweep (labelled simulated) and the truth: the population,
@@ -221,6 +224,7 @@ def simulate_from_model(
                         + (f"-r{rep}" if replicates > 1 else ""),
                         "file": "simulate_from_model",
                         "record": f"config {ci}",
+                        **({"dataset": cfg["dataset"]} if cfg.get("dataset") else {}),
                         "gpu": cfg["gpu"],
                         "num_gpus": 1,
                         "target": cfg["target"],

@@ -8,7 +8,7 @@ import bayes_sd
 from bayes_sd import latency, sweeps
 from bayes_sd.cli import EXIT_OK, main
 from bayes_sd.io import sweep_from_results
-from bayes_sd.population import DEFAULT_POPULATION, simulate_from_model
+from bayes_sd.population import DEFAULT_POPULATION, simulate_from_model, with_overrides
 from bayes_sd.stepmodel import StepCostModel
 
 
@@ -135,3 +135,25 @@ def test_simulate_from_model_returns_truth():
     assert moe["increment"]["c1v"] > 0 and truth["configs"][0]["increment"]["c1v"] == 0
     again, _ = simulate_from_model(configs, seed=4)
     pd.testing.assert_frame_equal(sweep, again)
+
+
+def test_fleet_configurations_one_workload_apart_stay_apart_with_their_datasets():
+    """Two simulated configurations of one GPU and target whose lengths lie within 10% are one
+    workload (one system) to the model, with two truths; each with its own dataset they are two
+    systems (bench_scale's fleet)."""
+    from bayes_sd.design import Design
+    from bayes_sd.load_checks import falling_series
+
+    base = {"gpu": "H100-SXM-80GB", "target": "llama-3.1-8b", "drafter": None, "sd": []}
+    pair = [{**base, "prefill_len": 1024, "decode_len": 256},
+            {**base, "prefill_len": 1060, "decode_len": 262}]  # fmt: skip
+    truth = with_overrides(DEFAULT_POPULATION, config_sd=0.6, noise_sd=0.01)
+    merged, _ = simulate_from_model(pair, population=truth, seed=1)
+    rows = Design.from_sweep(merged).rows
+    assert rows["system"].nunique() == 1 and "dataset" not in pd.DataFrame(pair)
+    apart, _ = simulate_from_model(
+        [{**c, "dataset": f"fleet-{i}"} for i, c in enumerate(pair)], population=truth, seed=1
+    )
+    rows = Design.from_sweep(apart).rows
+    assert rows["system"].nunique() == 2 and set(apart["dataset"]) == {"fleet-0", "fleet-1"}
+    assert falling_series(rows).empty
