@@ -225,7 +225,8 @@ def main() -> None:
     p.add_argument(
         "--gradient-only",
         action="store_true",
-        help="no fits: build, compile and time the log density's gradient per size",
+        help="no fits: build, compile and time the log density's numba gradient (nutpie's) "
+        "per size",
     )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale.json"))
     p.add_argument("--one", nargs=3, metavar=("SIZE", "BACKEND", "REP"), help=argparse.SUPPRESS)
@@ -235,8 +236,11 @@ def main() -> None:
         print(json.dumps(one(int(size), backend, int(rep), args), default=float))
         return
     rows = []
+    backends = args.backends.split(",")
+    if args.gradient_only:  # the numba-compiled gradient (nutpie's); JAX's is not timed here
+        backends = ["nutpie"]
     for size in (int(s) for s in args.sizes.split(",")):
-        for backend in args.backends.split(","):
+        for backend in backends:
             for rep in range(args.reps):
                 cmd = [sys.executable, __file__, "--one", str(size), backend, str(rep),
                        "--draws", str(args.draws), "--tune", str(args.tune),
