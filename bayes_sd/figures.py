@@ -131,6 +131,17 @@ def known(value) -> bool:
     return not pd.isna(value) and str(value) not in ("", "unknown")
 
 
+def config_name(r: pd.Series) -> str:
+    """A system's row in words: "Meta-Llama-3-70B-Instruct on 4 × H100-SXM-80GB, ShareGPT
+    215/198 tokens" (engine, precision and parallel layout when known)."""
+    text = f"{str(r['target']).split('/')[-1]} on {int(r['num_gpus'])} × {r['gpu']}"
+    extra = [str(r[c]) for c in ("engine", "precision", "layout") if known(r[c])]
+    if str(r["dataset"]):
+        extra.append(f"{r['dataset']} {float(r['prefill_len']):.0f}/{float(r['decode_len']):.0f}"
+                     " tokens")  # fmt: skip
+    return ", ".join([text, *extra])
+
+
 def system_title(model, system: str) -> str:
     """A system (or draft system) as a person would name it: "Meta-Llama-3-70B-Instruct on
     4 × H100-SXM-80GB, ShareGPT 215/198 tokens" (engine, precision and parallel layout when
@@ -142,14 +153,7 @@ def system_title(model, system: str) -> str:
     key = next((s for s in table.index if system == s or system.startswith(s + "|")), None)
     if key is None:
         return "\n".join(textwrap.wrap(" ".join(p for p in base if p), 50))
-    r = table.loc[key]
-    text = f"{str(r['target']).split('/')[-1]} on {int(r['num_gpus'])} × {r['gpu']}"
-    extra = [str(r[c]) for c in ("engine", "precision", "layout") if known(r[c])]
-    if str(r["dataset"]):
-        extra.append(f"{r['dataset']} {float(r['prefill_len']):.0f}/{float(r['decode_len']):.0f}"
-                     " tokens")  # fmt: skip
-    if extra:
-        text += ", " + ", ".join(extra)
+    text = config_name(table.loc[key])
     if system != key:  # a draft system: its drafter (or method)
         text += f"; drafter {system[len(key) + 1 :].split('/')[-1]}"
     return "\n".join(textwrap.wrap(text, 50))

@@ -7,9 +7,10 @@ falls well below what it was at a lower load therefore holds an effect the law d
 a prefill stage that waits to fill a batch, a warm-up inside the lower-load runs, an autoscaler,
 or runs of two setups the table does not tell apart (say, two campaigns of one system whose
 mean lengths differ by under 10%: one workload) — and the fit will spread it over the shared
-coefficients and the noise. :func:`falling_series`
-finds them and :func:`warn_falling` says so when a sweep is fitted or ingested; the runs are
-kept (exclude them with the ``excluded`` column to fit without them).
+coefficients and the noise. :func:`falling_series` finds them, :func:`warn_falling` says so
+when a sweep is fitted or ingested (:func:`at_ingest`) and reports list them; the runs are
+kept, and :func:`exclude_falling` (``bayes-sd ingest --exclude-falling``) sets ``excluded``,
+with the reason, on every run of those series.
 
 The threshold: a mean below :data:`FALL` (two thirds) of the highest mean at a lower load of
 its series. Measured on the embedded sweeps (multi-load series; lowest such ratio): InferenceX
@@ -26,9 +27,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from bayes_sd.figures import config_name
+
 __all__ = [
     "FALL",
     "METRICS",
+    "WHY",
     "LoadLawWarning",
     "at_ingest",
     "exclude_falling",
@@ -37,6 +41,11 @@ __all__ = [
 ]
 
 FALL = 2.0 / 3.0
+# what the warning and the reports say about them
+WHY = ("every phase of the load law grows with the load, so these runs hold an effect it does "
+       "not have (a prefill stage waiting to fill a batch, a warm-up, an autoscaler, or two "
+       "setups under one label) and are fitted with large residuals; to fit without them: "
+       "bayes-sd ingest --exclude-falling")  # fmt: skip
 METRICS = {"ttft_mean_s": "mean TTFT", "tpot_mean_s": "mean TPOT", "latency_mean_s": "mean E2E"}
 
 
@@ -47,21 +56,6 @@ class LoadLawWarning(UserWarning):
 def _load(rows: pd.DataFrame) -> np.ndarray:
     rate = rows["load_mode"].eq("rate").to_numpy()
     return np.where(rate, rows["request_rate"], rows["concurrency"]).astype(float)
-
-
-def _name(r: pd.Series) -> str:
-    """A configuration in words, as the reports name them: target on GPUs, workload, engine,
-    precision, layout, draft length."""
-
-    def known(c: str) -> bool:
-        return c in r and isinstance(r[c], str) and r[c] not in ("", "unknown")
-
-    head = str(r["target"]).split("/")[-1] + " on " if known("target") else ""
-    parts = [f"{head}{r['num_gpus']:g} × {r['gpu']}"]
-    lengths = f"{r['prefill_len']:.0f}/{r['decode_len']:.0f} tokens"
-    parts.append(f"{r['dataset']} {lengths}" if known("dataset") else lengths)
-    parts += [str(r[c]) for c in ("engine", "precision", "layout") if known(c)]
-    return ", ".join(parts) + f", k = {r['k']:g}"
 
 
 def falling_series(rows: pd.DataFrame) -> pd.DataFrame:
@@ -101,7 +95,8 @@ def falling_series(rows: pd.DataFrame) -> pd.DataFrame:
             lower = series[series["_load"] < row["_load"]]
             peak = lower.loc[lower[metric].idxmax()]
             runs = rows.iloc[members[key]]
-            out.append([row["series"], _name(runs.iloc[0]), row["engine"], metric, peak["_load"],
+            name = f"{config_name(runs.iloc[0])}, k = {runs['k'].iloc[0]:g}"
+            out.append([row["series"], name, row["engine"], metric, peak["_load"],
                         peak[metric], row["_load"], row[metric], row["ratio"],
                         int(multi[row["engine"]]), list(runs.get("run_id", []))])  # fmt: skip
     return pd.DataFrame(out, columns=cols)
@@ -127,11 +122,7 @@ def warn_falling(rows: pd.DataFrame, stacklevel: int = 3) -> pd.DataFrame:
     found = falling_series(rows)
     if len(found):
         warnings.warn(
-            "; ".join(describe(found)) + ". Every phase of the load law grows with the load: "
-            "these runs hold an effect it does not have (a prefill stage waiting to fill a "
-            "batch, a warm-up, an autoscaler, or two setups under one label) and are fitted "
-            "with large residuals; to fit "
-            "without them: bayes-sd ingest --exclude-falling, or "
+            "; ".join(describe(found)) + f". {WHY[0].upper()}{WHY[1:]}, or "
             "bayes_sd.load_checks.exclude_falling(sweep)",
             LoadLawWarning,
             stacklevel=stacklevel,

@@ -287,7 +287,7 @@ def _fit(rep: Report, model, interval: float) -> None:
 def _data_checks(rep: Report, model) -> list[str]:
     """The series whose measured mean falls with load (:mod:`bayes_sd.load_checks`), if any:
     fitted, with an effect the load law does not have."""
-    from bayes_sd.load_checks import METRICS, falling_series
+    from bayes_sd.load_checks import METRICS, WHY, falling_series
 
     found = falling_series(model.design.rows)
     if found.empty:
@@ -302,11 +302,7 @@ def _data_checks(rep: Report, model) -> list[str]:
         "ratio": found["ratio"].round(2),
     }).set_index("configuration")  # fmt: skip
     rep.notes["latency_falling_with_load"] = (
-        "Series whose measured mean falls below 2/3 of its value at a lower load: every phase "
-        "of the load law grows with the load, so these runs hold an effect it does not have "
-        "(a prefill stage waiting to fill a batch, a warm-up, an autoscaler, or two setups "
-        "under one label) and were fitted "
-        "with large residuals. To fit without them: bayes-sd ingest --exclude-falling."
+        f"Series whose measured mean falls below 2/3 of its value at a lower load: {WHY}."
     )
     return ["latency_falling_with_load"]
 

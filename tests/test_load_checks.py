@@ -25,8 +25,9 @@ def test_real_sweeps_flag_only_dynamo_trt_ttft():
     worst = found.loc[found["ratio"].idxmin()]
     assert worst["ratio"] == pytest.approx(0.313 / 2.153, abs=0.01)
     assert (worst["peak_load"], worst["load"]) == (4.0, 32.0)
-    assert worst["name"].startswith("DeepSeek-R1-0528 on 32 × B200, random 922/922 tokens")
-    assert "dynamo-trt, fp8" in worst["name"] and "|" not in worst["name"]
+    # named as the reports name the configuration (figures.config_name), with its k
+    assert worst["name"].startswith("DeepSeek-R1-0528 on 32 × B200, dynamo-trt, fp8")
+    assert worst["name"].endswith("random 922/922 tokens, k = 0") and "|" not in worst["name"]
     assert (found["ratio"] < FALL).all() and found["run_ids"].map(len).min() >= 2
     for name in ("vllm-blog-2024", "demo"):
         assert falling_series(Design.from_sweep(bayes_sd.load_example(name)).rows).empty
