@@ -534,6 +534,48 @@ def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
     assert np.isfinite(lat[..., (table["target_experts"] > 1).to_numpy()]).sum() > 100
 
 
+def test_percentile_pass_is_the_tail_law_of_laws_block_by_block():
+    """``_percentiles.tails`` evaluates :mod:`bayes_sd.laws` (``predicted_load``,
+    ``tail_log_ratios``, ``wave_log_ratios``) a block of rows at a time on every core: blocks of
+    3 rows give the whole-array law's planes, open and closed loop, with and without an opening
+    wave, saturated (infinite) means included."""
+    from bayes_sd import _percentiles, laws
+
+    rng = np.random.default_rng(7)
+    draws, n, labels = 6, 11, 2
+    level = rng.normal(-0.5, 0.3, size=(draws, 9, labels))
+    slope = rng.normal(0.1, 0.05, size=(draws, 9))
+    lab = rng.integers(0, labels, size=n)
+    is_open = np.arange(n) % 2 == 0
+    rows = {"is_open": is_open, "rate": np.where(is_open, 2.0, np.nan),
+            "conc": np.where(is_open, np.nan, 16.0), "engines": np.full(n, 2.0),
+            "opening": np.where(~is_open & (np.arange(n) % 3 == 0), 0.1, 0.0)}  # fmt: skip
+    means = [rng.uniform(0.1, 2.0, size=(draws, n)) for _ in range(3)]
+    means[2][0, 0] = np.inf  # a saturated draw
+    shares = rng.uniform(0.0, 0.5, size=(2, n, draws))
+    load = laws.predicted_load(is_open, np.nan_to_num(rows["rate"]), means[2],
+                               np.nan_to_num(rows["conc"]), rows["engines"])  # fmt: skip
+
+    def law(wave) -> np.ndarray:  # the whole-array law, (9, row, draw)
+        out = []
+        for m, metric in enumerate(laws.TAIL_METRICS):
+            terms = range(3 * m, 3 * m + 3)
+            ratios = laws.tail_log_ratios([level[:, t, lab] for t in terms],
+                                          [slope[:, t, None] for t in terms], load)  # fmt: skip
+            if wave is not None and metric in laws.WAVE_METRICS:
+                share = np.where(rows["opening"] > 0, wave[laws.WAVE_METRICS.index(metric)].T, 0)
+                ratios = laws.wave_log_ratios(ratios, share, rows["opening"])
+            out += [(means[m] * np.exp(r)).T for r in ratios]
+        return np.stack(out)
+
+    for wave in (shares, None):
+        for block in (3, 10**6):
+            got = _percentiles.tails(level, slope, lab, rows, means, wave, block_rows=block)
+            np.testing.assert_allclose(got, law(wave), rtol=1e-12)
+    assert not np.allclose(law(shares), law(None))  # the wave was exercised
+    assert np.isinf(got[6:, 0, 0]).all() and np.isfinite(got[:6, 0, 0]).all()
+
+
 def test_moe_rows_share_their_baseline_solves(fitted, monkeypatch):
     """A planning grid of draft lengths at each rate solves each MoE baseline once per draw
     (not once per SD row): the same draws as the NumPy path, which solves every row's own;
