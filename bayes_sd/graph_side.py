@@ -74,24 +74,24 @@ def tails(b, data, predicted) -> None:
     and E2E's ratios hold the wave (:func:`bayes_sd.laws.wave_log_ratios`, its share of the
     predicted mean): the p99 of such a run pins the wave's size ``κ``. Otherwise the tails do
     not pull on the coefficients;
-    per-engine terms around the population's when the sweep has several engines. A sweep
+    per-engine and per-GPU-type terms around the population's where the sweep has several
+    (:data:`bayes_sd.laws.TAIL_EFFECTS`). A sweep
     without percentiles leaves the tail law out of the graph (27 parameters only their
     priors would inform cost the sampler time and mixing): ``predict`` then draws them from
     their priors, so its percentiles say so with wide intervals."""
     if not any(t in data for t in laws.TAILS):
         return
-    level, slope = b.prior("tail_level"), b.prior("tail_slope")
+    level, slope = b.prior("tail_level")[:, None], b.prior("tail_slope")
     sigma = b.prior("tail_sigma")
-    engines = b.d.levels("engine")
-    if len(engines) > 1:
-        # zero-sum over the engines: with free terms their mean traded off against
-        # tail_level (InferenceX: tail_level[latency_p50] and its four engine terms at bulk
-        # ESS 8-9 of 900 draws, moving together)
-        z = pm.ZeroSumNormal("tail_engine_z", sigma=1.0, dims=("tail", "engine"))
-        idx = pd.Index(engines).get_indexer(b.d.rows["engine"])
-        level = level[:, None] + (b.prior("tail_engine_sd") * z)[:, idx]  # (tail, run)
-    else:
-        level = level[:, None]
+    for effect in laws.TAIL_EFFECTS:
+        if len(b.d.levels(effect)) > 1:
+            # zero-sum over the levels: with free terms their mean traded off against
+            # tail_level (InferenceX: tail_level[latency_p50] and its four engine terms at
+            # bulk ESS 8-9 of 900 draws, moving together); one spread per percentile term
+            # (one shared spread was held at 0.004 by TPOT's p50, which no GPU type moves)
+            z = pm.ZeroSumNormal(f"tail_{effect}_z", sigma=1.0, dims=("tail", effect))
+            idx = b.d.effect_index(effect, b.d.rows)
+            level = level + (b.prior(f"tail_{effect}_sd")[:, None] * z)[:, idx]  # (tail, run)
     load = laws.tail_load(b.d.batch)  # the measured requests in flight per engine
     for metric in laws.TAIL_METRICS:
         terms = [laws.TAILS.index(f"{metric}_{q}") for q in laws.TAIL_STATS]

@@ -60,6 +60,7 @@ from bayes_sd.coefs import COEFS, LENGTH_COEFS
 __all__ = [
     "QUEUE_SHARE_CAP",
     "TAILS",
+    "TAIL_EFFECTS",
     "TAIL_METRICS",
     "TAIL_STATS",
     "length_covariates",
@@ -89,6 +90,11 @@ TAIL_LEVELS = (0.5, 0.9, 0.99)  # the quantile of each of TAIL_STATS
 SERIES_K_REF = 3.0  # the draft length at which the series shifts' trend in k is 0
 # the metrics whose percentiles hold the opening wave (it delays the first token, not the rest)
 WAVE_METRICS = ("ttft", "latency")
+# the categorical effects of the tail law's levels (hierarchical, each summing to zero, one
+# spread per percentile term): the engine (schedulers order prefills differently) and the GPU
+# type (InferenceX, SGLang: TTFT p50/mean 0.25-0.4 on MI300X and MI325X at every load, 0.8-1.0
+# on B200 and B300 at light load)
+TAIL_EFFECTS = ("engine", "gpu")
 
 
 def length_covariates(prefill_len: Any, decode_len: Any) -> np.ndarray:

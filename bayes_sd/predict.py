@@ -48,7 +48,7 @@ POSTERIOR_VARS = (
     "accept_logit_sd", "accept_decay_sd", "accept_group_logit", "accept_group_decay",
     "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma",
     "ttft_sigma", "tpot_sigma", "load_noise", "nu", "tail_level", "tail_slope", "tail_sigma",
-    "tail_engine_sd", "tail_engine_z",
+    "tail_engine_sd", "tail_engine_z", "tail_gpu_sd", "tail_gpu_z",
 )  # fmt: skip
 # per-row outputs: the kernel's planes and what follows from them
 OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", "saturation_rate",
@@ -57,7 +57,8 @@ OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", 
 TAIL_OUTPUTS = laws.TAILS
 # the tail law's parameters: a fit without measured percentiles has none, and its predictions
 # draw them from their priors (wide, honest intervals)
-_TAIL_PRIORS = ("tail_level", "tail_slope", "tail_sigma", "tail_engine_sd")
+_TAIL_PRIORS = ("tail_level", "tail_slope", "tail_sigma", "tail_engine_sd", "tail_gpu_sd")
+_TAIL_COLUMN = {"engine": "engine", "gpu": "gpu_key"}  # each tail effect's row label
 
 
 @dataclass
@@ -520,26 +521,30 @@ def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
                 noise: bool, shares=None) -> dict:  # fmt: skip
     """(draw, row) percentiles of TTFT, TPOT and E2E: each metric's (noisy) mean times the tail
     law's ratio at the row's load (requests in flight per engine; with the opening wave's
-    ``shares`` of the means where a closed-loop row has one), with the engine's fitted
-    terms (fresh draws from their spread for an engine the model has not seen) and, with
-    ``noise``, the fitted scatter of a measured ratio. One blockwise pass on every core
-    (``_percentiles.tails``)."""
+    ``shares`` of the means where a closed-loop row has one), with the fitted terms of the
+    row's engine and GPU type (fresh draws from their spread for a level the model has not
+    seen) and, with ``noise``, the fitted scatter of a measured ratio. One blockwise pass on
+    every core (``_percentiles.tails``)."""
     draws = planes["latency"].shape[0]
-    lab, labels = pd.factorize(rows["engine"].astype(str), sort=True)  # np.unique: 0.06 s
-    labels = np.asarray(labels, dtype=object)
-    idx = pd.Index(design.levels("engine")).get_indexer(labels)
-    level = np.repeat(flat["tail_level"][:, :, None], len(labels), axis=2)  # (draw, tail, label)
-    sd = flat["tail_engine_sd"][:, None, None]
-    seen = idx >= 0
-    # fitted on one engine (or without percentiles): no terms, the engine's are the population's
-    if "tail_engine_z" in flat:
-        level[:, :, seen] += sd * flat["tail_engine_z"][:, :, idx[seen]]
-    if (~seen).any():  # an engine the model has not seen: new draws from the spread
-        level[:, :, ~seen] += sd * rng.normal(size=(draws, len(laws.TAILS), int((~seen).sum())))
+    # one label per distinct (engine, GPU type) of the rows: each tail effect's level per label
+    codes = [pd.factorize(rows[_TAIL_COLUMN[e]].astype(str), sort=True) for e in laws.TAIL_EFFECTS]
+    width = max(len(names) for _, names in codes)
+    lab, pairs = pd.factorize(codes[0][0] * width + codes[1][0])
+    level = np.repeat(flat["tail_level"][:, :, None], len(pairs), axis=2)  # (draw, tail, label)
+    for effect, (_, names), code in zip(laws.TAIL_EFFECTS, codes, (pairs // width, pairs % width),
+                                        strict=True):  # fmt: skip
+        label = np.asarray(names, dtype=object)[code]  # each label's level of this effect
+        idx = pd.Index(design.levels(effect)).get_indexer(label)
+        sd = flat[f"tail_{effect}_sd"].reshape(draws, -1, 1)  # per term (one: saved before)
+        seen = idx >= 0
+        # fitted on one level (or without percentiles): no terms, its level is the population's
+        if f"tail_{effect}_z" in flat:
+            level[:, :, seen] += sd * flat[f"tail_{effect}_z"][:, :, idx[seen]]
+        if (~seen).any():  # a level the model has not seen: new draws from the spread, one per
+            new, at = np.unique(label[~seen], return_inverse=True)  # level, shared by its labels
+            level[:, :, ~seen] += sd * rng.normal(size=(draws, len(laws.TAILS), len(new)))[..., at]
     means = [planes[metric] for metric in laws.TAIL_METRICS]
-    out = _percentiles.tails(
-        level, flat["tail_slope"], lab, per_row, means, shares
-    )  # (9, row, draw)
+    out = _percentiles.tails(level, flat["tail_slope"], lab, per_row, means, shares)
     tails = {name: out[t].T for t, name in enumerate(laws.TAILS)}
     if noise:  # the scatter of a measured ratio around the law
         for t, name in enumerate(laws.TAILS):

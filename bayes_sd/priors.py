@@ -110,8 +110,11 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   Normal(0, 0.5): how a tail's term grows with the load ``log(1 + B)``, B the requests in
   flight per engine;
   ``tail_sigma`` HalfNormal(0.2): the scatter of a measured log ratio (a p99 of a few hundred
-  requests is noisy); ``tail_engine_sd`` HalfNormal(0.3): the spread of per-engine tail terms
-  (schedulers differ in how they order prefills). Unmeasured tails keep these priors.
+  requests is noisy); ``tail_engine_sd`` HalfNormal(0.3) per term: the spread of per-engine
+  tail terms (schedulers differ in how they order prefills), ``tail_gpu_sd`` the same per GPU
+  type (platforms stall differently: on InferenceX SGLang's TTFT p50/mean is 0.25–0.4 on AMD
+  GPUs, 0.8–1.0 on B200 at light load, while TPOT's p50 is its mean everywhere — one spread
+  for all nine terms was held near 0 by the TPOT ones). Unmeasured tails keep these priors.
 * Joint step likelihood (``fit(steps=...)``): ``step_overhead``, the log serving overhead per
   level that an isolated forward pass does not pay, Normal(0.1, 0.3); ``step_sigma``,
   HalfNormal(0.1); ``step_likelihood`` Student-t with ν = 4 (``step_nu``, Gamma(2, 0.1), when
@@ -160,7 +163,8 @@ def _tail_defaults() -> dict[str, Prior]:
         "tail_level": Prior("Normal", mu=np.array(level), sigma=np.array(spread), dims="tail"),
         "tail_slope": Prior("Normal", mu=0.0, sigma=0.5, dims="tail"),
         "tail_sigma": Prior("HalfNormal", sigma=0.2, dims="tail"),
-        "tail_engine_sd": Prior("HalfNormal", sigma=0.3),
+        "tail_engine_sd": Prior("HalfNormal", sigma=0.3, dims="tail"),
+        "tail_gpu_sd": Prior("HalfNormal", sigma=0.3, dims="tail"),
     }
 
 

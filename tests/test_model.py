@@ -928,6 +928,55 @@ def test_measured_percentiles_enter_as_log_ratios_to_their_means(sweep):
     assert list(model.coords["engine"]) == ["sglang", "vllm"]
     z = pm.draw(model["tail_engine_z"], draws=5, random_seed=1)
     np.testing.assert_allclose(z.sum(axis=-1), 0.0, atol=1e-12)
+    # and each GPU type's (several here), the same way, each term with its own spread; one
+    # GPU type: no terms
+    assert len(model.coords["gpu"]) > 1
+    z = pm.draw(model["tail_gpu_z"], draws=5, random_seed=1)
+    assert z.shape == (5, len(laws.TAILS), len(model.coords["gpu"]))
+    np.testing.assert_allclose(z.sum(axis=-1), 0.0, atol=1e-12)
+    assert pm.draw(model["tail_gpu_sd"], draws=5, random_seed=1).shape == (5, len(laws.TAILS))
+    one = data[data["gpu"] == data["gpu"].iloc[0]]
+    assert "tail_gpu_z" not in LatencyModel().build_model(one).named_vars
+
+
+def test_predicted_percentiles_take_the_terms_of_the_rows_engine_and_gpu(fitted):
+    """A row's tail levels are the population's plus its engine's and its GPU type's fitted
+    terms, each percentile term with its own spread; a GPU type or engine the fit has not seen
+    draws a new term from the spread, one per level (rows of one unseen GPU type share it); a
+    model saved with one spread for all terms still predicts."""
+    from bayes_sd import laws
+    from bayes_sd.predict import _tail_draws, prediction_rows
+
+    design, draws = fitted.design, 400
+    gpus = design.levels("gpu")
+    base = design.rows.iloc[[0]].drop(columns=["latency_mean_s"])
+    table = pd.concat([base.assign(gpu=gpus[0]), base.assign(gpu=gpus[1]),
+                       base.assign(gpu="A100-SXM-80GB"), base.assign(gpu="A100-SXM-80GB"),
+                       base.assign(gpu=gpus[0], engine="sglang")], ignore_index=True)  # fmt: skip
+    rows = prediction_rows(design, table)
+    rng = np.random.default_rng(0)
+    n_tails = len(laws.TAILS)
+    z = rng.normal(size=(draws, n_tails, len(gpus)))
+    gpu_sd = np.tile(np.linspace(0.1, 0.9, n_tails), (draws, 1))  # (draw, tail)
+    flat = {"tail_level": np.zeros((draws, n_tails)), "tail_slope": np.zeros((draws, n_tails)),
+            "tail_engine_sd": np.full(draws, 0.2), "tail_gpu_sd": gpu_sd,
+            "tail_gpu_z": z}  # fmt: skip
+    ones = np.ones((draws, len(rows)))
+    planes = {"ttft": ones, "tpot": ones, "latency": ones}
+    per_row = {"is_open": np.zeros(len(rows), bool), "rate": np.full(len(rows), np.nan),
+               "conc": np.full(len(rows), 4.0), "engines": np.ones(len(rows)),
+               "opening": np.zeros(len(rows))}  # fmt: skip
+    tails = _tail_draws(design, rows, flat, planes, per_row, rng, noise=False)
+    for t, name in enumerate(laws.TAILS[:3]):  # TTFT: p50 its level, the gaps exp(level)
+        log_ratio = np.log(tails[name] / tails[laws.TAILS[t - 1]]) if t else np.log(tails[name])
+        level = np.log(log_ratio) if t else log_ratio
+        for row, g in ((0, 0), (1, 1)):  # seen GPU types, the fitted engine: their own terms
+            np.testing.assert_allclose(level[:, row], gpu_sd[:, t] * z[:, t, g], rtol=1e-9)
+    log_p50 = np.log(tails["ttft_p50"])
+    np.testing.assert_allclose(log_p50[:, 2], log_p50[:, 3])  # one unseen GPU type, one draw
+    assert 0.08 < np.std(log_p50[:, 2]) < 0.12  # from the spread of its term (0.1)
+    engine_term = log_p50[:, 4] - log_p50[:, 0]  # an unseen engine (saved spread: one)
+    assert 0.15 < np.std(engine_term) < 0.25
 
 
 def test_a_sweep_without_percentiles_leaves_the_tail_law_to_its_prior(sweep, fitted):
