@@ -535,7 +535,7 @@ def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
                                         strict=True):  # fmt: skip
         label = np.asarray(names, dtype=object)[code]  # each label's level of this effect
         idx = pd.Index(design.levels(effect)).get_indexer(label)
-        sd = flat[f"tail_{effect}_sd"].reshape(draws, -1, 1)  # per term (one: saved before)
+        sd = flat[f"tail_{effect}_sd"][:, :, None]  # (draw, tail, 1): a spread per term
         seen = idx >= 0
         # fitted on one level (or without percentiles): no terms, its level is the population's
         if f"tail_{effect}_z" in flat:

@@ -942,8 +942,7 @@ def test_measured_percentiles_enter_as_log_ratios_to_their_means(sweep):
 def test_predicted_percentiles_take_the_terms_of_the_rows_engine_and_gpu(fitted):
     """A row's tail levels are the population's plus its engine's and its GPU type's fitted
     terms, each percentile term with its own spread; a GPU type or engine the fit has not seen
-    draws a new term from the spread, one per level (rows of one unseen GPU type share it); a
-    model saved with one spread for all terms still predicts."""
+    draws a new term from the spread, one per level (rows of one unseen GPU type share it)."""
     from bayes_sd import laws
     from bayes_sd.predict import _tail_draws, prediction_rows
 
@@ -959,7 +958,7 @@ def test_predicted_percentiles_take_the_terms_of_the_rows_engine_and_gpu(fitted)
     z = rng.normal(size=(draws, n_tails, len(gpus)))
     gpu_sd = np.tile(np.linspace(0.1, 0.9, n_tails), (draws, 1))  # (draw, tail)
     flat = {"tail_level": np.zeros((draws, n_tails)), "tail_slope": np.zeros((draws, n_tails)),
-            "tail_engine_sd": np.full(draws, 0.2), "tail_gpu_sd": gpu_sd,
+            "tail_engine_sd": np.full((draws, n_tails), 0.2), "tail_gpu_sd": gpu_sd,
             "tail_gpu_z": z}  # fmt: skip
     ones = np.ones((draws, len(rows)))
     planes = {"ttft": ones, "tpot": ones, "latency": ones}
@@ -975,7 +974,7 @@ def test_predicted_percentiles_take_the_terms_of_the_rows_engine_and_gpu(fitted)
     log_p50 = np.log(tails["ttft_p50"])
     np.testing.assert_allclose(log_p50[:, 2], log_p50[:, 3])  # one unseen GPU type, one draw
     assert 0.08 < np.std(log_p50[:, 2]) < 0.12  # from the spread of its term (0.1)
-    engine_term = log_p50[:, 4] - log_p50[:, 0]  # an unseen engine (saved spread: one)
+    engine_term = log_p50[:, 4] - log_p50[:, 0]  # an unseen engine on a seen GPU type
     assert 0.15 < np.std(engine_term) < 0.25
 
 
