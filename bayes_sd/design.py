@@ -551,10 +551,14 @@ class Design:
             return self.gpus
         return sorted(self.rows[effect].unique())
 
+    @staticmethod
+    def effect_column(effect: str) -> str:
+        """The labelled rows' column of a categorical effect's level (GPU: ``gpu_key``)."""
+        return "gpu_key" if effect == "gpu" else effect
+
     def effect_index(self, effect: str, table: pd.DataFrame) -> np.ndarray:
         """Index of each row of ``table`` (systems or draft systems) in ``levels(effect)``."""
-        column = "gpu_key" if effect == "gpu" else effect
-        return pd.Index(self.levels(effect)).get_indexer(table[column])
+        return pd.Index(self.levels(effect)).get_indexer(table[self.effect_column(effect)])
 
     @cached_property
     def covariate_centre(self) -> dict[str, np.ndarray]:

@@ -58,7 +58,6 @@ TAIL_OUTPUTS = laws.TAILS
 # the tail law's parameters: a fit without measured percentiles has none, and its predictions
 # draw them from their priors (wide, honest intervals)
 _TAIL_PRIORS = ("tail_level", "tail_slope", "tail_sigma", "tail_engine_sd", "tail_gpu_sd")
-_TAIL_COLUMN = {"engine": "engine", "gpu": "gpu_key"}  # each tail effect's row label
 
 
 @dataclass
@@ -343,17 +342,24 @@ def _configuration_draws(model, configs, cov, flat, draws, rng):
 def _effect_draws(design: Design, priors, effect: str, configs, flat, draws, rng) -> np.ndarray:
     """(draw, config, coef) effects of a GPU, engine or precision: fitted for the levels the
     model has seen, one new draw per unseen level from the pooled law (its spread)."""
-    column = "gpu_key" if effect == "gpu" else effect
-    labels = configs[column].astype(str).to_numpy()
+    labels = configs[design.effect_column(effect)].astype(str).to_numpy()
+    if f"{effect}_sd" not in flat and (design.effect_index(effect, configs) < 0).any():
+        flat.update(draw_priors(priors, [f"{effect}_sd"], draws, rng, {}))  # fitted on one level
+    sd = flat.get(f"{effect}_sd", np.zeros(draws)).reshape(draws, 1, -1)  # one, or per coef
+    return _level_draws(design, effect, labels, flat[f"{effect}_effect"], sd, len(COEFS), rng)
+
+
+def _level_draws(design: Design, effect: str, labels, fitted, sd, terms: int, rng) -> np.ndarray:
+    """(draw, label, term) terms of a categorical effect at each of ``labels`` (its levels):
+    ``fitted`` (draw, level, term) for the levels the model has seen (None: no fitted terms,
+    zero), one new draw per unseen level from N(0, ``sd``), shared by its labels."""
     idx = pd.Index(design.levels(effect)).get_indexer(labels)
     unseen = idx < 0
-    out = np.take(flat[f"{effect}_effect"], np.where(unseen, 0, idx), axis=1)
+    out = (np.zeros((len(sd), len(labels), terms)) if fitted is None
+           else np.take(fitted, np.where(unseen, 0, idx), axis=1))  # fmt: skip
     if unseen.any():
         names, inverse = np.unique(labels[unseen], return_inverse=True)
-        if f"{effect}_sd" not in flat:  # fitted on one level: the spread's prior (its data
-            flat.update(draw_priors(priors, [f"{effect}_sd"], draws, rng, {}))  # are one short)
-        sd = flat[f"{effect}_sd"].reshape(draws, 1, -1)  # one spread, or one per coefficient
-        out[:, unseen] = (rng.normal(size=(draws, len(names), len(COEFS))) * sd)[:, inverse]
+        out[:, unseen] = (rng.normal(size=(len(sd), len(names), terms)) * sd)[:, inverse]
     return out
 
 
@@ -525,24 +531,19 @@ def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
     row's engine and GPU type (fresh draws from their spread for a level the model has not
     seen) and, with ``noise``, the fitted scatter of a measured ratio. One blockwise pass on
     every core (``_percentiles.tails``)."""
-    draws = planes["latency"].shape[0]
-    # one label per distinct (engine, GPU type) of the rows: each tail effect's level per label
-    codes = [pd.factorize(rows[_TAIL_COLUMN[e]].astype(str), sort=True) for e in laws.TAIL_EFFECTS]
-    width = max(len(names) for _, names in codes)
-    lab, pairs = pd.factorize(codes[0][0] * width + codes[1][0])
-    level = np.repeat(flat["tail_level"][:, :, None], len(pairs), axis=2)  # (draw, tail, label)
-    for effect, (_, names), code in zip(laws.TAIL_EFFECTS, codes, (pairs // width, pairs % width),
-                                        strict=True):  # fmt: skip
-        label = np.asarray(names, dtype=object)[code]  # each label's level of this effect
-        idx = pd.Index(design.levels(effect)).get_indexer(label)
-        sd = flat[f"tail_{effect}_sd"][:, :, None]  # (draw, tail, 1): a spread per term
-        seen = idx >= 0
+    # one label per distinct (engine, GPU type) of the rows, the tail law's levels per label
+    cols = [design.effect_column(effect) for effect in laws.TAIL_EFFECTS]
+    keys = rows[cols].astype(str)
+    lab = keys.groupby(cols, sort=False).ngroup().to_numpy()
+    labels = keys.iloc[np.unique(lab, return_index=True)[1]]  # one row per label, in order
+    level = np.repeat(flat["tail_level"][:, :, None], len(labels), axis=2)  # (draw, tail, label)
+    for effect, col in zip(laws.TAIL_EFFECTS, cols, strict=True):
+        sd, z = flat[f"tail_{effect}_sd"], flat.get(f"tail_{effect}_z")  # sd: (draw, tail)
         # fitted on one level (or without percentiles): no terms, its level is the population's
-        if f"tail_{effect}_z" in flat:
-            level[:, :, seen] += sd * flat[f"tail_{effect}_z"][:, :, idx[seen]]
-        if (~seen).any():  # a level the model has not seen: new draws from the spread, one per
-            new, at = np.unique(label[~seen], return_inverse=True)  # level, shared by its labels
-            level[:, :, ~seen] += sd * rng.normal(size=(draws, len(laws.TAILS), len(new)))[..., at]
+        fitted = None if z is None else np.swapaxes(sd[:, :, None] * z, 1, 2)
+        terms = _level_draws(design, effect, labels[col].to_numpy(), fitted, sd[:, None, :],
+                             len(laws.TAILS), rng)  # fmt: skip
+        level += np.swapaxes(terms, 1, 2)
     means = [planes[metric] for metric in laws.TAIL_METRICS]
     out = _percentiles.tails(level, flat["tail_slope"], lab, per_row, means, shares)
     tails = {name: out[t].T for t, name in enumerate(laws.TAILS)}
