@@ -15,6 +15,8 @@ import os
 import warnings
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "ADAPTATIONS",
     "DEFAULT_SAMPLER",
@@ -189,23 +191,57 @@ def sample_compiled(compiled, data: dict, *, draws: int, tune: int, chains: int,
 
 
 def convergence_summary(idata, names) -> dict[str, Any]:
-    """Max R-hat, min bulk/tail ESS over the named parameters (every element), divergences."""
+    """Max R-hat, min bulk/tail ESS over the named parameters (every element), divergences,
+    and ``slowest``: the :data:`SLOWEST` elements of least bulk ESS with their R-hat and ESS
+    (which part of the model to look at when a fit warns)."""
     import arviz as az
 
     post = idata["posterior"].dataset
     stats = idata["sample_stats"].dataset
     names = [n for n in names if n in post]
+    rhat = az.rhat(post[names])
+    bulk = az.ess(post[names], method="bulk")
     out = {
-        "max_rhat": float(az.rhat(post[names]).to_array().max()),
-        "min_ess_bulk": float(az.ess(post[names], method="bulk").to_array().min()),
+        "max_rhat": float(rhat.to_array().max()),
+        "min_ess_bulk": float(bulk.to_array().min()),
         "min_ess_tail": float(az.ess(post[names], method="tail").to_array().min()),
         "divergences": int(stats["diverging"].sum()),
         "draws": int(post.sizes["chain"] * post.sizes["draw"]),
         "chains": int(post.sizes["chain"]),
+        "slowest": _slowest(rhat, bulk),
     }
     if "n_steps" in stats:  # nutpie and PyMC: leapfrog steps of each draw's trajectory
         out["steps_per_draw"] = float(stats["n_steps"].mean())
     return out
+
+
+# how many parameters (elements) the diagnostics name as the slowest to mix
+SLOWEST = 3
+
+
+def _slowest(rhat, bulk) -> str:
+    """``name[label, ...] (R-hat r, bulk ESS e)`` of the :data:`SLOWEST` elements of least bulk
+    ESS — the last place going to the element of highest R-hat where it is not among them —
+    joined by ``; `` (labels are the elements' coordinate values)."""
+    found = []
+    for name, ess in bulk.data_vars.items():
+        values = ess.values.ravel()
+        r = rhat[name].values.ravel()
+        if ess.ndim:
+            coords = [ess[d].values for d in ess.dims]
+            labels = [", ".join(str(c[i]) for c, i in zip(coords, at, strict=True))
+                      for at in np.ndindex(ess.shape)]  # fmt: skip
+        else:
+            labels = [""]
+        for label, e, rh in zip(labels, values, r, strict=True):
+            if np.isfinite(e):
+                found.append((float(e), float(rh), f"{name}[{label}]" if label else name))
+    found.sort()
+    worst = max(found, key=lambda f: f[1], default=None)
+    shown = found[:SLOWEST]
+    if worst is not None and worst not in shown:
+        shown[-1] = worst
+    return "; ".join(f"{n} (R-hat {rh:.3f}, bulk ESS {e:.0f})" for e, rh, n in shown)
 
 
 # mean leapfrog steps per draw from which a warning advises the low-rank mass matrix (tree
@@ -238,8 +274,13 @@ def warn_if_unreliable(diag: dict[str, Any], stacklevel: int = 3, advice: str = 
             + (f" {advice}" if advice else "")
         )
     if problems:
+        slowest = f" Slowest to mix: {diag['slowest']}." if diag.get("slowest") else ""
         warnings.warn(
-            "posterior may not be reliable: " + "; ".join(problems) + ". Try more tuning "
+            "posterior may not be reliable: "
+            + "; ".join(problems)
+            + "."
+            + slowest
+            + " Try more tuning "
             "and draws (sampler_config draws/tune; bayes-sd fit --draws/--tune), "
             f"target_accept={higher} (--target-accept {higher}), or check that saturated runs are "
             "flagged." + (f" {advice}" if advice else ""),

@@ -1202,6 +1202,39 @@ def test_convergence_warning_asks_100_ess_per_chain_in_bulk_and_tail():
     assert "low_rank" not in str(caught[0].message)
 
 
+def test_diagnostics_name_the_parameters_slowest_to_mix():
+    """``convergence_summary`` names the elements of least bulk ESS (with their R-hat), and
+    the warning repeats them: which part of the model to look at."""
+    import xarray as xr
+
+    from bayes_sd.sampling import convergence_summary, warn_if_unreliable
+
+    rng = np.random.default_rng(0)
+    chains, draws = 4, 200
+    good = rng.normal(size=(chains, draws))
+    stuck = rng.normal(size=(chains, draws)) * 0.1 + np.arange(chains)[:, None]  # disagree
+    dims = ("chain", "draw")
+    post = xr.Dataset({
+        "a": (dims, good),
+        "b": ((*dims, "coef"), np.stack([good[::-1], stuck], axis=-1)),
+        "unlisted": (dims, stuck),
+    }, coords={"coef": ["c1v", "c2d"]})  # fmt: skip
+    stats = xr.Dataset({"diverging": (dims, np.zeros((chains, draws), dtype=bool))})
+    tree = xr.DataTree.from_dict({"posterior": post, "sample_stats": stats})
+    diag = convergence_summary(tree, ["a", "b"])
+    first = diag["slowest"].split("; ")
+    assert first[0].startswith("b[c2d] (R-hat ") and len(first) == 3
+    assert "unlisted" not in diag["slowest"]
+    # the element of highest R-hat is named even where its ESS is not among the least
+    from bayes_sd.sampling import _slowest
+
+    ess = xr.Dataset({"x": 10.0, "y": 20.0, "z": 30.0, "w": 500.0})
+    rhat = xr.Dataset({"x": 1.01, "y": 1.01, "z": 1.01, "w": 1.2})
+    assert [p.split(" (")[0] for p in _slowest(rhat, ess).split("; ")] == ["x", "y", "w"]
+    with pytest.warns(ConvergenceWarning, match=r"Slowest to mix: b\[c2d\] \(R-hat"):
+        warn_if_unreliable(diag)
+
+
 def test_verify_share_enters_where_a_draft_system_runs_several_draft_lengths(sweep, fitted):
     """η (``verify_share``) is a free parameter of a sweep where a draft system runs two or
     more draft lengths and is absent where each runs one (``η k c2v`` would be ``c2s`` and
