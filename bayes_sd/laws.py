@@ -19,7 +19,10 @@ p90 and p99 to its mean is a law of the run's load ``x = log(1 + B)``, ``B`` the
 flight per engine (queued ones included: ``N / n`` closed loop, ``λ L / n`` open loop):
 ``log p50/mean = a50 + b50 x``, ``log p90/p50 = exp(a90 + b90 x)``,
 ``log p99/p90 = exp(a99 + b99 x)`` — positive gaps, so p50 ≤ p90 ≤ p99 in every draw, and a
-positive ``b`` stretches a tail as the queue grows (TTFT's first). In the likelihood ``B`` is the
+positive ``b`` stretches a tail as the queue grows (TTFT's first). The levels ``a`` are those of
+an idle engine (``x = 0``, where their prior is); the model samples them at ``x0 = log 17``
+(:data:`TAIL_LOAD_REF`: 16 requests in flight per engine, the median InferenceX load), where
+the runs are (``bayes_sd.graph_side``). In the likelihood ``B`` is the
 measured one, so the tails are a regression of their own and do not pull on the coefficients
 (a load covariate computed from the model's queueing share did, and the InferenceX fit stopped
 mixing: R-hat 1.89).
@@ -61,6 +64,7 @@ __all__ = [
     "QUEUE_SHARE_CAP",
     "TAILS",
     "TAIL_EFFECTS",
+    "TAIL_LOAD_REF",
     "TAIL_METRICS",
     "TAIL_STATS",
     "length_covariates",
@@ -87,6 +91,8 @@ TAIL_METRICS = ("ttft", "tpot", "latency")
 TAIL_STATS = ("p50", "p90", "p99")
 TAILS = tuple(f"{m}_{q}" for m in TAIL_METRICS for q in TAIL_STATS)
 TAIL_LEVELS = (0.5, 0.9, 0.99)  # the quantile of each of TAIL_STATS
+# the load at which the model samples the tail law's levels (module docstring, **Tails**)
+TAIL_LOAD_REF = float(np.log1p(16.0))
 SERIES_K_REF = 3.0  # the draft length at which the series shifts' trend in k is 0
 # the metrics whose percentiles hold the opening wave (it delays the first token, not the rest)
 WAVE_METRICS = ("ttft", "latency")

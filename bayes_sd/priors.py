@@ -103,7 +103,8 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   ``{"burst_share": Prior("LogNormal", mu=log(0.7), sigma=0.5)}``; it enters fits with
   closed-loop runs whose request count is known.
 * Tails (:mod:`bayes_sd.laws`, **Tails**): ``tail_level`` per percentile term (coordinate
-  ``tail``: ``ttft_p50``, ``ttft_p90``, …, ``latency_p99``) — the log p50/mean ratio
+  ``tail``: ``ttft_p50``, ``ttft_p90``, …, ``latency_p99``), an idle engine's (sampled at 16
+  requests in flight per engine with this prior, ``tail_level_centre``) — the log p50/mean ratio
   Normal(−0.1 TTFT, 0 TPOT, −0.05 E2E; 0.3) (queueing skews TTFT right, so its median sits
   below its mean), and the log gaps log(log p90/p50) and log(log p99/p90) Normal(log 0.4, 1): a
   p90 about 1.5× the median, within a factor e of that gap either way; ``tail_slope``

@@ -920,6 +920,16 @@ def test_measured_percentiles_enter_as_log_ratios_to_their_means(sweep):
     assert np.all(np.diff(np.stack(mine), axis=0) > 0)
     point = model.initial_point()
     assert np.isfinite(logp(model, point))
+    # the levels are sampled at 16 requests in flight (where the runs are) with the prior of
+    # an idle engine's: tail_level = tail_level_centre − slope · x0 has exactly that prior
+    from bayes_sd.priors import DEFAULT_PRIORS
+
+    assert "tail_level_centre" in {v.name for v in model.free_RVs}
+    assert "tail_level" in {v.name for v in model.deterministics}
+    drawn = pm.draw(model["tail_level"], draws=4000, random_seed=2)
+    spec = DEFAULT_PRIORS["tail_level"].parameters
+    np.testing.assert_allclose(drawn.mean(axis=0), spec["mu"], atol=0.06)
+    np.testing.assert_allclose(drawn.std(axis=0), spec["sigma"], rtol=0.06)
     # several engines: each engine's terms around the population's sum to zero over the
     # engines (free, their mean traded off against tail_level: bulk ESS 8 of 900 draws on
     # InferenceX, all four engines' p50 terms moving with the level)
