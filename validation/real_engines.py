@@ -30,7 +30,10 @@ for E2E and ``a + b λ`` for TTFT and TPOT; no prediction below two training loa
 
 Runs of series whose latency falls with load (``bayes_sd.load_checks``; InferenceX: 8 Dynamo +
 TensorRT-LLM series) are scored apart as well (a second row per held-out set: the runs outside
-them); ``--exclude-falling`` leaves them out of training and scoring.
+them); ``--exclude-falling`` leaves them out of training and scoring. The model is also scored
+on the runs ``curve_fit`` predicts (series with two or more training loads), so that the two
+compare on the same runs: the others' series have one training load, and their slope comes
+from the hierarchy alone.
 
 Scored quantities: the mean TTFT, TPOT and E2E, and their p50 and p99 where the runs measured
 them (InferenceX: all; the blog sweep: E2E only). Scores per held-out set and quantity: median
@@ -304,6 +307,12 @@ def main(argv=None) -> None:
         for part in parts:
             if not part.empty:
                 scores.append(part.assign(held_out=label, fold=fold))
+        baseline = parts[1]
+        if not baseline.empty:  # the model on the runs the per-series baseline predicts
+            scored = baseline[["metric", "run"]].drop_duplicates()
+            same = parts[0].merge(scored, on=["metric", "run"])
+            name = f"{label}, runs the per-series curve_fit predicts"
+            scores.append(same.assign(held_out=name, fold=fold))
         if held["run_id"].isin(falling).any():  # the runs the load law can describe
             keep = ~parts[0]["run"].isin(falling)
             scores.append(parts[0][keep].assign(
