@@ -31,7 +31,7 @@ from bayes_sd.coefs import (
     TARGET_COEFS,
 )
 from bayes_sd.design import EFFECTS, Design, Points, log_gpus
-from bayes_sd.priors import make_likelihood
+from bayes_sd.priors import make_likelihood, shifted_variable
 
 __all__ = ["GraphOptions", "build_graph"]
 
@@ -200,12 +200,8 @@ class _Builder:
                    else pt.constant(0.0) for c in COEFS]  # fmt: skip
         shift = (size_slope * centre["log_size"] + gpus_slope * centre["log_gpus"]
                  + pt.stack(lengths))  # fmt: skip
-        prior = self.priors["intercept"]
-        mu = prior.parameters.get("mu")
-        centred = prior.deepcopy()
-        centred.parameters["mu"] = np.asarray(mu, dtype=float) + shift
-        at_centre = centred.create_variable("intercept_centre")
-        return pm.Deterministic("intercept", at_centre - shift, dims="coef")
+        return shifted_variable(self.priors["intercept"], "intercept", "intercept_centre", shift,
+                                dims="coef")  # fmt: skip
 
     def effects(self, effect: str):
         """(level, coef) effects of a GPU (type and count), engine or weight precision: they
@@ -365,10 +361,7 @@ class _Builder:
         moe = cov["experts"] > 1
         grow = pt.expm1(slope * np.mean(cov["log_total_over_active"][moe]))
         anchor = 0.5 * pt.log(grow**2 + 1e-4)  # log |e^(s log r) − 1|, finite at s = 0
-        level = prior.deepcopy()
-        level.parameters["mu"] = mu + anchor
-        level = level.create_variable("moe_level")
-        return pm.Deterministic("moe_excess", level - anchor, dims=prior.dims)
+        return shifted_variable(prior, "moe_excess", "moe_level", anchor)
 
     def coverage(self, tokens, idx):
         """Coverage φ(T) of the experts by T routed tokens, for the systems ``idx``."""

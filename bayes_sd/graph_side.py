@@ -14,7 +14,7 @@ import pytensor.tensor as pt
 from bayes_sd import laws
 from bayes_sd.coefs import COEFS, LEVEL, REF_TARGET_PARAMS
 from bayes_sd.errors import DataError
-from bayes_sd.priors import make_likelihood
+from bayes_sd.priors import make_likelihood, shifted_variable
 
 __all__ = [
     "draft_lengths",
@@ -131,14 +131,11 @@ def _tail_level(b, slope):
     narrow ridge (the full InferenceX fit: E2E's p90 and p99 levels at bulk ESS 35)."""
     spec = b.priors["tail_level"]
     if isinstance(spec, float):  # fixed
-        return pt.constant(spec) + 0.0 * slope
+        return pt.constant(np.full(len(laws.TAILS), spec))
     if "mu" not in spec.parameters:  # a prior without a location: sampled where it is
         return b.prior("tail_level")
-    shift = slope * laws.TAIL_LOAD_REF
-    centred = spec.deepcopy()
-    centred.parameters["mu"] = spec.parameters.get("mu", 0.0) + shift
-    at_ref = centred.create_variable("tail_level_centre")
-    return pm.Deterministic("tail_level", at_ref - shift, dims="tail")
+    return shifted_variable(spec, "tail_level", "tail_level_centre",
+                            slope * laws.TAIL_LOAD_REF, dims="tail")  # fmt: skip
 
 
 def step_likelihood(b, sr: pd.DataFrame, pop) -> None:

@@ -148,6 +148,7 @@ __all__ = [
     "load_model_config",
     "make_likelihood",
     "resolve_priors",
+    "shifted_variable",
 ]
 
 MODEL_CONFIG_KEYS = ("priors", "coverage", "residuals", "centred")
@@ -302,6 +303,19 @@ def draw_priors(priors: dict, names, draws: int, rng, coords: dict) -> dict[str,
             values = pm.draw(made, draws=draws, random_seed=rng, mode="FAST_COMPILE")
         out.update({name: np.asarray(v) for name, v in zip(nested, values, strict=True)})
     return out
+
+
+def shifted_variable(spec: Prior, name: str, sampled: str, shift, dims=None):
+    """The variable ``name`` with the location prior ``spec`` (a fixed ``mu``), sampled as
+    ``sampled`` = ``name + shift`` under ``spec`` with its ``mu`` moved by ``shift``: the same
+    prior on ``name`` (a unit-Jacobian shift), for a ``name`` whose data pin ``name + shift``
+    (the intercepts at the design's mean covariates, the MoE level at its anchor, the tail
+    levels at a loaded engine) and which would otherwise trade off against ``shift``'s slopes."""
+    import pymc as pm
+
+    moved = spec.deepcopy()
+    moved.parameters["mu"] = np.asarray(spec.parameters["mu"], dtype=float) + shift
+    return pm.Deterministic(name, moved.create_variable(sampled) - shift, dims=dims or spec.dims)
 
 
 def make_likelihood(spec: Prior, name: str, *, mu, sigma, observed, dims, nu=None):
