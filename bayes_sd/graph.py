@@ -563,8 +563,11 @@ class _Builder:
             if not fit.any():
                 continue
             sigma = self.prior("sigma" if metric == "latency" else f"{metric}_sigma")[src]
-            if metric == "tpot":
+            if metric == "tpot":  # constant, or growing with E2E's queueing share (opt-in)
                 scale = sigma
+                if not side.off(self.priors, "tpot_load_noise"):
+                    share = self.per_run(predicted["share"])
+                    scale = laws.noise_scale(sigma, self.prior("tpot_load_noise"), share)
             else:
                 if load_noise is None:
                     load_noise = self.prior("load_noise")

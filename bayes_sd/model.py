@@ -61,8 +61,8 @@ POPULATION_PARAMS = (
     "moe_excess", "accept_logit", "accept_decay", "accept_logit_sd", "accept_decay_sd",
     "accept_sigma", "accept_pos_sigma", "kink_tokens", "verify_share", "capacity",
     "capacity_length_slope", "capacity_sd", "ttft_share", "burst_share", "sigma", "ttft_sigma",
-    "tpot_sigma", "load_noise", "nu", "step_overhead", "step_sigma", "tail_level",
-    "tail_slope", "tail_sigma", "tail_engine_sd", "tail_gpu_sd",
+    "tpot_sigma", "load_noise", "tpot_load_noise", "nu", "step_overhead", "step_sigma",
+    "tail_level", "tail_slope", "tail_sigma", "tail_engine_sd", "tail_gpu_sd",
 )  # fmt: skip
 
 

@@ -47,8 +47,8 @@ POSTERIOR_VARS = (
     "kink_tokens", "verify_share", "ttft_share", "burst_share", "accept_logit", "accept_decay",
     "accept_logit_sd", "accept_decay_sd", "accept_group_logit", "accept_group_decay",
     "capacity", "capacity_length_slope", "capacity_sd", "capacity_system", "sigma",
-    "ttft_sigma", "tpot_sigma", "load_noise", "nu", "tail_level", "tail_slope", "tail_sigma",
-    "tail_engine_sd", "tail_engine_z", "tail_gpu_sd", "tail_gpu_z",
+    "ttft_sigma", "tpot_sigma", "load_noise", "tpot_load_noise", "nu", "tail_level", "tail_slope",
+    "tail_sigma", "tail_engine_sd", "tail_engine_z", "tail_gpu_sd", "tail_gpu_z",
 )  # fmt: skip
 # per-row outputs: the kernel's planes and what follows from them
 OUTPUTS = ("latency", "ttft", "tpot", "throughput", "interactivity", "speedup", "saturation_rate",
@@ -473,8 +473,9 @@ def _acceptance_draws(model, design: Design, rows, flat, per_row, draws, rng) ->
 
 def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) -> None:
     """Multiply the latency, TTFT and TPOT draws (in place) by draws of each metric's fitted
-    measurement noise, as in the likelihood (:func:`bayes_sd.laws.noise_scale`: E2E noisier
-    with its queueing share, TTFT with the requests in flight); saturated draws stay +inf."""
+    noise, as in the likelihood (:func:`bayes_sd.laws.noise_scale`: E2E noisier with its queueing
+    share, TTFT with the requests in flight, TPOT with E2E's share where ``tpot_load_noise``
+    is on); saturated draws stay +inf."""
     src = pd.Index(design.sources).get_indexer(rows["source"])
     nu = flat["nu"][:, None]
 
@@ -482,13 +483,13 @@ def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) ->
         return laws.predicted_load(per_row["is_open"], per_row["rate"], planes["latency"],
                                    per_row["conc"], per_row["engines"])  # fmt: skip
 
-    shares = {
-        "latency": lambda: laws.queue_share_open(planes["latency"], planes["light"]),
-        "ttft": ttft_load,
-        "tpot": None,
-    }
-    composed = "sigma" not in flat  # E2E not fitted itself: TTFT + (D − 1) TPOT, noisy
-    if composed:
+    with np.errstate(divide="ignore", invalid="ignore"):  # of the noiseless means
+        queue = laws.queue_share_open(planes["latency"], planes["light"])
+    tpot_growth = flat.get("tpot_load_noise")  # opt-in (bayes_sd.priors): E2E's share
+    tpot_on = tpot_growth is not None and np.any(tpot_growth > 0)
+    shares = {"latency": lambda: queue, "ttft": ttft_load,
+              "tpot": (lambda: queue) if tpot_on else None}  # fmt: skip
+    if composed := "sigma" not in flat:  # E2E not fitted itself: TTFT + (D − 1) TPOT, noisy
         del shares["latency"]
     for metric, share in shares.items():
         name = "sigma" if metric == "latency" else f"{metric}_sigma"
@@ -498,8 +499,8 @@ def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) ->
         if (src < 0).any():  # an unseen source: the largest fitted noise scale
             sigma[:, src < 0] = flat[name].max(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
-            scale = sigma if share is None else laws.noise_scale(
-                sigma, flat["load_noise"][:, None], share())  # fmt: skip
+            growth = tpot_growth if metric == "tpot" else flat["load_noise"]
+            scale = sigma if share is None else laws.noise_scale(sigma, growth[:, None], share())
         noise = rng.standard_t(nu, size=scale.shape) * scale
         lat = planes[metric]
         with np.errstate(invalid="ignore", over="ignore"):

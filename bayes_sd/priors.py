@@ -59,7 +59,10 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   percent is typical of benchmark means; InferenceX repeats of one point on other dates differ
   by 7% median); ``ttft_sigma`` HalfNormal(0.2) and ``tpot_sigma`` HalfNormal(0.1) the same for
   mean TTFT (noisier: queueing) and TPOT; ``load_noise``: the growth of the E2E scale with its
-  queueing share and of TTFT's with the log requests in flight, HalfNormal(1); ``nu``:
+  queueing share and of TTFT's with the log requests in flight, HalfNormal(1);
+  ``tpot_load_noise``: the growth of TPOT's scale with E2E's predicted queueing share, off
+  (fixed at 0) by default — on (e.g. ``Prior("HalfNormal", sigma=1.0)``) it widens TPOT's
+  intervals near saturation (docs/validation.md §4 for what it measured); ``nu``:
   Student-t degrees of freedom, Gamma(2, 0.1), used when the ``likelihood`` family has one
   (Student-t, the default: robust to the odd point).
 * ``engine_sd``, ``precision_sd``: spreads of the engine and weight-precision effects (as
@@ -208,6 +211,7 @@ def _latency_defaults() -> dict[str, Prior]:
         "ttft_sigma": Prior("HalfNormal", sigma=0.2, dims="source"),
         "tpot_sigma": Prior("HalfNormal", sigma=0.1, dims="source"),
         "load_noise": Prior("HalfNormal", sigma=1.0),
+        "tpot_load_noise": 0.0,  # TPOT's scale constant in the load: off (see above)
         "nu": Prior("Gamma", alpha=2.0, beta=0.1),
         "likelihood": Prior("StudentT"),
         **_tail_defaults(),

@@ -1189,6 +1189,45 @@ def test_ttft_noise_grows_with_the_measured_load_not_with_the_predicted_share(sw
     assert np.ptp(load) > 1  # the sweep's loads differ: the scale grows with them
 
 
+def test_tpot_noise_grows_with_the_queueing_share_only_when_on(sweep, fitted):
+    """``tpot_load_noise`` (opt-in; fixed at 0 by default): TPOT's noise scale becomes
+    ``σ (1 + g · share)`` with E2E's predicted queueing share, in the likelihood and in
+    ``predict(noise=True)``; off, the graph has no such variable and the scale is σ."""
+    import pytensor
+    from pymc_extras.prior import Prior
+
+    tpot = sweep["latency_mean_s"] * 0.9 / (sweep["decode_len"] - 1)
+    data = sweep.assign(ttft_mean_s=sweep["latency_mean_s"] * 0.1, tpot_mean_s=tpot)
+    assert "tpot_load_noise" not in LatencyModel().build_model(data).named_vars
+    on = {"priors": {"tpot_load_noise": Prior("HalfNormal", sigma=1.0)}}
+    model = LatencyModel(model_config=on).build_model(data)
+    scale = model.replace_rvs_by_values([model["log_tpot"].owner.inputs[-1]])[0]
+    f = pytensor.function(model.value_vars, scale, on_unused_input="ignore")
+    point = model.initial_point()
+    names = [v.name for v in model.value_vars]
+    sigma = _evaluate(model, ["tpot_sigma"], point)["tpot_sigma"][0]
+    shares = []
+    for g in (0.5, 1.0):  # log-transformed value of the HalfNormal
+        moved = {**point, "tpot_load_noise_log__": np.log(g)}
+        shares.append((f(*[moved[n] for n in names]) / sigma - 1.0) / g)
+    np.testing.assert_allclose(shares[0], shares[1], rtol=1e-9)  # linear in g
+    share = shares[0]
+    assert share.min() >= 0 and np.ptp(share) > 0.1
+    rate = data["request_rate"].to_numpy()
+    assert np.corrcoef(np.argsort(np.argsort(share)), np.argsort(np.argsort(rate)))[0, 1] > 0.5
+    rows = fitted.design.rows.head(40)
+    draws = {}
+    for g in (0.0, 2.0):  # a number in the priors is a fixed value
+        fitted.priors = {**fitted.priors, "tpot_load_noise": g}
+        pred = fitted.predict(rows, random_seed=3, noise=True).draws["tpot"].values
+        mean = fitted.predict(rows, random_seed=3).draws["tpot"].values
+        with np.errstate(invalid="ignore"):  # saturated draws: inf / inf
+            draws[g] = np.log(pred / mean)  # same seed: the noise alone
+    ok = np.isfinite(draws[0.0]) & (np.abs(draws[0.0]) > 0)
+    ratio = draws[2.0][ok] / draws[0.0][ok]
+    assert ok.sum() > 100 and ratio.min() >= 1 - 1e-9 and np.median(ratio) > 1.05
+
+
 def test_convergence_warning_asks_100_ess_per_chain_in_bulk_and_tail():
     """R-hat ≤ 1.01, bulk and tail ESS ≥ 100 per chain (Vehtari et al. 2021), no
     divergences; the advice names a higher target acceptance than the one used."""
