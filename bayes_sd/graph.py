@@ -563,10 +563,10 @@ class _Builder:
             if not fit.any():
                 continue
             sigma = self.prior("sigma" if metric == "latency" else f"{metric}_sigma")[src]
-            if metric == "tpot":  # constant, or growing with E2E's queueing share (opt-in)
-                scale = sigma
-                if not side.off(self.priors, "tpot_load_noise"):
-                    share = self.per_run(predicted["share"])
+            if metric == "tpot":  # constant; opt-in: growing with an open loop's queue share
+                scale, is_open = sigma, self.d.is_open
+                if not side.off(self.priors, "tpot_load_noise") and (fit & is_open).any():
+                    share = side.open_queue_share(self.d)
                     scale = laws.noise_scale(sigma, self.prior("tpot_load_noise"), share)
             else:
                 if load_noise is None:

@@ -488,7 +488,7 @@ def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) ->
     tpot_growth = flat.get("tpot_load_noise")  # opt-in (bayes_sd.priors): E2E's share
     tpot_on = tpot_growth is not None and np.any(tpot_growth > 0)
     shares = {"latency": lambda: queue, "ttft": ttft_load,
-              "tpot": (lambda: queue) if tpot_on else None}  # fmt: skip
+              "tpot": (lambda: queue * per_row["is_open"]) if tpot_on else None}  # fmt: skip
     if composed := "sigma" not in flat:  # E2E not fitted itself: TTFT + (D − 1) TPOT, noisy
         del shares["latency"]
     for metric, share in shares.items():

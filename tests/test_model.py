@@ -1191,16 +1191,20 @@ def test_ttft_noise_grows_with_the_measured_load_not_with_the_predicted_share(sw
 
 def test_tpot_noise_grows_with_the_queueing_share_only_when_on(sweep, fitted):
     """``tpot_load_noise`` (opt-in; fixed at 0 by default): TPOT's noise scale becomes
-    ``σ (1 + g · share)`` with E2E's predicted queueing share, in the likelihood and in
-    ``predict(noise=True)``; off, the graph has no such variable and the scale is σ."""
+    ``σ (1 + g · share)`` with an open-loop run's queueing share — measured in the likelihood
+    (``graph_side.open_queue_share``: no function of the coefficients), predicted in
+    ``predict(noise=True)``; off, or for closed-loop runs, the scale is σ."""
     import pytensor
     from pymc_extras.prior import Prior
+
+    from bayes_sd import graph_side
 
     tpot = sweep["latency_mean_s"] * 0.9 / (sweep["decode_len"] - 1)
     data = sweep.assign(ttft_mean_s=sweep["latency_mean_s"] * 0.1, tpot_mean_s=tpot)
     assert "tpot_load_noise" not in LatencyModel().build_model(data).named_vars
     on = {"priors": {"tpot_load_noise": Prior("HalfNormal", sigma=1.0)}}
-    model = LatencyModel(model_config=on).build_model(data)
+    lm = LatencyModel(model_config=on)
+    model = lm.build_model(data)
     scale = model.replace_rvs_by_values([model["log_tpot"].owner.inputs[-1]])[0]
     f = pytensor.function(model.value_vars, scale, on_unused_input="ignore")
     point = model.initial_point()
@@ -1213,8 +1217,14 @@ def test_tpot_noise_grows_with_the_queueing_share_only_when_on(sweep, fitted):
     np.testing.assert_allclose(shares[0], shares[1], rtol=1e-9)  # linear in g
     share = shares[0]
     assert share.min() >= 0 and np.ptp(share) > 0.1
+    np.testing.assert_allclose(share, graph_side.open_queue_share(lm.design), rtol=1e-9)
+    moved = {n: v + 0.3 if n.startswith("intercept_centre") else v for n, v in point.items()}
+    np.testing.assert_allclose(f(*[moved[n] for n in names]), f(*[point[n] for n in names]))
     rate = data["request_rate"].to_numpy()
     assert np.corrcoef(np.argsort(np.argsort(share)), np.argsort(np.argsort(rate)))[0, 1] > 0.5
+    closed = data.assign(request_rate=np.nan, concurrency=16.0, load_mode="concurrency")
+    # a closed loop holds its batch at the concurrency: no open-loop queue, no growth
+    assert "tpot_load_noise" not in LatencyModel(model_config=on).build_model(closed).named_vars
     rows = fitted.design.rows.head(40)
     draws = {}
     for g in (0.0, 2.0):  # a number in the priors is a fixed value

@@ -133,7 +133,7 @@ def _p_all_hold(model, terms, k, load, value, seed):
 
 @pytest.mark.parametrize("load", ["rate", "concurrency"])
 def test_slo_capacity_holds_every_term_with_the_credibility_asked(model, load):
-    from bayes_sd.capacity import UnmeasuredTailWarning, load_grid, slo_capacity
+    from bayes_sd.capacity import UnmeasuredTailWarning, load_grid, mc_margin, slo_capacity
     from bayes_sd.slo import parse_slo
 
     # thresholds from the model's own light-load predictions, so that they bind inside the grid
@@ -150,10 +150,12 @@ def test_slo_capacity_holds_every_term_with_the_credibility_asked(model, load):
     assert list(table["k"]) == [0, 2] and (table["load"] == load).all()
     for _, row in table.iterrows():
         assert row["meets"] and row["capacity"] <= row["capacity_median"]
-        assert row["credibility_achieved"] >= 0.9
-        # fresh predictions at the answer hold every term with the credibility asked; the next
-        # load of the grid does not, within Monte Carlo error (1,000 draws: 3 SE = 0.028; the
-        # answer steps down until fresh draws agree, so the next load may sit near 0.9)
+        # its own fresh check holds by two Monte Carlo standard errors (1,000 draws: 0.019) ...
+        assert row["credibility_achieved"] >= 0.9 + mc_margin(0.9, 1000)
+        # ... so other fresh predictions at the answer hold every term with the credibility
+        # asked; the next load of the grid does not, within Monte Carlo error (1,000 draws:
+        # 3 SE = 0.028; the answer steps down until fresh draws agree, so the next load may sit
+        # near 0.9)
         assert _p_all_hold(model, terms, row["k"], load, row["capacity"], seed=11) >= 0.9
         above = grid[np.searchsorted(grid, row["capacity"]) + 2]
         assert _p_all_hold(model, terms, row["k"], load, above, seed=0) < 0.9 + 0.028

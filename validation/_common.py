@@ -32,9 +32,25 @@ def parser(
             help="non-centred residual shifts (model_config centred=False); outputs get a "
             "'_noncentred' suffix",
         )
+    p.add_argument(
+        "--model-config",
+        metavar="FILE",
+        help="a YAML/JSON model configuration, as `bayes-sd fit --model-config` (e.g. a prior to "
+        "try: validation/configs/)",
+    )
     p.add_argument("--out", help="the JSON results (default: validation/results/<name>.json)")
     p.add_argument("--docs", default=str(DOCS), help="folder of the page's tables and figures")
     return p
+
+
+def model_config(args: argparse.Namespace, **extra) -> dict | None:
+    """The ``model_config`` of --model-config (read by ``bayes_sd.priors.load_model_config``)
+    with ``extra`` on top; None when neither gives anything (the package's defaults)."""
+    from bayes_sd.priors import load_model_config
+
+    config = load_model_config(args.model_config) if args.model_config else {}
+    config = {**config, **extra}
+    return config or None
 
 
 def dask_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -75,6 +91,8 @@ def parse(p: argparse.ArgumentParser, argv, name: str) -> argparse.Namespace:
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", FutureWarning)
     args.suffix = "_noncentred" if getattr(args, "noncentred", False) else ""
+    if getattr(args, "model_config", None):  # a variant's outputs beside the default's
+        args.suffix += "_" + Path(args.model_config).stem
     args.out = Path(args.out or RESULTS / f"{name}{args.suffix}.json")
     args.docs = Path(args.docs)
     return args

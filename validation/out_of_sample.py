@@ -145,11 +145,13 @@ def main(argv=None) -> int:
     results = []
     suffix, out = args.suffix, args.out
     meta = {"draws": args.draws, "chains": args.chains, "seed": args.seed,
-            "centred": not args.noncentred, "bayes_sd": bayes_sd.__version__}  # fmt: skip
+            "centred": not args.noncentred, "model_config": args.model_config,
+            "bayes_sd": bayes_sd.__version__}  # fmt: skip
     for fold in args.folds.split(","):
         train, held_sets = split(rows, fold)
+        centred = {"centred": False} if args.noncentred else {}
         model = LatencyModel(
-            model_config={"centred": False} if args.noncentred else None,
+            model_config=_common.model_config(args, **centred),
             sampler_config=_common.sampler_config(args),
         )
         with warnings.catch_warnings():  # short fits: the diagnostics go into the table

@@ -134,7 +134,8 @@ def score(pred_mean, pred_noisy, held: pd.DataFrame, label: str) -> pd.DataFrame
 
 
 def fit_serially(train, args, name):
-    model = LatencyModel(sampler_config=_common.sampler_config(args))
+    model = LatencyModel(model_config=_common.model_config(args),
+                         sampler_config=_common.sampler_config(args))  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         seconds = _common.fit_timed(model, train, args, name)
@@ -150,6 +151,7 @@ def fit_on_dask(folds: dict, args, target: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = fit_many({label: train for label, (train, _) in folds.items()},
+                       model_config=_common.model_config(args),
                        sampler_config=_common.sampler_config(args), random_seed=args.seed,
                        **target)  # fmt: skip
     if res.failures:
