@@ -27,100 +27,6 @@ def _markdown_table(df: pd.DataFrame) -> str:
     return markdown_table(df)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Summarise the embedded data: the real vLLM sweep and the measured step costs."""
-    from bayes_sd import demo
-    from bayes_sd.schema import atomic_write
-
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    print("bayes-sd demo: loading embedded examples; fitting C1/(1 - rate*C2) per series and "
-          "a + b*B*q + c*B*ctx per model ...", file=sys.stderr)  # fmt: skip
-    look = demo.first_look()
-    print(f"  vllm-blog-2024: {look.counts['runs']} runs; stepcost: {look.counts['steps']} "
-          "timed passes", file=sys.stderr)  # fmt: skip
-    show_series = look.series[
-        ["dataset", "method", "k", "C1_s", "C2_s", "saturation_rate", "rms_rel_error", "n_runs"]
-    ]
-    show_pairs = look.pairs[["dataset", "method", "k", "speedup_at_zero_load", "C1R", "C2R",
-                             "break_even_rate", "sustainable_rate_ratio"]]  # fmt: skip
-    text = [
-        "# bayes_sd demo: what the embedded data says\n\n",
-        f"bayes_sd {__version__}. Point estimates by least squares (no intervals): a first look "
-        "before the Bayesian model. Data provenance: `bayes_sd.datasets.data_dir()` READMEs.\n",
-        "## Real vLLM sweep (Llama-3-70B, 4×H100, vLLM blog 2024-10-17)\n\n",
-        _markdown_table(look.overview.drop(columns=["source", "gpu", "target"])),
-        "\n### Open-loop fit per series: L = C1 / (1 − λ·C2)\n\n",
-        _markdown_table(show_series),
-        "\n### SD against no SD\n\n",
-        "Speedup at zero load is 1/C1R; SD loses beyond the break-even rate "
-        "(docs/science.md). The blog reported SD losing past about 8 QPS on ShareGPT.\n\n",
-        _markdown_table(show_pairs),
-        "\n## Measured step costs (H100, H200): t = a + b·B·q + c·B·ctx (decode, ms)\n\n",
-        "MoE targets fit worse: their weight reads grow with the experts touched.\n\n",
-        _markdown_table(look.step_fit),
-    ]
-    if args.fit:
-        text += _demo_bayes(out, args)
-    report = "".join(text)
-    atomic_write(out / "summary.md", lambda p: p.write_text(report, encoding="utf-8"))
-    atomic_write(out / "series_fits.csv", lambda p: look.series.to_csv(p, index=False))
-    atomic_write(out / "step_cost_fits.csv", lambda p: look.step_fit.to_csv(p, index=False))
-    for _, row in look.pairs.iterrows():
-        print(
-            f"  {row['dataset']}: SD ({row['method']}, k={row['k']}) speedup "
-            f"{row['speedup_at_zero_load']:.2f}x at zero load, break-even at "
-            f"{row['break_even_rate']:.1f} req/s",
-            file=sys.stderr,
-        )
-    print(f"wrote {out / 'summary.md'} ({time.perf_counter() - t0:.1f} s)")
-    return EXIT_OK
-
-
-def _demo_bayes(out: Path, args: argparse.Namespace) -> list[str]:
-    """The Bayesian section of the demo report (see :func:`bayes_sd.demo.bayesian_fit`)."""
-    from bayes_sd import demo
-
-    print(
-        f"  Bayesian fit of the real sweep (nutpie, {args.chains} chains x {args.draws} draws; "
-        "the first compile takes a minute) ...",
-        file=sys.stderr,
-    )
-    res = demo.bayesian_fit(draws=args.draws, chains=args.chains, slo_s=args.slo)
-    res.model.save(out / "vllm-blog-model.nc")
-    _write_report(res.model, out / "report", "Posterior report: real vLLM sweep (vLLM blog 2024)",
-                  slo=args.slo)  # fmt: skip
-    for _, be in res.break_even.iterrows():
-        print(
-            f"  {be['dataset']}: break-even {be['break_even_median']:.1f} req/s "
-            f"(90%: {be['break_even_lo']:.1f}-{be['break_even_hi']:.1f})",
-            file=sys.stderr,
-        )
-    return [
-        "\n## Bayesian model of the real sweep (posterior, 90% intervals)\n\n",
-        f"Fitted in {res.fit_seconds:.0f} s (compile included). Sampler diagnostics:\n\n",
-        _markdown_table(res.diagnostics),
-        f"\n### Predicted against measured speedup (k = {demo.BLOG_K})\n\n",
-        _markdown_table(res.speedup),
-        "\n### Break-even rate (SD stops paying)\n\n",
-        "The blog saw SD stop paying near 8 QPS on ShareGPT.\n\n",
-        _markdown_table(res.break_even),
-        f"\n### Highest rate with P(mean latency <= {args.slo:g} s) >= 0.9\n\n",
-        _markdown_table(res.sustainable),
-        "\nThe posterior report opens with the decisions per configuration (capacity under "
-        "the SLO and the binding term, break-even, best k by load, the throughput-"
-        "interactivity frontier), then figures, fit quality and coefficient tables: "
-        "`report/report.md`, "
-        "`report/report.html` (one file) and `report/latex/` (booktabs tables, PDF figures).\n",
-        "\nThe fitted model is saved as `vllm-blog-model.nc`: try "
-        f"`bayes-sd plan --model {out / 'vllm-blog-model.nc'} --config gpu=H100-SXM-80GB "
-        "--config num_gpus=4 --config target=meta-llama/Meta-Llama-3-70B-Instruct "
-        "--config dataset=ShareGPT --config prefill_len=215 --config decode_len=198 "
-        "--config drafter=turboderp/Qwama-0.5B-Instruct --config method=draft_model "
-        "--ks 0,2,4 --slo 3s`.\n",
-    ]
-
-
 def _write_report(model, folder: Path, title: str, slo=None, credibility: float = 0.95,
                   max_configs: int = 8) -> None:  # fmt: skip
     from bayes_sd.report import build_report
@@ -385,21 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, **kw) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[debug], **kw)
 
-    demo = add("demo", help="summarise the embedded example data into a report")
-    demo.add_argument("--out", default="reports/demo", help="output folder (default: %(default)s)")
-    demo.add_argument(
-        "--fit",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also fit the Bayesian model to the real sweep (default: on)",
-    )
-    demo.add_argument(
-        "--draws", type=int, default=1000, help="posterior draws (and tuning steps) per chain"
-    )
-    demo.add_argument("--chains", type=int, default=4)
-    demo.add_argument("--slo", type=float, default=3.0, help="latency SLO in seconds")
-    demo.set_defaults(func=cmd_demo)
-
     ingest = add(
         "ingest",
         help="read vLLM bench JSON, GuideLLM reports or tidy tables into a canonical CSV",
@@ -510,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--seed", type=int, default=0)
     pred.set_defaults(func=cmd_predict)
 
-    from bayes_sd import cli_fleet, cli_plan
+    from bayes_sd import cli_demo, cli_fleet, cli_plan
 
+    cli_demo.add_commands(add)
     cli_plan.add_commands(add)
     cli_fleet.add_commands(add)
 

@@ -3,7 +3,9 @@
 :func:`first_look` summarises the real vLLM sweep and the measured step costs with
 least-squares point estimates; :func:`bayesian_fit` fits the hierarchical model to the real
 sweep and answers with intervals: predicted against measured speedup at every rate, the
-break-even rate, the highest rate meeting a latency SLO. Both return data; the CLI renders it.
+break-even rate, the highest rate meeting a latency SLO; :func:`real_engine_fit` fits TTFT,
+TPOT and E2E of a real engine's closed-loop sweep (InferenceX) and sets each run's measured
+means beside their intervals. All return data; the CLI renders it (:mod:`bayes_sd.cli_demo`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["BLOG_CONFIGS", "BayesianDemo", "FirstLook", "bayesian_fit", "blog_config", "first_look"]
+__all__ = [
+    "BLOG_CONFIGS",
+    "REAL_ENGINE",
+    "BayesianDemo",
+    "FirstLook",
+    "PhasesDemo",
+    "bayesian_fit",
+    "blog_config",
+    "first_look",
+    "real_engine_fit",
+]
 
 # the SD configuration of each dataset of the vLLM blog sweep (data/vllm-blog-2024/README.md)
 BLOG_CONFIGS = {
@@ -22,6 +34,9 @@ BLOG_CONFIGS = {
     "CNN/DailyMail": {"method": "ngram"},
 }
 BLOG_K = 4
+# the real engine of the per-phase section: InferenceX's DeepSeek-R1 on 8×H200 with SGLang, MTP
+# off and on (k = 2), three workloads, 4 to 64 requests in flight (data/inferencex/README.md)
+REAL_ENGINE = {"gpu": "H200-SXM-141GB", "engine": "sglang"}
 
 
 def blog_config(sweep: pd.DataFrame, dataset: str) -> dict:
@@ -109,3 +124,49 @@ def bayesian_fit(*, draws: int, chains: int, slo_s: float, seed: int = 1) -> Bay
         break_even=pd.DataFrame(breaks),
         sustainable=pd.DataFrame(slo_rows),
     )
+
+
+@dataclass
+class PhasesDemo:
+    """The per-phase model of a real engine's closed-loop sweep: TTFT, TPOT and E2E."""
+
+    model: object
+    fit_seconds: float
+    diagnostics: pd.DataFrame
+    runs: pd.DataFrame  # per run and metric: measured mean, posterior median, interval
+
+
+def real_engine_fit(*, draws: int, chains: int, seed: int = 1,
+                    interval: float = 0.9) -> PhasesDemo:  # fmt: skip
+    """Fit :class:`~bayes_sd.LatencyModel` to the InferenceX runs of :data:`REAL_ENGINE`
+    (TTFT, TPOT and E2E in the likelihood) and set each run's measured means beside the
+    interval of a measured run (``predict(noise=True)``)."""
+    from bayes_sd import datasets
+    from bayes_sd.model import LatencyModel
+
+    sweep = datasets.load_example("inferencex")
+    part = sweep[(sweep["gpu"] == REAL_ENGINE["gpu"]) & (sweep["engine"] == REAL_ENGINE["engine"])]
+    part = part[~part["excluded"].astype(bool)].reset_index(drop=True)
+    config = {"draws": draws, "tune": draws, "chains": chains, "progressbar": False}
+    model = LatencyModel(sampler_config=config)
+    t0 = time.perf_counter()
+    model.fit(part, random_seed=seed)
+    fit_s = time.perf_counter() - t0
+    d = model.diagnostics
+    keys = ("max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "draws", "runs_fitted")
+    query = part.drop(columns=[c for c in part.columns if c.endswith("_mean_s")])
+    mean = model.predict(query, interval=interval, random_seed=0).summary
+    run = model.predict(query, interval=interval, random_seed=0, noise=True).summary
+    rows = []
+    for i, r in part.iterrows():
+        for metric, name in (("ttft", "TTFT"), ("tpot", "TPOT"), ("latency", "E2E")):
+            obs = float(r[f"{metric}_mean_s"])
+            lo, hi = run.at[i, f"{metric}_lo"], run.at[i, f"{metric}_hi"]
+            rows.append({"k": int(r["k"]), "prompt": round(r["prefill_len"]),
+                         "output": round(r["decode_len"]), "in_flight": int(r["concurrency"]),
+                         "metric": name, "measured_s": obs,
+                         "median_s": mean.at[i, f"{metric}_median"], "lo_s": lo, "hi_s": hi,
+                         "inside": bool(lo <= obs <= hi)})  # fmt: skip
+    return PhasesDemo(model=model, fit_seconds=fit_s,
+                      diagnostics=pd.DataFrame([{k: d[k] for k in keys}]),
+                      runs=pd.DataFrame(rows))  # fmt: skip

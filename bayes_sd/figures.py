@@ -18,6 +18,7 @@ __all__ = [
     "coverage_figure",
     "known",
     "latency_figure",
+    "phases_figure",
     "ppc_figure",
     "saturated_runs",
     "series_label",
@@ -108,6 +109,49 @@ def latency_figure(model, runs: pd.DataFrame, interval: float):
         ax.legend(fontsize=8)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+PHASES = (("ttft", "TTFT (s)"), ("tpot", "TPOT (ms)"), ("latency", "E2E (s)"))
+
+
+def phases_figure(model, interval: float = 0.9, max_series: int = 6):
+    """TTFT, TPOT and E2E against load, one row per series of the training data whose runs
+    measured TTFT and TPOT (``max_series`` of the most measured): the posterior median of the
+    mean (line), the interval of a measured run (``predict(noise=True)``, band) and the
+    measured means (points); None when no run measured both."""
+    rows = model.design.rows
+    measured = rows[rows["ttft_mean_s"].notna() & rows["tpot_mean_s"].notna()]
+    if measured.empty:
+        return None
+    order = measured["series"].value_counts(sort=True).index[:max_series]
+    keep = [c for c in rows.columns if not c.endswith("_s") or c == "duration_s"]
+    fig, axes = _subplots(len(order), 3, figsize=(11, 2.6 * len(order)), squeeze=False)
+    for row_axes, series in zip(axes, order, strict=True):
+        g = measured[measured["series"] == series]
+        col = "concurrency" if g["request_rate"].isna().all() else "request_rate"
+        x = g[col].astype(float)
+        grid = np.geomspace(float(x.min()) * 0.5, float(x.max()) * 2.0, 30)
+        new = pd.concat([g[keep].iloc[[0]]] * len(grid), ignore_index=True)
+        new[col] = grid
+        mean = model.predict(new, interval=interval, random_seed=0).summary
+        run = model.predict(new, interval=interval, random_seed=0, noise=True).summary
+        for ax, (metric, label) in zip(row_axes, PHASES, strict=True):
+            scale = 1e3 if metric == "tpot" else 1.0
+            (line,) = ax.plot(grid, mean[f"{metric}_median"] * scale)
+            ax.fill_between(grid, run[f"{metric}_lo"] * scale, run[f"{metric}_hi"] * scale,
+                            alpha=0.2, color=line.get_color(), lw=0)  # fmt: skip
+            ax.plot(x, g[f"{metric}_mean_s"].astype(float) * scale, "o", ms=4, color="k")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.xaxis)
+            _plain_log_ticks(ax.yaxis)
+            ax.set_ylabel(label)
+            ax.set_xlabel("requests in flight" if col == "concurrency" else "request rate (req/s)")
+        system = g["system"].iloc[0]
+        row_axes[0].set_title(f"{system_title(model, system)} · {series_label(series, system)}",
+                              fontsize=8, loc="left")  # fmt: skip
     fig.tight_layout()
     return fig
 

@@ -105,6 +105,40 @@ def test_demo_bayesian_section_matches_the_saved_posterior(demo_fit):
 
 
 @ONE_DEMO_FIT
+def test_demo_shows_ttft_tpot_and_e2e_of_a_real_engine_with_bands(demo_fit):
+    """The per-phase section: every InferenceX run of the demo's engine with its measured
+    TTFT, TPOT and E2E beside the saved model's posterior median and 90% interval, and the
+    figure of the three against load."""
+    from PIL import Image
+
+    from bayes_sd import demo
+
+    report = (demo_fit / "summary.md").read_text()
+    assert "## TTFT, TPOT and E2E of a real engine against load" in report
+    assert "(real-engine-phases.png)" in report
+    runs = pd.read_csv(demo_fit / "real-engine-phases.csv")
+    sweep = bayes_sd.load_example("inferencex")
+    part = sweep[(sweep["gpu"] == demo.REAL_ENGINE["gpu"])
+                 & (sweep["engine"] == demo.REAL_ENGINE["engine"])
+                 & ~sweep["excluded"].astype(bool)]  # fmt: skip
+    assert len(runs) == 3 * len(part) and set(runs["metric"]) == {"TTFT", "TPOT", "E2E"}
+    assert (runs["lo_s"] < runs["median_s"]).all() and (runs["median_s"] < runs["hi_s"]).all()
+    inside = (runs["lo_s"] <= runs["measured_s"]) & (runs["measured_s"] <= runs["hi_s"])
+    assert (inside == runs["inside"]).all() and inside.mean() > 0.8
+    # the medians are the saved model's (same draws, same seed)
+    model = bayes_sd.LatencyModel.load(demo_fit / "real-engine-model.nc")
+    query = part.drop(columns=[c for c in part.columns if c.endswith("_mean_s")])
+    pred = model.predict(query.reset_index(drop=True), random_seed=0).summary
+    tpot = runs[runs["metric"] == "TPOT"]["median_s"].to_numpy()
+    np.testing.assert_allclose(tpot, pred["tpot_median"].to_numpy(), rtol=1e-9)
+    e2e = runs[runs["metric"] == "E2E"]
+    measured = part["latency_mean_s"].to_numpy(dtype=float)
+    np.testing.assert_allclose(e2e["measured_s"].to_numpy(), measured, rtol=1e-12)
+    with Image.open(demo_fit / "real-engine-phases.png") as img:  # three panels per series
+        assert img.width > 1000 and img.height > 400
+
+
+@ONE_DEMO_FIT
 def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
     model = str(demo_fit / "vllm-blog-model.nc")
     cfg = [
