@@ -88,16 +88,9 @@ def bayesian_fit(*, draws: int, chains: int, slo_s: float, seed: int = 1) -> Bay
     """Fit :class:`~bayes_sd.LatencyModel` to the real vLLM sweep (``draws`` per chain after
     as many tuning steps) and tabulate its answers."""
     from bayes_sd import datasets, planning
-    from bayes_sd.model import LatencyModel
 
     sweep = datasets.load_example("vllm-blog-2024")
-    config = {"draws": draws, "tune": draws, "chains": chains, "progressbar": False}
-    model = LatencyModel(sampler_config=config)
-    t0 = time.perf_counter()
-    model.fit(sweep, random_seed=seed)
-    fit_s = time.perf_counter() - t0
-    d = model.diagnostics
-    keys = ("max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "draws", "runs_fitted")
+    model, fit_s, diagnostics = _fit(sweep, draws, chains, seed)
     rows, breaks, slo_rows = [], [], []
     for dataset in BLOG_CONFIGS:
         part = sweep[sweep["dataset"] == dataset]
@@ -119,7 +112,7 @@ def bayesian_fit(*, draws: int, chains: int, slo_s: float, seed: int = 1) -> Bay
     return BayesianDemo(
         model=model,
         fit_seconds=fit_s,
-        diagnostics=pd.DataFrame([{k: d[k] for k in keys}]),
+        diagnostics=diagnostics,
         speedup=pd.DataFrame(rows),
         break_even=pd.DataFrame(breaks),
         sustainable=pd.DataFrame(slo_rows),
@@ -142,18 +135,11 @@ def real_engine_fit(*, draws: int, chains: int, seed: int = 1,
     (TTFT, TPOT and E2E in the likelihood) and set each run's measured means beside the
     interval of a measured run (``predict(noise=True)``)."""
     from bayes_sd import datasets
-    from bayes_sd.model import LatencyModel
 
     sweep = datasets.load_example("inferencex")
     part = sweep[(sweep["gpu"] == REAL_ENGINE["gpu"]) & (sweep["engine"] == REAL_ENGINE["engine"])]
     part = part[~part["excluded"].astype(bool)].reset_index(drop=True)
-    config = {"draws": draws, "tune": draws, "chains": chains, "progressbar": False}
-    model = LatencyModel(sampler_config=config)
-    t0 = time.perf_counter()
-    model.fit(part, random_seed=seed)
-    fit_s = time.perf_counter() - t0
-    d = model.diagnostics
-    keys = ("max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "draws", "runs_fitted")
+    model, fit_s, diagnostics = _fit(part, draws, chains, seed)
     query = part.drop(columns=[c for c in part.columns if c.endswith("_mean_s")])
     mean = model.predict(query, interval=interval, random_seed=0).summary
     run = model.predict(query, interval=interval, random_seed=0, noise=True).summary
@@ -167,6 +153,19 @@ def real_engine_fit(*, draws: int, chains: int, seed: int = 1,
                          "metric": name, "measured_s": obs,
                          "median_s": mean.at[i, f"{metric}_median"], "lo_s": lo, "hi_s": hi,
                          "inside": bool(lo <= obs <= hi)})  # fmt: skip
-    return PhasesDemo(model=model, fit_seconds=fit_s,
-                      diagnostics=pd.DataFrame([{k: d[k] for k in keys}]),
+    return PhasesDemo(model=model, fit_seconds=fit_s, diagnostics=diagnostics,
                       runs=pd.DataFrame(rows))  # fmt: skip
+
+
+def _fit(sweep: pd.DataFrame, draws: int, chains: int, seed: int):
+    """``(model, seconds, diagnostics table)`` of :class:`~bayes_sd.LatencyModel` fitted to
+    ``sweep`` with ``draws`` per chain after as many tuning steps (compile included)."""
+    from bayes_sd.model import LatencyModel
+
+    config = {"draws": draws, "tune": draws, "chains": chains, "progressbar": False}
+    model = LatencyModel(sampler_config=config)
+    t0 = time.perf_counter()
+    model.fit(sweep, random_seed=seed)
+    seconds = time.perf_counter() - t0
+    keys = ("max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "draws", "runs_fitted")
+    return model, seconds, pd.DataFrame([{k: model.diagnostics[k] for k in keys}])
