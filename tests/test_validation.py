@@ -186,3 +186,29 @@ def test_tail_scatter_script_measures_the_percentiles_floor(tmp_path):
     assert rows["p99 TTFT"]["median_scatter"] == pytest.approx(0.307, abs=0.01)
     assert rows["p99 TPOT"]["median_scatter"] < 0.05 < rows["p50 TTFT"]["median_scatter"]
     assert (tmp_path / "tail_scatter.md").read_text().count("TTFT") == 3
+
+
+def test_validation_scripts_take_a_model_config_file(monkeypatch):
+    """``--model-config FILE`` (the scripts that pass it to their fits): the file's priors under
+    the script's own, the outputs suffixed with its name; the shipped variant builds a model
+    with TPOT's noise growth on. Scripts that cannot honour it do not offer it."""
+    from pathlib import Path
+
+    from bayes_sd.model import LatencyModel
+
+    root = Path(__file__).parents[1] / "validation"
+    monkeypatch.syspath_prepend(str(root))
+    import _common
+
+    p = _common.parser("x", draws=1, chains=1, model_config=True)
+    args = _common.parse(p, ["--model-config", str(root / "configs/tpot_load_noise.yaml")], "x")
+    assert args.out.name == "x_tpot_load_noise.json"
+    config = _common.model_config(args, priors={"accept_decay": 0.0}, centred=False)
+    assert set(config["priors"]) == {"tpot_load_noise", "accept_decay"} and not config["centred"]
+    assert _common.model_config(_common.parse(p, [], "x")) is None
+    sweep = bayes_sd.load_example("demo").head(60)
+    model = LatencyModel(model_config=_common.model_config(args)).build_model(sweep)
+    assert "tpot_load_noise" in model.named_vars
+    without = _common.parser("x", draws=1)  # e.g. SBC, which draws truths from the defaults
+    with pytest.raises(SystemExit):
+        without.parse_args(["--model-config", "f.yaml"])

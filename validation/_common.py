@@ -17,9 +17,16 @@ DOCS = ROOT / "docs" / "validation"
 
 
 def parser(
-    doc: str, *, draws: int, chains: int | None = None, seed: int = 1, noncentred: bool = False
+    doc: str,
+    *,
+    draws: int,
+    chains: int | None = None,
+    seed: int = 1,
+    noncentred: bool = False,
+    model_config: bool = False,
 ) -> argparse.ArgumentParser:
-    """The common options: --draws, --chains, --seed, --noncentred, --out (JSON), --docs."""
+    """The common options: --draws, --chains, --seed, --noncentred, --model-config (scripts
+    that pass it to their fits), --out (JSON), --docs."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--draws", type=int, default=draws, help="posterior draws per chain")
     if chains is not None:
@@ -32,12 +39,13 @@ def parser(
             help="non-centred residual shifts (model_config centred=False); outputs get a "
             "'_noncentred' suffix",
         )
-    p.add_argument(
-        "--model-config",
-        metavar="FILE",
-        help="a YAML/JSON model configuration, as `bayes-sd fit --model-config` (e.g. a prior to "
-        "try: validation/configs/)",
-    )
+    if model_config:
+        p.add_argument(
+            "--model-config",
+            metavar="FILE",
+            help="a YAML/JSON model configuration, as `bayes-sd fit --model-config` (e.g. a "
+            "prior to try: validation/configs/); outputs get its name as a suffix",
+        )
     p.add_argument("--out", help="the JSON results (default: validation/results/<name>.json)")
     p.add_argument("--docs", default=str(DOCS), help="folder of the page's tables and figures")
     return p
@@ -49,7 +57,8 @@ def model_config(args: argparse.Namespace, **extra) -> dict | None:
     from bayes_sd.priors import load_model_config
 
     config = load_model_config(args.model_config) if args.model_config else {}
-    config = {**config, **extra}
+    for key, value in extra.items():  # priors merge: the script's own on top of the file's
+        config[key] = {**config.get(key, {}), **value} if key == "priors" else value
     return config or None
 
 

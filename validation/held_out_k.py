@@ -208,7 +208,7 @@ def recovery(model) -> list[dict]:
 
 def fit(train, args, law: str, what: str):
     model = LatencyModel(
-        model_config={"priors": LAWS[law]} if LAWS[law] else None,
+        model_config=_common.model_config(args, **({"priors": LAWS[law]} if LAWS[law] else {})),
         sampler_config=_common.sampler_config(args),
     )
     with warnings.catch_warnings():
@@ -295,7 +295,7 @@ def table(results: list) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    p = _common.parser(__doc__, draws=300, chains=2)
+    p = _common.parser(__doc__, draws=300, chains=2, model_config=True)
     p.add_argument("--real", action="store_true", help="also the InferenceX fold")
     p.add_argument("--no-simulated", action="store_true", help="only the InferenceX fold")
     p.add_argument("--records", default="recorded,not-recorded",

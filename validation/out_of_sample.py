@@ -138,7 +138,7 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = _common.parser(__doc__, draws=300, chains=2, noncentred=True)
+    p = _common.parser(__doc__, draws=300, chains=2, noncentred=True, model_config=True)
     p.add_argument("--folds", default=",".join(FOLDS))
     args = _common.parse(p, argv, "out_of_sample")
     rows = prepare(bayes_sd.load_example("demo"))

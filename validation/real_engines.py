@@ -266,7 +266,7 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv=None) -> None:
-    p = _common.parser(__doc__, draws=400, chains=2)
+    p = _common.parser(__doc__, draws=400, chains=2, model_config=True)
     p.add_argument("--folds", default=",".join(FOLDS))
     p.add_argument("--gpus", default="MI325X,B300,H100-SXM-80GB")
     p.add_argument("--engines", default="sglang,dynamo-sglang")

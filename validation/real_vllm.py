@@ -213,12 +213,13 @@ def markdown(meta, spd, breaks, ppc) -> str:
 
 
 def main(argv=None) -> int:
-    p = _common.parser(__doc__, draws=1000, chains=4)
+    p = _common.parser(__doc__, draws=1000, chains=4, model_config=True)
     p.add_argument("--target-accept", type=float, default=0.95)
     args = _common.parse(p, argv, "real_vllm")
     sweep = bayes_sd.load_example("vllm-blog-2024")
     model = LatencyModel(
-        sampler_config=_common.sampler_config(args, target_accept=args.target_accept)
+        model_config=_common.model_config(args),
+        sampler_config=_common.sampler_config(args, target_accept=args.target_accept),
     )
     seconds = _common.fit_timed(model, sweep, args, f"{len(sweep)} runs")
     spd, be_draws = speedup_table(model, sweep)

@@ -46,7 +46,7 @@ TRT = {**BASE, "engine": "trt"}
 
 
 def main(argv=None) -> None:
-    p = _common.parser(__doc__, draws=300, chains=2)
+    p = _common.parser(__doc__, draws=300, chains=2, model_config=True)
     p.add_argument(
         "--model",
         default=None,
@@ -59,7 +59,8 @@ def main(argv=None) -> None:
     if args.model and Path(args.model).is_file():
         model, seconds = LatencyModel.load(args.model), float("nan")
     else:
-        model = LatencyModel(sampler_config=_common.sampler_config(args))
+        model = LatencyModel(model_config=_common.model_config(args),
+                             sampler_config=_common.sampler_config(args))  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             seconds = _common.fit_timed(model, data, args, "inferencex (all runs)")
