@@ -48,7 +48,7 @@ def open_queue_share(d) -> np.ndarray:
     lat = np.where(d.is_open, lat, np.nan)
     lightest = pd.Series(lat).groupby(d.series_idx).transform("min").to_numpy()
     with np.errstate(invalid="ignore"):
-        share = lat / lightest - 1.0
+        share = laws.queue_share_open(lat, lightest)
     return np.where(np.isfinite(share), np.maximum(share, 0.0), 0.0)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -473,9 +474,8 @@ def _acceptance_draws(model, design: Design, rows, flat, per_row, draws, rng) ->
 
 def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) -> None:
     """Multiply the latency, TTFT and TPOT draws (in place) by draws of each metric's fitted
-    noise, as in the likelihood (:func:`bayes_sd.laws.noise_scale`: E2E noisier with its queueing
-    share, TTFT with the requests in flight, TPOT with E2E's share where ``tpot_load_noise``
-    is on); saturated draws stay +inf."""
+    noise, as in the likelihood (:func:`bayes_sd.laws.noise_scale`: E2E's and, opt-in, open-loop
+    TPOT's grow with E2E's queueing share, TTFT's with the load); saturated draws stay +inf."""
     src = pd.Index(design.sources).get_indexer(rows["source"])
     nu = flat["nu"][:, None]
 
@@ -483,12 +483,14 @@ def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) ->
         return laws.predicted_load(per_row["is_open"], per_row["rate"], planes["latency"],
                                    per_row["conc"], per_row["engines"])  # fmt: skip
 
-    with np.errstate(divide="ignore", invalid="ignore"):  # of the noiseless means
-        queue = laws.queue_share_open(planes["latency"], planes["light"])
-    tpot_growth = flat.get("tpot_load_noise")  # opt-in (bayes_sd.priors): E2E's share
-    tpot_on = tpot_growth is not None and np.any(tpot_growth > 0)
-    shares = {"latency": lambda: queue, "ttft": ttft_load,
-              "tpot": (lambda: queue * per_row["is_open"]) if tpot_on else None}  # fmt: skip
+    @cache
+    def queue():  # E2E's queueing share of the noiseless means: once, where asked
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return laws.queue_share_open(planes["latency"], planes["light"])
+
+    tpot_on = np.any(flat.get("tpot_load_noise", 0.0) > 0)  # opt-in (bayes_sd.priors)
+    shares = {"latency": queue, "ttft": ttft_load,
+              "tpot": (lambda: queue() * per_row["is_open"]) if tpot_on else None}  # fmt: skip
     if composed := "sigma" not in flat:  # E2E not fitted itself: TTFT + (D − 1) TPOT, noisy
         del shares["latency"]
     for metric, share in shares.items():
@@ -499,18 +501,16 @@ def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) ->
         if (src < 0).any():  # an unseen source: the largest fitted noise scale
             sigma[:, src < 0] = flat[name].max(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
-            growth = tpot_growth if metric == "tpot" else flat["load_noise"]
-            scale = sigma if share is None else laws.noise_scale(sigma, growth[:, None], share())
+            g = "tpot_load_noise" if metric == "tpot" else "load_noise"  # the scale's growth
+            scale = sigma if share is None else laws.noise_scale(sigma, flat[g][:, None], share())
         noise = rng.standard_t(nu, size=scale.shape) * scale
         lat = planes[metric]
         with np.errstate(invalid="ignore", over="ignore"):
             noisy = lat * np.exp(noise)
         planes[metric] = np.where(np.isfinite(lat), noisy, lat)
-    if composed:
-        decode = rows["decode_len"].to_numpy(dtype=float) - 1.0
-        lat = planes["latency"]
-        noisy = planes["ttft"] + decode * planes["tpot"]
-        planes["latency"] = np.where(np.isfinite(lat), noisy, lat)
+    if composed:  # TTFT + (D − 1) TPOT of the noisy phases
+        noisy = planes["ttft"] + (rows["decode_len"].to_numpy(dtype=float) - 1.0) * planes["tpot"]
+        planes["latency"] = np.where(np.isfinite(planes["latency"]), noisy, planes["latency"])
 
 
 def _wave_shares(planes: dict) -> np.ndarray | None:

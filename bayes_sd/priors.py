@@ -60,8 +60,9 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   by 7% median); ``ttft_sigma`` HalfNormal(0.2) and ``tpot_sigma`` HalfNormal(0.1) the same for
   mean TTFT (noisier: queueing) and TPOT; ``load_noise``: the growth of the E2E scale with its
   queueing share and of TTFT's with the log requests in flight, HalfNormal(1);
-  ``tpot_load_noise``: the growth of TPOT's scale with E2E's predicted queueing share in an
-  open loop (a finite run near saturation; a closed loop's batch is held at its concurrency),
+  ``tpot_load_noise``: the growth of TPOT's scale with an open-loop run's queueing share
+  (measured in the fit, ``graph_side.open_queue_share``; predicted in ``predict``: a finite
+  run near saturation; a closed loop's batch is held at its concurrency),
   off (fixed at 0) by default — on (e.g. ``Prior("HalfNormal", sigma=1.0)``) it widens TPOT's
   intervals near saturation (docs/validation.md §4 for what it measured); ``nu``:
   Student-t degrees of freedom, Gamma(2, 0.1), used when the ``likelihood`` family has one
