@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 unexpected internal error, 2 bad input data or usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import warnings
@@ -192,7 +193,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     t0 = time.perf_counter()
-    model.fit(sweep, steps=steps, random_seed=args.seed)
+    # the sampler's progress (PyMC's rich bar draws on stdout) goes to stderr: stdout carries
+    # the results alone
+    with contextlib.redirect_stdout(sys.stderr):
+        model.fit(sweep, steps=steps, random_seed=args.seed)
     d = model.diagnostics
     print(
         f"  {d['runs_fitted']} runs fitted, {d['runs_left_out_saturated']} saturated left out; "

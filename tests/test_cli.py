@@ -380,6 +380,27 @@ def test_fit_passes_the_sampler_options(tmp_path, monkeypatch):
         main([*args, "--adaptation", "full"])
 
 
+def test_fit_progress_goes_to_stderr_and_results_to_stdout(tmp_path, monkeypatch, capsys):
+    """The sampler's progress (PyMC draws its bar on stdout) is redirected to stderr during
+    ``bayes-sd fit``: a script reading stdout gets the results only."""
+    from bayes_sd.model import LatencyModel
+
+    class Stop(Exception):
+        pass
+
+    def fit(self, sweep, **kwargs):
+        print("Sampling 4 chains: 50% | 1000/2000 draws")  # as the sampler's bar would
+        raise Stop
+
+    monkeypatch.setattr(LatencyModel, "fit", fit)
+    capsys.readouterr()
+    assert main(["fit", "--example", "vllm-blog-2024", "--out", str(tmp_path / "m.nc")]) != 0
+    out, err = capsys.readouterr()
+    assert "Sampling 4 chains" in err and "Sampling" not in out
+    print("after the fit")  # stdout is stdout again
+    assert capsys.readouterr().out == "after the fit\n"
+
+
 def test_argument_errors_come_before_the_heavy_imports():
     """A bad argument or a missing model file fails without importing PyMC (seconds)."""
     import subprocess
