@@ -14,7 +14,8 @@ fixed.
   P(speedup > 1) along the load axis;
 * :func:`best_k` — per rate, the probability that each k is best, each k's expected latency,
   and the choice under a risk-aware objective (mean, quantile or expected shortfall); with a
-  vLLM-ready schedule of draft length by batch size (Little's Law: B = λ L);
+  vLLM-ready schedule of draft length by running batch size (the best k with B requests
+  running per engine);
 * :func:`next_measurement` — the (rate, k) run whose measurement would most reduce the
   posterior variance of the decision quantity at hand (a linear-Gaussian value-of-information
   score computed from the draws).
@@ -243,6 +244,8 @@ def break_even(
 
 # below this P(best) the data do not single out the draft length of a schedule's range
 SCHEDULE_MIN_P_BEST = 0.5
+# batch sizes (log-spaced whole numbers) at which best_k compares the draft lengths
+SCHEDULE_BATCHES = 48
 
 
 class UncertainScheduleWarning(UserWarning):
@@ -256,20 +259,27 @@ class BestK:
     table: pd.DataFrame  # one row per (rate, k): p_best, expected_latency, objective, chosen
     choice: pd.DataFrame  # one row per rate: k chosen, its objective, p_best, batch size
     objective: str
+    # one row per running batch size per engine: batch_size, k chosen, p_best (best_k's
+    # closed-loop pass, :func:`_by_batch`); None: the schedule maps ``choice``'s rates instead
+    by_batch: pd.DataFrame | None = None
 
     def schedule(self, *, warn: bool = True) -> pd.DataFrame:
         """Draft length by running batch size per engine: integer, contiguous,
         non-overlapping ranges ``batch_from``–``batch_to`` (both included) from 1 to the
         largest batch a chosen k sustains (loads where every k saturates are left out), with
-        ``k`` (0: no SD) and ``p_best`` (the lowest P(k is best) over the range's loads).
+        ``k`` (0: no SD) and ``p_best`` (the lowest P(k is best) over the range's batches).
 
-        The batch of a load is λ·L / engines (Little's law, median latency of the chosen
-        k); the boundary between two ranges lies half-way between the batches of the last
-        load of one and the first of the next. Warns where ``p_best`` < 0.5: there the
-        posterior does not single out a draft length. :meth:`to_vllm` gives vLLM's
+        From :func:`best_k`, each batch size's k is the best at that many requests running
+        per engine (``by_batch``: the step law at that batch, what vLLM's per-batch-size draft
+        length acts on; open-loop saturation plays no part there); without ``by_batch``, the
+        batch of a load in ``choice`` is λ·L / engines (Little's law, median latency of the
+        chosen k). The boundary between two ranges lies half-way between the last batch of
+        one and the first of the next. Warns where ``p_best`` < 0.5: there the posterior does
+        not single out a draft length. :meth:`to_vllm` gives vLLM's
         ``num_speculative_tokens_per_batch_size``."""
         cols = ["batch_from", "batch_to", "k", "p_best"]
-        c = self.choice[np.isfinite(self.choice["batch_size"]) & self.choice["k"].notna()]
+        c = self.choice if self.by_batch is None else self.by_batch
+        c = c[np.isfinite(c["batch_size"]) & c["k"].notna()]
         c = c.sort_values("batch_size", kind="stable")
         if c.empty:
             return pd.DataFrame(columns=cols)
@@ -326,29 +336,27 @@ def best_k(
     max_draws: int = 1000,
     random_seed: int = 0,
 ) -> BestK:
-    """For each rate: P(each k is best), each k's expected latency, and the k minimising the
-    ``objective`` of its latency distribution — ``"mean"`` (expected latency), ``"quantile"``
-    (the ``quantile`` of latency: a tail guarantee) or ``"shortfall"`` (expected latency in the
-    worst ``1 − quantile`` of draws). Saturated draws count as infinite latency; a k that
-    saturates in more than ``1 − quantile`` of draws is never chosen by the tail objectives.
+    """For each rate: P(each k is best), each k's expected latency and P(it saturates), and
+    the k minimising the ``objective`` of its latency distribution — ``"mean"`` (expected
+    latency over the draws in which k sustains the rate), ``"quantile"`` (the ``quantile`` of
+    latency: a tail guarantee) or ``"shortfall"`` (expected latency in the worst ``1 −
+    quantile`` of draws). Saturated draws count as infinite latency: a k that saturates in more
+    than ``1 − quantile`` of draws is never chosen by the mean and quantile objectives, one
+    that saturates in any draw never by the shortfall. (Counting a saturated draw in the mean
+    made the risk-neutral objective the strictest: one draw in 1,000 in which k = 3 could not
+    sustain a rate at which it was faster in the other 999 chose k = 0, with P(best) 0.)
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
     ks = list(ks)
-    rates = rate_grid(model, config, [0]) if rates is None else np.asarray(rates, float)
+    rates = rate_grid(model, config, ks) if rates is None else np.asarray(rates, float)
     lat, _, _ = _draws(model, config, ks, rates, max_draws=max_draws, random_seed=random_seed)
-    lat = np.nan_to_num(lat, nan=np.inf)
+    lat = np.where(np.isnan(lat), np.inf, lat)  # saturated: infinite (not the largest float)
     best = np.argmin(lat, axis=1)  # (draw, rate)
     rows = []
     obj = np.empty((len(ks), len(rates)))
     for j, k in enumerate(ks):
-        x = lat[:, j, :]
-        with np.errstate(all="ignore"):
-            mean = np.where(np.isinf(x).any(axis=0), np.inf, x.mean(axis=0))
-            q = np.quantile(x, quantile, axis=0)
-            tail = np.sort(x, axis=0)[int(np.floor(quantile * len(x))) :]
-            es = np.where(np.isinf(tail).any(axis=0), np.inf, tail.mean(axis=0))
-        obj[j] = {"mean": mean, "quantile": q, "shortfall": es}[objective]
+        mean, obj[j] = _objective(lat[:, j, :], objective, quantile)
         for r, rate in enumerate(rates):
             rows.append(
                 {
@@ -356,6 +364,7 @@ def best_k(
                     "k": k,
                     "p_best": float(np.mean(best[:, r] == j)),
                     "expected_latency": float(mean[r]),
+                    "p_saturated": float(np.isinf(lat[:, j, r]).mean()),
                     "objective": float(obj[j, r]),
                 }
             )
@@ -378,7 +387,52 @@ def best_k(
                 "batch_size": rate * med / engines if feasible else np.nan,
             }
         )
-    return BestK(table, pd.DataFrame(choice), objective)
+    choice = pd.DataFrame(choice)
+    top = choice["batch_size"].max()  # the largest batch a chosen k sustains
+    by_batch = None
+    if np.isfinite(top) and top >= 1:
+        by_batch = _by_batch(model, config, ks, top, engines, objective, quantile,
+                             max_draws=max_draws, random_seed=random_seed)  # fmt: skip
+    return BestK(table, choice, objective, by_batch)
+
+
+def _objective(x: np.ndarray, objective: str, quantile: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, objective) per column of the (draw, load) latency draws ``x`` (+inf where
+    saturated): the mean (infinite if any draw saturates), and the objective (see
+    :func:`best_k`): the mean over the sustaining draws where at most ``1 − quantile`` of them
+    saturate, the ``quantile``, or the expected shortfall beyond it."""
+    saturated = np.isinf(x)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a load every draw saturates
+        mean = np.where(saturated.any(axis=0), np.inf, x.mean(axis=0))
+        sustained = np.nanmean(np.where(saturated, np.nan, x), axis=0)
+        risk_neutral = np.where(saturated.mean(axis=0) <= 1 - quantile, sustained, np.inf)
+        q = np.quantile(x, quantile, axis=0)
+        tail = np.sort(x, axis=0)[int(np.floor(quantile * len(x))) :]
+        es = np.where(np.isinf(tail).any(axis=0), np.inf, tail.mean(axis=0))
+    return mean, {"mean": risk_neutral, "quantile": q, "shortfall": es}[objective]
+
+
+def _by_batch(model, config, ks, top: float, engines: float, objective: str, quantile: float,
+              *, max_draws: int, random_seed: int) -> pd.DataFrame:  # fmt: skip
+    """Per running batch size B per engine (:data:`SCHEDULE_BATCHES` whole numbers from 1 to
+    ``top``): the k of best ``objective`` with B requests running on every engine (a closed
+    loop at B × engines: the step law at that batch, as vLLM's per-batch-size draft length
+    sees it) and P(it is the best k) over the draws."""
+    batches = np.unique(np.floor(np.geomspace(1.0, max(float(top), 1.0), SCHEDULE_BATCHES)))
+    rows = _rows(config, ks, batches * engines, load="concurrency")
+    pred = model.predict(rows, max_draws=max_draws, random_seed=random_seed)
+    lat = pred.draws["latency"].values.reshape(-1, len(ks), len(batches))
+    lat = np.where(np.isnan(lat), np.inf, lat)
+    best = np.argmin(lat, axis=1)  # (draw, batch)
+    obj = np.stack([_objective(lat[:, j, :], objective, quantile)[1] for j in range(len(ks))])
+    chosen = np.argmin(obj, axis=0)
+    feasible = np.isfinite(obj[chosen, np.arange(len(batches))])
+    return pd.DataFrame({
+        "batch_size": batches,
+        "k": np.where(feasible, np.asarray(ks, dtype=float)[chosen], np.nan),
+        "p_best": (best == chosen).mean(axis=0),
+    })  # fmt: skip
 
 
 def next_measurement(

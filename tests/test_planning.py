@@ -88,10 +88,11 @@ def test_best_k_probabilities_and_schedule(model):
     sums = res.table.groupby("rate")["p_best"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 1.0)
     assert len(res.choice) == len(rates)
-    # the chosen k has the lowest expected latency (objective "mean")
+    # the chosen k has the lowest objective (the mean over the draws that sustain the rate)
     for rate, g in res.table.groupby("rate"):
         chosen = res.choice.loc[np.isclose(res.choice["rate"], rate), "k"].iloc[0]
-        assert g.loc[g["expected_latency"].idxmin(), "k"] == chosen
+        assert g.loc[g["objective"].idxmin(), "k"] == chosen
+        assert g["p_saturated"].between(0, 1).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # P(best) may be low on this small fit
         sched = res.schedule()
@@ -103,6 +104,50 @@ def test_best_k_probabilities_and_schedule(model):
     assert tail.objective == "shortfall"
     with pytest.raises(ValueError, match="objective"):
         planning.best_k(model, CONFIG, objective="median")
+
+
+def test_schedule_compares_the_draft_lengths_at_each_running_batch(model):
+    """``best_k``'s schedule is the best k with B requests running per engine (a closed loop
+    at B): checked against fresh closed-loop predictions at the batches it chose from."""
+    res = planning.best_k(model, CONFIG, ks=(0, 1, 3), max_draws=400)
+    by = res.by_batch
+    assert by["batch_size"].iloc[0] == 1 and (np.diff(by["batch_size"]) > 0).all()
+    assert np.allclose(by["batch_size"], np.round(by["batch_size"]))
+    # the schedule spans 1 to the largest batch a chosen k sustains on the rate grid
+    top = int(np.floor(res.choice["batch_size"].max()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", planning.UncertainScheduleWarning)
+        sched = res.schedule()
+    _check_schedule(sched)
+    assert sched["batch_to"].iloc[-1] == top
+    for batch in by["batch_size"].iloc[[0, len(by) // 2, -1]]:
+        rows = planning._rows(CONFIG, (0, 1, 3), [batch], load="concurrency")
+        lat = model.predict(rows, max_draws=400, random_seed=0).draws["latency"].values
+        lat = lat.reshape(-1, 3)
+        row = by[by["batch_size"] == batch].iloc[0]
+        assert (0, 1, 3)[int(np.argmin(lat.mean(axis=0)))] == row["k"]
+        best = np.argmin(lat, axis=1)
+        assert row["p_best"] == pytest.approx(np.mean(best == (0, 1, 3).index(row["k"])))
+        # and the range holding this batch carries its k
+        holder = sched[(sched["batch_from"] <= batch) & (sched["batch_to"] >= batch)]
+        assert len(holder) == 1 and holder["k"].iloc[0] == row["k"]
+
+
+def test_a_rare_saturated_draw_does_not_decide_the_risk_neutral_choice():
+    """k = 3 faster in 999 of 1,000 draws and saturated in one; k = 0 sustains every draw: the
+    mean objective (over the sustaining draws, k admitted up to 1 − quantile saturated)
+    chooses k = 3; the expected shortfall, which counts the saturated draw, k = 0."""
+    lat = np.column_stack([np.full(1000, 2.0), np.r_[np.full(999, 1.0), np.inf]])  # k 0, 3
+    choose = {}
+    for name in planning.OBJECTIVES:
+        values = [planning._objective(lat[:, [j]], name, 0.9)[1][0] for j in range(2)]
+        choose[name] = int(np.argmin(values))
+    assert choose == {"mean": 1, "quantile": 1, "shortfall": 0}
+    mean, _ = planning._objective(lat, "mean", 0.9)
+    assert mean[0] == 2.0 and mean[1] == np.inf  # the expected latency itself is infinite
+    # saturated in more than 1 − quantile of the draws: not chosen by the mean objective
+    risky = np.r_[np.full(850, 1.0), np.full(150, np.inf)][:, None]
+    assert planning._objective(risky, "mean", 0.9)[1][0] == np.inf
 
 
 def test_next_measurement_ranks_candidates(model):
