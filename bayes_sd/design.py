@@ -532,7 +532,8 @@ class Design:
             else:
                 e = float(tokens_per_cycle(alpha[d], k))
                 rows.loc[rows.index[i], "acceptance_length"] = e
-                extrapolated.append((d, k, alpha[d], e))
+                name = f"drafter {rows['drafter'].iat[i]} of {rows['target'].iat[i]}"
+                extrapolated.append((name, k, alpha[d], e))  # readable: not the pipe-joined key
         if extrapolated:
             shown = sorted(set(extrapolated))[:3]
             warnings.warn(

@@ -158,7 +158,9 @@ class SimResult:
             "num_spec_tokens": str(cfg.k),
             "spec_method": (cfg.method or "draft_model") if cfg.k else "none",
             **({"draft_model": cfg.drafter} if cfg.k else {}),
-            **({"alpha": str(cfg.alpha)} if cfg.k and cfg.alpha is not None else {}),
+            # no "alpha": vLLM records what was accepted (the spec_decode_* counters below), not
+            # the simulator's acceptance parameter; with it, the reader would impose α and the
+            # fit would skip the acceptance law that real results go through
             "request_rate": self.rate if self.load_mode == "rate" else "inf",
             "burstiness": 1.0,
             "max_concurrency": self.concurrency,

@@ -154,7 +154,11 @@ def test_vllm_json_reads_back_unchanged(steps, eagle, tmp_path):
                 "drafter", "request_rate", "achieved_rate", "prefill_len", "decode_len",
                 "target_params", "backlog_growth", "run_id"):  # fmt: skip
         assert read[col] == row[col], col
-    assert json.loads(path.read_text())["spec_decode_draft_tokens"] > 0
+    obj = json.loads(path.read_text())
+    assert obj["spec_decode_draft_tokens"] > 0
+    # as from vLLM: the measured acceptance, not the simulator's α (which the reader would
+    # impose, keeping the run out of the acceptance law real results go through)
+    assert "alpha" not in obj and np.isnan(read["alpha"]) and read["acceptance_length"] > 1
 
 
 def test_length_distributions_and_bad_configs(steps):
