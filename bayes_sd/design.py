@@ -519,11 +519,8 @@ class Design:
         if not need.any():
             return
         at_k = fitted.groupby(["draft_system", "k"])["e"].mean()
-        alpha = (
-            fitted.assign(a=alpha_from_tokens_per_cycle(fitted["e"], fitted["k"]))
-            .groupby("draft_system")["a"]
-            .mean()
-        )
+        a = alpha_from_tokens_per_cycle(fitted["e"], fitted["k"])
+        alpha = fitted.assign(a=a).groupby("draft_system")["a"].mean()
         extrapolated = []
         for i in np.flatnonzero(need):
             d, k = rows["draft_system"].iat[i], float(rows["k"].iat[i])

@@ -1057,6 +1057,24 @@ def test_planning_rows_use_the_acceptance_the_fit_measured(sweep, mocked):
     np.testing.assert_allclose(a.values, b.values)
 
 
+def test_an_unmeasured_k_of_an_imposed_alpha_system_is_warned_by_name(sweep):
+    """A draft system fitted under an imposed α, asked at a k it never ran without α or an
+    acceptance length: the i.i.d. extrapolation is warned about, naming drafter and target
+    (not the pipe-joined key of the draft system)."""
+    from bayes_sd.design import Design
+    from bayes_sd.predict import prediction_rows
+
+    sd = sweep[sweep["k"] > 0].iloc[0]
+    row = {c: sd[c] for c in ("gpu", "target", "drafter", "prefill_len", "decode_len")}
+    unseen = int(sweep["k"].max()) + 2
+    query = pd.DataFrame([{**row, "k": unseen, "request_rate": 1.0}])
+    with pytest.warns(UserWarning, match="acceptance not measured") as seen:
+        rows = prediction_rows(Design.from_sweep(sweep), query)
+    text = str(seen[0].message)
+    assert f"k = {unseen} of drafter {row['drafter']} of {row['target']}" in text
+    assert "|" not in text and rows["acceptance_length"].iloc[0] > 1
+
+
 def test_runs_of_one_workload_are_one_system(sweep):
     """Measured mean lengths scatter from run to run (sampled prompts, outputs ending at an end
     token): within 10% they are one workload, and a prediction at the nominal lengths is that
