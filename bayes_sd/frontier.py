@@ -139,11 +139,17 @@ def frontier(
     if not configs:
         raise ValueError("give at least one configuration")
     ks = [int(k) for k in ks]
-    names, parts, measured = [], [], {}
+    names, parts, measured, without_sd = [], [], {}, set()
     for name, cfg in configs.items():
         own = [int(k) for k in cfg.get("ks", ks)]  # a configuration may name its own ks
         top = cfg.get("measured_to")  # the heaviest load measured, when the caller knows it
         cfg = {c: v for c, v in cfg.items() if c not in ("ks", "measured_to")}
+        if 0 in own:  # variants that differ in SD settings alone share one no-SD curve
+            key = _rows(cfg, [0], [1.0], load).iloc[0].to_json()
+            own = [k for k in own if k != 0 or key not in without_sd]
+            without_sd.add(key)
+        if not own:
+            continue
         grid = (load_grid(model, cfg, own, load=load, points=48, max_concurrency=512.0)
                 if loads is None else np.asarray(loads, dtype=float))  # fmt: skip
         names += [(curve_label(name, k), k, grid) for k in own]

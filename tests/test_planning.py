@@ -271,6 +271,17 @@ def test_frontier_bands_and_probabilities_follow_the_draws(model, tmp_path):
     assert paths[3].stat().st_size > 20_000
 
 
+def test_frontier_variants_differing_in_sd_alone_share_one_no_sd_curve(model):
+    """``--compare drafter=A,B``: without SD the two variants are one configuration; one
+    no-SD curve, not two identical ones that split P(on the frontier) between them."""
+    from bayes_sd.frontier import frontier
+
+    other = {**CONFIG, "drafter": "llama-68m"}
+    result = frontier(model, {"eagle": CONFIG, "68m": other}, ks=(0, 2), load="rate", levels=12)
+    assert set(result.table["config"]) == {"eagle, no SD", "eagle, SD k=2", "68m, SD k=2"}
+    assert set(result.curves["config"]) == set(result.table["config"])
+
+
 def test_goodput_counts_requests_meeting_every_threshold(model):
     from bayes_sd.capacity import UnmeasuredTailWarning, goodput
 
