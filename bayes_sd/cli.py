@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--gpu", action="append", help="keep only this GPU (repeatable)")
     sim.add_argument("--target", action="append", help="keep only this target (repeatable)")
     sim.add_argument("--out", required=True, help="output folder")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     sim.add_argument("--jobs", type=int, default=None, help="processes (default: all CPUs)")
     sim.add_argument(
         "--json",
@@ -371,8 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
         "model with its training data (load it with LatencyModel.load or bayes-sd predict/plan).",
     )
     fit.add_argument("inputs", nargs="*", help="result files, folders or tables")
-    fit.add_argument("--example", help="an embedded sweep instead: demo or vllm-blog-2024")
-    fit.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    fit.add_argument("--example", help="an embedded sweep instead: demo, vllm-blog-2024 or "
+                     "inferencex")  # fmt: skip
+    fit.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                     help="metadata for every run, e.g. --meta gpu=H100 (as ingest)")  # fmt: skip
     fit.add_argument("--out", required=True, help="model file to write (.nc)")
     fit.add_argument(
         "--model-config",
@@ -387,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="step-cost table for the joint step-level likelihood ('example': embedded)",
     )
     add_sampler_options(fit)
-    fit.add_argument("--seed", type=int, default=None)
+    fit.add_argument("--seed", type=int, default=None,
+                     help="random seed of the sampler (default: none, a fresh one)")  # fmt: skip
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=cmd_fit)
 
@@ -400,9 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", required=True, help="model file from bayes-sd fit")
     pred.add_argument("--rows", required=True, help="rows to predict (.csv or .parquet)")
     pred.add_argument("--out", required=True, help="summary table to write (.csv)")
-    pred.add_argument("--interval", type=float, default=0.9)
+    pred.add_argument("--interval", type=float, default=0.9,
+                      help="credible interval, in (0, 1) (default: %(default)s)")  # fmt: skip
     pred.add_argument("--noise", action="store_true", help="include measurement noise")
-    pred.add_argument("--seed", type=int, default=0)
+    pred.add_argument("--seed", type=int, default=0,
+                      help="seed of the predictive draws (default: %(default)s)")  # fmt: skip
     pred.set_defaults(func=cmd_predict)
 
     from bayes_sd import cli_demo, cli_fleet, cli_plan

@@ -36,10 +36,14 @@ def add_commands(add) -> None:
         "engine's TTFT, TPOT and E2E (default: on)",
     )
     demo.add_argument(
-        "--draws", type=int, default=1000, help="posterior draws (and tuning steps) per chain"
+        "--draws",
+        type=int,
+        default=1000,
+        help="posterior draws (and tuning steps) per chain (default: %(default)s)",
     )
-    demo.add_argument("--chains", type=int, default=4)
-    demo.add_argument("--slo", type=float, default=3.0, help="latency SLO in seconds")
+    demo.add_argument("--chains", type=int, default=4, help="chains per fit (default: %(default)s)")
+    demo.add_argument("--slo", type=float, default=3.0,
+                      help="latency SLO in seconds (default: %(default)s)")  # fmt: skip
     demo.add_argument(
         "--phases",
         action=argparse.BooleanOptionalAction,

@@ -401,6 +401,26 @@ def test_fit_progress_goes_to_stderr_and_results_to_stdout(tmp_path, monkeypatch
     assert capsys.readouterr().out == "after the fit\n"
 
 
+def test_every_option_of_every_command_has_help():
+    """``bayes-sd <command> --help`` explains each option (issue 20: help for every option)."""
+    import argparse
+
+    from bayes_sd.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {action.option_strings[-1]}"
+               for name, sub in commands.choices.items() for action in sub._actions
+               if action.option_strings and not action.help]  # fmt: skip
+    assert len(commands.choices) >= 9 and missing == []
+    # and an option with a default says it
+    unsaid = [f"{name} {action.option_strings[-1]}"
+              for name, sub in commands.choices.items() for action in sub._actions
+              if action.option_strings and action.default not in (None, False, [], "==SUPPRESS==")
+              and "default" not in action.help]  # fmt: skip
+    assert unsaid == []
+
+
 def test_argument_errors_come_before_the_heavy_imports():
     """A bad argument or a missing model file fails without importing PyMC (seconds)."""
     import subprocess
