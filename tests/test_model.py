@@ -853,7 +853,26 @@ def test_best_k_figure_plots_the_probability_of_the_choice(fitted):
         draws = post[name]
         middle = draws.median(("chain", "draw"))
         post[name] = (middle + 0.01 * (draws - middle)).transpose(*draws.dims)
-    fig = best_k_figure(fitted, max_systems=1)
+    from bayes_sd import planning
+    from bayes_sd.decisions import configurations
+
+    asked = []
+    real = planning.best_k
+
+    def spy(model, config, **kwargs):
+        asked.append((config, kwargs["ks"]))
+        return real(model, config, **kwargs)
+
+    planning.best_k = spy
+    try:
+        fig = best_k_figure(fitted, max_systems=1)
+    finally:
+        planning.best_k = real
+    # the report's configuration: no run's measured acceptance carried to the other k's
+    first = next(c for c in configurations(fitted) if len(c["ks"]) > 1)
+    assert len(asked) == 1 and asked[0][1] == first["ks"]
+    assert pd.Series(asked[0][0]).equals(pd.Series(first["config"]))  # NaN-aware
+    assert "acceptance_length" not in asked[0][0]
     ax = fig.axes[0]
     assert ax.get_ylabel() == "P(best)" and ax.get_ylim() == (0.0, 1.05)
     heights = [p.get_height() for p in ax.patches]
