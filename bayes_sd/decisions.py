@@ -76,11 +76,14 @@ def configurations(model) -> list[dict]:
             g = part[part["draft_system"] == key] if drafts else part
             ks = [0, *sorted({int(k) for k in g["k"] if k > 0})]
             r = g.iloc[0]
+            config = g[keep].iloc[0].to_dict()
+            if g.loc[g["k"] > 0, "alpha"].nunique() > 1:  # an α imposed per k (simulated):
+                config["alpha"] = np.nan  # each k takes its own, not the first run's
             out.append({
                 "name": system_title(model, key).replace("\n", " "),
                 "short": _short_name(r),
                 "key": key,
-                "config": g[keep].iloc[0].to_dict(),
+                "config": config,
                 "ks": ks,
                 "load": load,
                 "workload": (str(r["target"]), str(r["dataset"]), float(r["prefill_len"]),

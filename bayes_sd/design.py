@@ -499,14 +499,13 @@ class Design:
         """Prediction ``rows`` (labelled): a row giving ``alpha`` for a series the fit measured
         is that series, not a new one. Draft systems fitted under an imposed α (simulated
         sweeps): an SD row giving neither ``acceptance_length`` nor ``alpha`` takes the mean
-        measured at its k, or at another k the i.i.d. law with the α of the fitted runs
-        (warned). Draft systems under the positional law keep their posterior (predict)."""
+        measured at its k (and the series fitted there, where one α was), or at another k the
+        i.i.d. law with the α of the fitted runs (warned). Positional-law systems: predict."""
         from bayes_sd.acceptance import alpha_from_tokens_per_cycle, tokens_per_cycle
 
         imposed = self.rows["alpha"].notna().to_numpy()
-        fitted = pd.DataFrame(
-            {"draft_system": self.rows["draft_system"], "k": self.k, "e": self.acceptance}
-        )[(self.k > 0) & imposed & ~np.isnan(self.acceptance)]
+        fitted = self.rows[["draft_system", "series"]].assign(k=self.k, e=self.acceptance)
+        fitted = fitted[(self.k > 0) & imposed & ~np.isnan(self.acceptance)]
         law = set(self.rows.loc[~imposed & (self.k > 0), "draft_system"])
         fitted = fitted[~fitted["draft_system"].isin(law)]
         # a row's alpha for a series fitted without one names that series
@@ -519,6 +518,7 @@ class Design:
         if not need.any():
             return
         at_k = fitted.groupby(["draft_system", "k"])["e"].mean()
+        series_at = fitted.groupby(["draft_system", "k"])["series"].agg(set)  # fitted there
         a = alpha_from_tokens_per_cycle(fitted["e"], fitted["k"])
         alpha = fitted.assign(a=a).groupby("draft_system")["a"].mean()
         extrapolated = []
@@ -526,6 +526,8 @@ class Design:
             d, k = rows["draft_system"].iat[i], float(rows["k"].iat[i])
             if (d, k) in at_k.index:
                 rows.loc[rows.index[i], "acceptance_length"] = at_k[(d, k)]
+                if len(series_at[(d, k)]) == 1:
+                    rows.loc[rows.index[i], "series"] = next(iter(series_at[(d, k)]))
             else:
                 e = float(tokens_per_cycle(alpha[d], k))
                 rows.loc[rows.index[i], "acceptance_length"] = e

@@ -1094,6 +1094,27 @@ def test_an_unmeasured_k_of_an_imposed_alpha_system_is_warned_by_name(sweep):
     assert "|" not in text and rows["acceptance_length"].iloc[0] > 1
 
 
+def test_report_configurations_give_each_k_its_own_imposed_alpha(fitted):
+    """A simulated draft system with α imposed per k (0.6, 0.8, 0.9 at k = 1, 3, 5): the
+    report's configuration predicts each measured k as its fitted series with its measured
+    acceptance, not every k at the first run's α (a new series, the wrong acceptance)."""
+    from bayes_sd.decisions import configurations
+    from bayes_sd.planning import _rows
+    from bayes_sd.predict import prediction_rows
+    from bayes_sd.schema import acceptance_of
+
+    c = next(c for c in configurations(fitted) if c["ks"] == [0, 1, 3, 5])
+    assert np.isnan(c["config"]["alpha"])
+    rows = prediction_rows(fitted.design, _rows(c["config"], c["ks"], [1.0]))
+    assert rows["series"].isin(fitted.design.series).all()
+    sd = rows[rows["k"] > 0]
+    design = fitted.design.rows
+    for series, e in zip(sd["series"], sd["acceptance_length"], strict=True):
+        fit = design[design["series"] == series]
+        assert fit["alpha"].nunique() == 1 and fit["k"].iloc[0] in (1, 3, 5)
+        assert e == pytest.approx(float(acceptance_of(fit).mean()))
+
+
 def test_runs_of_one_workload_are_one_system(sweep):
     """Measured mean lengths scatter from run to run (sampled prompts, outputs ending at an end
     token): within 10% they are one workload, and a prediction at the nominal lengths is that
