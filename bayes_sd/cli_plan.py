@@ -83,6 +83,16 @@ def _capacity_lines(capacity: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def next_k(best, sd_ks: list[int]) -> int | None:
+    """The SD draft length whose break-even the next measurement should pin: the one
+    ``best_k`` chooses at most rates (the one a user would run), else the shortest asked."""
+    chosen = best.choice["k"].dropna()
+    chosen = chosen[chosen > 0]
+    if len(chosen):
+        return int(chosen.mode().iloc[0])
+    return sd_ks[0] if sd_ks else None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """Answer the capacity-planning questions for one configuration, with credibility."""
     import pandas as pd
@@ -117,7 +127,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )  # fmt: skip
     breaks = pd.DataFrame([planning.break_even(model, cfg, k=k).summary() for k in sd_ks])
     best = planning.best_k(model, cfg, ks=ks, objective=args.objective)
-    nxt = planning.next_measurement(model, cfg, k=sd_ks[0], ks=ks) if sd_ks else None
+    k_next = next_k(best, sd_ks)
+    nxt = planning.next_measurement(model, cfg, k=k_next, ks=ks) if sd_ks else None
     slo_text = " and ".join(t.label for t in terms)
     text = [
         f"# Capacity plan: {cfg['target']} on {cfg['gpu']}\n\n",
@@ -156,7 +167,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     ]
     if nxt is not None:
         text += [
-            f"\n## What to measure next (to pin the break-even of k={sd_ks[0]})\n\n",
+            f"\n## What to measure next (to pin the break-even of k={k_next})\n\n",
             _table(nxt.head(5)),
         ]
     report = "".join(text)

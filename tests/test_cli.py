@@ -401,6 +401,17 @@ def test_fit_progress_goes_to_stderr_and_results_to_stdout(tmp_path, monkeypatch
     assert capsys.readouterr().out == "after the fit\n"
 
 
+def test_plan_pins_the_break_even_of_the_draft_length_it_would_run():
+    """``plan``'s next measurement targets the SD k chosen at most rates, not the shortest."""
+    from bayes_sd.cli_plan import next_k
+    from bayes_sd.planning import BestK
+
+    choice = pd.DataFrame({"rate": [1, 2, 3, 4, 5], "k": [3, 3, 3, 0, np.nan]})
+    assert next_k(BestK(pd.DataFrame(), choice, "mean"), [1, 3, 5]) == 3
+    none = choice.assign(k=[0, 0, 0, 0, np.nan])  # SD chosen nowhere: the shortest asked
+    assert next_k(BestK(pd.DataFrame(), none, "mean"), [1, 3, 5]) == 1
+
+
 def test_every_option_of_every_command_has_help():
     """``bayes-sd <command> --help`` explains each option (issue 20: help for every option)."""
     import argparse
