@@ -440,7 +440,7 @@ def _by_batch(model, config, ks, top: float, engines: float, objective: str, qua
     sees it) and P(it is the best k) over the draws."""
     batches = np.unique(np.floor(np.geomspace(1.0, max(float(top), 1.0), SCHEDULE_BATCHES)))
     rows = _rows(config, ks, batches * engines, load="concurrency")
-    pred = model.predict(rows, max_draws=max_draws, random_seed=random_seed)
+    pred = model.predict(rows, max_draws=max_draws, random_seed=random_seed, tails=False)
     lat = pred.draws["latency"].values.reshape(-1, len(ks), len(batches))
     lat = np.where(np.isnan(lat), np.inf, lat)
     best = np.argmin(lat, axis=1)  # (draw, batch)
