@@ -242,7 +242,7 @@ def _model_and_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", action="append", default=[], metavar="KEY=VALUE",
         help="the configuration without its load: gpu, target, prefill_len, decode_len, "
-        "drafter, alpha, ... (repeat the flag)",
+        "drafter, alpha, max_num_seqs (ends the best-k schedule), ... (repeat the flag)",
     )  # fmt: skip
 
 

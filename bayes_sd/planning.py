@@ -349,7 +349,9 @@ def best_k(
     made the risk-neutral objective the strictest: one draw in 1,000 in which k = 3 could not
     sustain a rate at which it was faster in the other 999 chose k = 0, with P(best) 0.)
     Draft lengths whose objectives lie within :data:`CHOICE_TOLERANCE` (1%) of the best tie,
-    and the shortest of them is chosen (:func:`_choose`), here and in the schedule.
+    and the shortest of them is chosen (:func:`_choose`), here and in the schedule. The
+    schedule's batches stop at the configuration's ``max_num_seqs`` where it gives one (the
+    engine runs no more requests at once).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
@@ -394,6 +396,8 @@ def best_k(
         )
     choice = pd.DataFrame(choice)
     top = choice["batch_size"].max()  # the largest batch a chosen k sustains
+    cap = float(_config(config).get("max_num_seqs", np.nan) or np.nan)
+    top = min(top, cap) if np.isfinite(cap) else top  # the engine never runs more
     by_batch = None
     if np.isfinite(top) and top >= 1:
         by_batch = _by_batch(model, config, ks, top, engines, objective, quantile,

@@ -133,6 +133,13 @@ def test_schedule_compares_the_draft_lengths_at_each_running_batch(model):
         # and the range holding this batch carries its k
         holder = sched[(sched["batch_from"] <= batch) & (sched["batch_to"] >= batch)]
         assert len(holder) == 1 and holder["k"].iloc[0] == row["k"]
+    # an engine's max_num_seqs ends the schedule: it never runs more requests at once
+    capped = planning.best_k(model, {**CONFIG, "max_num_seqs": top // 2}, ks=(0, 1, 3),
+                             max_draws=400)  # fmt: skip
+    assert capped.by_batch["batch_size"].max() == top // 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", planning.UncertainScheduleWarning)
+        assert capped.schedule()["batch_to"].iloc[-1] == top // 2
 
 
 def test_draft_lengths_within_the_tolerance_tie_and_the_shortest_is_chosen():
