@@ -402,20 +402,8 @@ class _Builder:
         return pt.switch(latent, e[np.maximum(law.run_combo[self.at], 0)], data["e_known"])
 
     def acceptance_groups(self, n: int):
-        """(θ, δ) per acceptance group: the population's, scattered per group (non-centred:
-        a group is pinned by its runs only through their latencies where none measured
-        acceptance); one group is the population's own."""
-        logit, decay = self.prior("accept_logit"), self.prior("accept_decay")
-        if n > 1:
-            z = pm.Normal("accept_logit_z", 0.0, 1.0, dims="accept_group")
-            logit = logit + self.prior("accept_logit_sd") * z
-            z = pm.Normal("accept_decay_z", 0.0, 1.0, dims="accept_group")
-            decay = decay * pt.exp(self.prior("accept_decay_sd") * z)
-        else:
-            logit, decay = pt.stack([logit]), pt.stack([decay])
-        logit = pm.Deterministic("accept_group_logit", logit, dims="accept_group")
-        decay = pm.Deterministic("accept_group_decay", decay, dims="accept_group")
-        return logit, decay
+        """(θ, δ) per acceptance group (:func:`bayes_sd.graph_side.acceptance_groups`)."""
+        return side.acceptance_groups(self, n)
 
     def series_terms(self, c_pv, c_d, inc, data, tokens) -> phases.StepTerms:
         """The step terms (:func:`bayes_sd.phases.step_terms`) per series, with the series

@@ -1,7 +1,8 @@
-"""The side terms of :mod:`bayes_sd.graph`'s model: the series shifts' trend in k, per-run
-percentiles (the tail law of :mod:`bayes_sd.laws`) and forward-pass step timings (a joint fit
-with step costs). Each function takes the graph's term builder (its design, priors and
-``prior``) and adds its terms or likelihood to the model in context.
+"""The side terms of :mod:`bayes_sd.graph`'s model: the series shifts' trend in k, the
+acceptance groups' (θ, δ), per-run percentiles (the tail law of :mod:`bayes_sd.laws`) and
+forward-pass step timings (a joint fit with step costs). Each function takes the graph's term
+builder (its design, priors and ``prior``) and adds its terms or likelihood to the model in
+context.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from bayes_sd.errors import DataError
 from bayes_sd.priors import make_likelihood, shifted_variable
 
 __all__ = [
+    "acceptance_groups",
     "draft_lengths",
     "off",
     "open_queue_share",
+    "pinned_groups",
     "series_trend",
     "step_design",
     "step_likelihood",
@@ -82,6 +85,70 @@ def verify_share(b):
     if off(b.priors, "verify_share") or draft_lengths(b) < 2:
         return 0.0
     return b.prior("verify_share")
+
+
+def pinned_groups(law) -> np.ndarray:
+    """Per acceptance group of ``law`` (``design.AcceptanceLaw``): whether its runs pin both θ
+    and δ — per-position rates over two or more positions, or acceptance lengths measured at
+    two or more draft lengths (thousands of counted drafts each). One acceptance length alone
+    is one equation in θ and δ: such a group, like one measured through latencies only, is
+    not pinned."""
+    pinned = np.zeros(len(law.groups), dtype=bool)
+    pos = law.positions
+    if len(pos):
+        widths = pos.groupby("group")["position"].nunique()
+        pinned[widths.index[widths >= 2].to_numpy(dtype=int)] = True
+    runs = law.run_combo[law.measured & (law.run_combo >= 0)]
+    ks = pd.DataFrame({"group": law.combo_group[runs], "k": law.combo_k[runs]})
+    lengths = ks.groupby("group")["k"].nunique()
+    pinned[lengths.index[lengths >= 2].to_numpy(dtype=int)] = True
+    return pinned
+
+
+def acceptance_groups(b, n: int):
+    """(θ, δ) per acceptance group (``accept_group_logit``, ``accept_group_decay``): the
+    population's ``accept_logit`` and ``accept_decay``, each group scattered around them with
+    ``accept_logit_sd`` (δ log-normally, ``accept_decay_sd``); one group is the population's
+    own; δ = 0 for every group under the i.i.d. law (``accept_decay`` fixed at 0).
+
+    Parametrised by what pins each group (:func:`pinned_groups`). A group with its acceptance
+    counted is pinned by its data: its θ and log δ are sampled themselves (centred,
+    ``accept_logit_group``, ``accept_decay_group_log``). A group known through its latencies
+    alone keeps non-centred offsets (``accept_logit_z``, ``accept_decay_z``). Non-centred
+    offsets of pinned groups tie the population's θ, δ and scales to each offset along a narrow
+    ridge: on a simulated sweep of two drafters with vLLM's counters (48 runs, 2 × 600 draws)
+    the population's parameters mixed at R-hat 1.09–1.26, bulk ESS 6–42."""
+    logit, decay = b.prior("accept_logit"), b.prior("accept_decay")
+    iid = off(b.priors, "accept_decay")
+    if n == 1:
+        theta, delta = pt.stack([logit]), pt.stack([decay])
+    else:
+        model = pm.modelcontext(None)
+        groups = np.asarray(b.d.acceptance_law.groups)
+        pinned = pinned_groups(b.d.acceptance_law)
+        theta, delta = pt.zeros(n), pt.zeros(n)
+        logit_sd = b.prior("accept_logit_sd")
+        decay_sd = None if iid else b.prior("accept_decay_sd")
+        for centred, dim in ((False, "accept_group_latent"), (True, "accept_group_pinned")):
+            idx = np.flatnonzero(pinned == centred)
+            if not idx.size:
+                continue
+            model.add_coord(dim, groups[idx].tolist())
+            if centred:
+                th = pm.Normal("accept_logit_group", logit, logit_sd, dims=dim)
+            else:
+                th = logit + logit_sd * pm.Normal("accept_logit_z", 0.0, 1.0, dims=dim)
+            theta = pt.set_subtensor(theta[idx], th)
+            if iid:
+                continue
+            if centred:
+                de = pt.exp(pm.Normal("accept_decay_group_log", pt.log(decay), decay_sd, dims=dim))
+            else:
+                de = decay * pt.exp(decay_sd * pm.Normal("accept_decay_z", 0.0, 1.0, dims=dim))
+            delta = pt.set_subtensor(delta[idx], de)
+    theta = pm.Deterministic("accept_group_logit", theta, dims="accept_group")
+    delta = pm.Deterministic("accept_group_decay", delta, dims="accept_group")
+    return theta, delta
 
 
 def tails(b, data, predicted) -> None:

@@ -5,6 +5,7 @@ whether the model recovers anything. Parameter recovery needs the real sampler.
 """
 
 import warnings
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -16,7 +17,7 @@ from conftest import logp
 from pymc.testing import mock_sample
 from pymc_extras.prior import Prior
 
-from bayes_sd import DataError, acceptance
+from bayes_sd import DataError, acceptance, graph_side
 from bayes_sd.baseline import fit_baseline
 from bayes_sd.model import ConvergenceWarning, LatencyModel
 from bayes_sd.population import DEFAULT_POPULATION, simulate_from_model, with_overrides
@@ -217,6 +218,37 @@ def test_measured_acceptance_informs_the_law(sweep):
     assert observed.size == int((real["k"] > 0).sum())
     imposed = LatencyModel().build_model(sweep)
     assert "accept_logit" not in imposed.named_vars
+
+
+def test_acceptance_groups_parametrised_by_what_pins_them(sweep):
+    """A group whose runs counted acceptance at two or more draft lengths (or positions) is
+    sampled itself (centred); one measured at a single k, or through latencies alone, keeps a
+    non-centred offset; each lands in its own group's place."""
+    real = sweep.copy()
+    real["alpha"] = np.nan  # acceptance lengths measured at k = 1, 3, 5 / 2, 4 / 3
+    lm = LatencyModel()
+    model = lm.build_model(real)
+    groups = lm.design.acceptance_law.groups
+    pinned = [g for g in groups if "olmoe" not in g]
+    assert list(model.coords["accept_group_pinned"]) == pinned
+    assert list(model.coords["accept_group_latent"]) == [g for g in groups if g not in pinned]
+    (theta,) = model.replace_rvs_by_values([model["accept_group_logit"]])
+    theta = model.compile_fn(theta, inputs=model.value_vars, on_unused_input="ignore")
+    ip = model.initial_point()
+    ip.update(accept_logit=1.0, accept_logit_sd_log__=np.log(0.5),
+              accept_logit_z=np.array([2.0]), accept_logit_group=np.array([3.0, 4.0]))  # fmt: skip
+    want = {pinned[0]: 3.0, pinned[1]: 4.0}  # centred: their own values
+    want.update({g: 1.0 + 0.5 * 2.0 for g in groups if g not in pinned})  # θ + sd z
+    np.testing.assert_allclose(theta(ip), [want[g] for g in groups])
+    # per-position rates at two positions pin a group; one position (k = 1) does not
+    law = lm.design.acceptance_law
+    for width, expect in ((2, True), (1, False)):
+        one = replace(law, measured=np.zeros_like(law.measured), positions=pd.DataFrame(
+            {"run": 0, "group": 0, "position": np.arange(width), "rate": 0.5}))  # fmt: skip
+        assert graph_side.pinned_groups(one).tolist() == [expect] + [False] * (len(groups) - 1)
+    # the i.i.d. law: no δ per group at all
+    iid = LatencyModel(model_config={"priors": {"accept_decay": 0.0}}).build_model(real)
+    assert not {"accept_decay_group_log", "accept_decay_z", "accept_decay_sd"} & set(iid.named_vars)
 
 
 def test_per_position_rates_enter_the_law_and_bad_ones_are_refused(sweep):
