@@ -285,7 +285,7 @@ class _Builder:
         level1, level2 = latency.demand(target, k, e, self.d.decode_len[rep])
         return pt.log(pt.stack([level1, level2], axis=1))
 
-    def shifts(self, group: str, size: int, anchor, mean=0.0):
+    def shifts(self, group: str, size: int, anchor, mean=0.0, within=None):
         """Log-scale shifts (size, level) of a residual group around ``mean`` (series: their
         trend in k, :func:`bayes_sd.laws.series_trend`), zeros when the group is off.
 
@@ -306,7 +306,8 @@ class _Builder:
         what the data pin: the log demand of a system's target at a representative run
         (:meth:`system_anchor`), the drafting law (draft systems), the log C2 of a series' most
         loaded run (series). Non-centred: ``shift = sd · z``, ``z ~ Normal(0, 1)``, for sparse
-        or noisy sweeps (calibration)."""
+        or noisy sweeps (calibration); ``within`` (series around their draft system's mean,
+        :func:`bayes_sd.graph_side.series_draft_mean`) centres ``z`` within each draft system."""
         if group not in self.opt.residuals:
             return pt.zeros((size, 2))
         sd = self.prior(f"{group}_sd")
@@ -318,6 +319,7 @@ class _Builder:
             shift = pm.Deterministic(f"shift_{group}", level - anchor, dims=dims)
         else:
             z = pm.Normal(f"shift_{group}_z", 0.0, 1.0, dims=dims)
+            z = z if within is None else pt.dot(within, z)  # centred within draft systems
             shift = pm.Deterministic(f"shift_{group}", mean + z * sd, dims=dims)
         if group == "system":
             return shift
@@ -443,7 +445,10 @@ class _Builder:
         # level-2 shift is its own, and a second one was a ridge for single-series systems)
         sd = pd.Index(d.series).get_indexer(d.sd_series)
         if len(sd) and "series" in self.opt.residuals:
-            shift = self.shifts("series", len(sd), anchor[sd], side.series_trend(self, sd))[:, 1]
+            centred = self.opt.centred or self.opt.centred_series
+            draft_mean, within = side.series_draft_mean(self, sd, centred)
+            mean = side.series_trend(self, sd) + draft_mean
+            shift = self.shifts("series", len(sd), anchor[sd], mean, within)[:, 1]
             scale2 = pt.set_subtensor(pt.ones(len(d.series))[sd], pt.exp(shift))
         else:
             scale2 = pt.ones(len(d.series))

@@ -7,6 +7,8 @@ context.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pymc as pm
@@ -23,11 +25,14 @@ __all__ = [
     "off",
     "open_queue_share",
     "pinned_groups",
+    "series_draft_mean",
+    "series_draft_systems",
     "series_trend",
     "step_design",
     "step_likelihood",
     "tails",
     "verify_share",
+    "within_centring",
 ]
 
 
@@ -65,6 +70,68 @@ def series_trend(b, sd: np.ndarray):
     ks = b.d.rows.groupby("series")["k"].first().reindex(np.asarray(b.d.series)[sd])
     trend = laws.series_trend(b.prior("series_k_slope"), ks.to_numpy(dtype=float))
     return pm.Deterministic("series_trend", trend, dims="sd_series")
+
+
+def series_draft_systems(series) -> tuple[np.ndarray, np.ndarray]:
+    """For SD ``series`` labels (``<draft system>|k<k>[|a<α>]``, :func:`bayes_sd.design.
+    label_systems`): the draft system of each, and those that run two or more of the series
+    (whose series share a mean shift, :func:`series_draft_mean`)."""
+    ds = np.asarray([re.sub(r"\|k[^|]*(\|a[^|]*)?$", "", str(s)) for s in series], dtype=object)
+    names, counts = np.unique(ds, return_counts=True)
+    return ds, names[counts >= 2]
+
+
+def series_draft_mean(b, sd: np.ndarray, centred: bool):
+    """Per SD series (``sd``: indices among the design's series), the mean shift of its draft
+    system's series (``series_draft_shift``, spread ``series_draft_sd``): the draft lengths
+    of one draft system share what the laws miss of their level 2, so an unseen k of a seen
+    draft system is predicted around its siblings, not around the population's 0. Only for
+    draft systems with two or more series (with one, the mean and the series' own shift are
+    one quantity), and summing to zero over them (a ZeroSumNormal): what all draft systems
+    share stays with the laws' SD coefficients (``c2s``, ``c2d``, η). Free means (Normal) took
+    it over on notebook 01's data — every draft system's mean at +0.85 to +1.17, the laws' SD
+    level 2 shrunk by e, ``series_draft_sd`` 0.49 against its HalfNormal(0.1) prior — and an
+    unseen draft system, drawn around 0, would have been priced at a third of its cost.
+    **Off by default** (``series_draft_sd`` fixed at 0): notebook 01's fit does not mix with
+    it (docs/validation.md, section 4).
+
+    Parametrised as the series shifts are (``centred``): with centred series levels, each
+    pinned by its runs, the means are sampled themselves (non-centred means over centred
+    levels: 2 and 5 divergences in notebook 01's fit at seeds 1 and 2; centred: 0–5 over three
+    fits); with non-centred offsets, the means are non-centred and the offsets centred within
+    each draft system. Returns the mean per series (0.0 when off) and that centring's projection
+    (None otherwise; :func:`within_centring`)."""
+    if off(b.priors, "series_draft_sd"):
+        return 0.0, None
+    ds, multi = series_draft_systems(np.asarray(b.d.series)[sd])
+    if len(multi) < 2:  # the means sum to zero over the draft systems: one has none
+        return 0.0, None
+    pm.modelcontext(None).add_coord("series_draft", multi.tolist())
+    spread = b.prior("series_draft_sd")
+    at = pd.Index(multi).get_indexer(ds)
+    if centred:  # the series' levels are pinned by their runs, and so is their mean
+        mean = pm.ZeroSumNormal("series_draft_shift", sigma=spread, dims="series_draft")
+        return pt.switch(at >= 0, mean[np.maximum(at, 0)], 0.0), None
+    z = pm.ZeroSumNormal("series_draft_z", sigma=1.0, dims="series_draft")
+    mean = pm.Deterministic("series_draft_shift", spread * z, dims="series_draft")
+    return pt.switch(at >= 0, mean[np.maximum(at, 0)], 0.0), within_centring(at)
+
+
+def within_centring(group: np.ndarray) -> np.ndarray:
+    """(n, n) projection taking standard-normal offsets of ``n`` series to offsets that sum to
+    zero within each group (``group`` ≥ 0; −1: left alone), each still of unit variance (scaled
+    by √(m/(m − 1)), m the group's size). Non-centred, a draft system's mean shift and the
+    average of its series' offsets would be one direction the data do not split, as narrow as
+    ``series_sd`` is small; centred within the draft system, the mean is the series'
+    average."""
+    n = len(group)
+    out = np.eye(n)
+    for g in np.unique(group[group >= 0]):
+        members = np.flatnonzero(group == g)
+        m = len(members)
+        block = (np.eye(m) - np.full((m, m), 1.0 / m)) * np.sqrt(m / (m - 1.0))
+        out[np.ix_(members, members)] = block
+    return out
 
 
 def draft_lengths(b) -> int:

@@ -42,6 +42,14 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   held-out series of the demo from 1.06× to 0.94× the curve fit's, but notebook 01's fit fell
   from bulk ESS 550–740 to 434 and a tail ESS of 393 (a convergence warning) — docs/validation.md,
   section 4.
+* ``series_draft_sd``: spread of a draft system's mean series shift (the draft lengths of one
+  draft system share what the laws miss of their ``C2``, :func:`bayes_sd.graph_side.
+  series_draft_mean`), only for draft systems that run two or more draft lengths: an unseen k
+  of such a draft system is then predicted around its measured siblings, not around the
+  population's 0. **Off by default** (fixed at 0); on with ``Prior("HalfNormal", sigma=0.1)``
+  (``validation/configs/series_draft.yaml``): simulated held-out draft lengths 0.8–4.5% →
+  1.4–2.2% median error, the demo's held-out series 9.9% → 4.9%, but notebook 01's fit does
+  not mix with it (docs/validation.md, sections 4 and 6).
 * ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
   what a dense model of the total size would", Normal(0, 0.5). Hierarchically centred with the
   residuals when the prior is a location family (its ``mu`` shifted by the anchor).
@@ -202,6 +210,7 @@ def _latency_defaults() -> dict[str, Prior]:
         "draft_sd": Prior("HalfNormal", sigma=0.3),
         "series_sd": Prior("HalfNormal", sigma=0.1),
         "series_k_slope": 0.0,  # the series shifts' trend in k: off (see above)
+        "series_draft_sd": 0.0,  # a draft system's mean series shift: off (see above)
         "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="coef_pv"),
         "accept_logit": Prior("Normal", mu=1.0, sigma=1.0),
         "accept_decay": Prior("HalfNormal", sigma=0.7),

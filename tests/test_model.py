@@ -1409,6 +1409,53 @@ def test_verify_share_enters_where_a_draft_system_runs_several_draft_lengths(swe
     np.testing.assert_array_equal(after[..., ~sd], before[..., ~sd])
 
 
+def test_series_of_one_draft_system_share_a_mean_shift(sweep, fitted):
+    """With ``series_draft_sd`` on (off by default), the series of a draft system that runs
+    two or more draft lengths shift around that draft system's mean (``series_draft_shift``),
+    and an unseen k of it is predicted around that mean; an unseen draft system draws one
+    mean for all its series."""
+    from pymc_extras.prior import Prior
+
+    from bayes_sd.config_draws import draw_shifts
+    from bayes_sd.graph_side import series_draft_systems
+
+    assert "series_draft_shift" not in LatencyModel().build_model(sweep).named_vars  # default
+    on = {"centred": False, "priors": {"series_draft_sd": Prior("HalfNormal", sigma=0.1)}}
+    lm = LatencyModel(model_config=on)
+    model = lm.build_model(sweep)
+    ds, multi = series_draft_systems(lm.design.sd_series)
+    assert list(model.coords["series_draft"]) == multi.tolist() and len(multi) == 2
+    shift, means = model.replace_rvs_by_values([model["shift_series"], model["series_draft_shift"]])
+    shift = model.compile_fn([shift, means], inputs=model.value_vars, on_unused_input="ignore")
+    ip = model.initial_point()
+    ip.update(series_draft_z_zerosum__=np.array([1.0]), series_draft_sd_log__=np.log(0.2),
+              shift_series_z=np.zeros_like(ip["shift_series_z"]))  # fmt: skip
+    got, mean = shift(ip)
+    assert mean.sum() == pytest.approx(0.0) and abs(mean[0]) > 0.05  # zero-sum over them
+    want = pd.Series(ds).map(dict(zip(multi, mean, strict=True))).fillna(0.0)
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    # the offsets are centred within each draft system: its series average to its mean
+    ip["shift_series_z"] = np.random.default_rng(0).normal(size=ip["shift_series_z"].shape)
+    got = pd.Series(shift(ip)[0]).groupby(ds).mean()
+    np.testing.assert_allclose(got[list(multi)], mean, atol=1e-12)
+    # with centred series levels (pinned by their runs) the means are sampled themselves
+    centred = LatencyModel(model_config={**on, "centred": True}).build_model(sweep)
+    free = {v.name for v in centred.free_RVs}
+    assert "series_draft_shift" in free and "series_draft_z" not in free
+    # predictions: the fitted mean for a new k of that draft system, fresh ones elsewhere
+    draws, sd = 20000, len(lm.design.sd_series)
+    flat = {"series_sd": np.full(draws, 0.05), "series_draft_sd": np.full(draws, 0.1),
+            "series_draft_shift": np.tile([0.3, -0.2], (draws, 1)),
+            "shift_series": np.zeros((draws, sd))}  # fmt: skip
+    labels = [f"{multi[0]}|k7|a0.9", "new|drafter|k1", "new|drafter|k2", lm.design.sd_series[0]]
+    out = draw_shifts(fitted, "series", labels, flat, draws, np.random.default_rng(1))[1]
+    np.testing.assert_allclose(out.mean(axis=0), [0.3, 0.0, 0.0, 0.0], atol=0.005)
+    np.testing.assert_allclose(out.std(axis=0)[:3], [0.05, np.hypot(0.05, 0.1),
+                                                     np.hypot(0.05, 0.1)], rtol=0.03)  # fmt: skip
+    shared = np.corrcoef(out[:, 1], out[:, 2])[0, 1]  # one draft system: one mean draw
+    assert shared == pytest.approx(0.1**2 / (0.1**2 + 0.05**2), abs=0.03)
+
+
 def test_series_shifts_follow_their_trend_in_k(sweep, fitted):
     """With ``series_k_slope`` on (off by default), the SD series' level-2 shifts have a trend
     in k (laws.series_trend) when the series run two or more draft lengths, none otherwise;
@@ -1417,7 +1464,7 @@ def test_series_shifts_follow_their_trend_in_k(sweep, fitted):
     from pymc_extras.prior import Prior
 
     from bayes_sd import laws
-    from bayes_sd.predict import _draw_shifts
+    from bayes_sd.config_draws import draw_shifts
 
     assert sweep.loc[sweep["k"] > 0, "k"].nunique() >= 2
     assert "series_k_slope" not in LatencyModel().build_model(sweep).named_vars  # off: default
@@ -1431,7 +1478,7 @@ def test_series_shifts_follow_their_trend_in_k(sweep, fitted):
     flat = {"series_sd": np.full(draws, 1e-6), "series_k_slope": np.full(draws, 0.1),
             "shift_series": np.full((draws, len(fitted.design.sd_series)), 0.25)}  # fmt: skip
     labels = ["new|k7|a0.8", "new|k1|a0.8", seen, "new|k0"]
-    shift = _draw_shifts(fitted, "series", labels, flat, draws, np.random.default_rng(0),
+    shift = draw_shifts(fitted, "series", labels, flat, draws, np.random.default_rng(0),
                          ks=[7, 1, 3, 0])[1]  # fmt: skip
     np.testing.assert_allclose(shift.mean(axis=0), [0.4, -0.2, 0.25, 0.0], atol=1e-5)
     assert laws.series_trend(0.1, np.array([3.0])) == pytest.approx(0.0)
