@@ -62,7 +62,8 @@ def configuration_draws(model, configs, cov, flat, draws, rng):
     # gets one draw (two calls drew it twice: a baseline row's speedup against itself was not 1)
     labels = np.concatenate([configs["series"].to_numpy(), configs["base_series"].to_numpy()])
     ks = np.concatenate([configs["k"].to_numpy(dtype=float), np.zeros(n)])
-    factor = np.exp(draw_shifts(model, "series", labels, flat, draws, rng, ks)[1])
+    drafts = np.tile(configs["draft_system"].to_numpy(dtype=object), 2)
+    factor = np.exp(draw_shifts(model, "series", labels, flat, draws, rng, ks, drafts)[1])
     return coef, incr, factor[:, :n], factor[:, n:]
 
 
@@ -108,10 +109,11 @@ def capacity_draws(design: Design, configs, flat, draws, rng) -> np.ndarray:
     return out
 
 
-def draw_shifts(model, group, labels, flat, draws, rng, ks=None) -> np.ndarray:
+def draw_shifts(model, group, labels, flat, draws, rng, ks=None, drafts=None) -> np.ndarray:
     """Shifts (level, draws, row) of a residual group: the fitted ones for configurations the
     model has seen, new draws from the population law for the others (series: around their
-    trend in k, ``ks`` per label, where the model has one)."""
+    trend in k, ``ks`` per label, and their draft system's mean, ``drafts`` per label, where
+    the model has them)."""
     shift = np.zeros((2, draws, len(labels)))
     if group not in model.residuals:
         return shift
@@ -132,7 +134,8 @@ def draw_shifts(model, group, labels, flat, draws, rng, ks=None) -> np.ndarray:
         k_new = np.asarray(ks, dtype=float)[new_rows][first]
         new = new + laws.series_trend(flat["series_k_slope"][:, None, None], k_new[None, :, None])
     if group == "series" and "series_draft_sd" in flat and len(names):
-        new = new + series_draft_means(design, names, flat, draws, rng)[:, :, None]
+        d_new = np.asarray(drafts, dtype=object)[new_rows][first]
+        new = new + series_draft_means(design, d_new, flat, draws, rng)[:, :, None]
     fitted = flat.get(f"shift_{group}", np.zeros((draws, 1)))
     fitted = fitted if fitted.ndim == 3 else fitted[..., None]  # (draws, label, level)
     take = np.where(seen, idx, 0)
@@ -145,15 +148,14 @@ def draw_shifts(model, group, labels, flat, draws, rng, ks=None) -> np.ndarray:
     return shift
 
 
-def series_draft_means(design: Design, names, flat, draws, rng) -> np.ndarray:
-    """(draws, name) the mean shift of each new series' draft system
-    (:func:`bayes_sd.graph_side.series_draft_mean`): the fitted one where the draft system ran
+def series_draft_means(design: Design, drafts, flat, draws, rng) -> np.ndarray:
+    """(draws, series) the mean shift of each new series' draft system (``drafts``;
+    :func:`bayes_sd.graph_side.series_draft_mean`): the fitted one where the draft system ran
     two or more series, else one new draw per draft system from its spread."""
     from bayes_sd.graph_side import series_draft_systems
 
-    ds, _ = series_draft_systems(names)
-    _, multi = series_draft_systems(design.sd_series)
-    uniq, inverse = np.unique(ds, return_inverse=True)
+    _, multi = series_draft_systems(design)
+    uniq, inverse = np.unique(np.asarray(drafts, dtype=object), return_inverse=True)
     means = rng.normal(size=(draws, len(uniq))) * np.asarray(flat["series_draft_sd"])[:, None]
     at = pd.Index(multi).get_indexer(uniq)
     if "series_draft_shift" in flat and (at >= 0).any():

@@ -446,7 +446,7 @@ class _Builder:
         sd = pd.Index(d.series).get_indexer(d.sd_series)
         if len(sd) and "series" in self.opt.residuals:
             centred = self.opt.centred or self.opt.centred_series
-            draft_mean, within = side.series_draft_mean(self, sd, centred)
+            draft_mean, within = side.series_draft_mean(self, centred)
             mean = side.series_trend(self, sd) + draft_mean
             shift = self.shifts("series", len(sd), anchor[sd], mean, within)[:, 1]
             scale2 = pt.set_subtensor(pt.ones(len(d.series))[sd], pt.exp(shift))

@@ -7,8 +7,6 @@ context.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import pymc as pm
@@ -72,17 +70,17 @@ def series_trend(b, sd: np.ndarray):
     return pm.Deterministic("series_trend", trend, dims="sd_series")
 
 
-def series_draft_systems(series) -> tuple[np.ndarray, np.ndarray]:
-    """For SD ``series`` labels (``<draft system>|k<k>[|a<α>]``, :func:`bayes_sd.design.
-    label_systems`): the draft system of each, and those that run two or more of the series
-    (whose series share a mean shift, :func:`series_draft_mean`)."""
-    ds = np.asarray([re.sub(r"\|k[^|]*(\|a[^|]*)?$", "", str(s)) for s in series], dtype=object)
-    names, counts = np.unique(ds, return_counts=True)
-    return ds, names[counts >= 2]
+def series_draft_systems(design) -> tuple[np.ndarray, np.ndarray]:
+    """The draft system of each of the design's SD series (``sd_series`` order), and those
+    that run two or more of them (sorted: the ``series_draft`` coordinate), whose series share
+    a mean shift (:func:`series_draft_mean`)."""
+    ds = design.rows.groupby("series")["draft_system"].first().reindex(design.sd_series)
+    names, counts = np.unique(ds.to_numpy(dtype=object), return_counts=True)
+    return ds.to_numpy(dtype=object), names[counts >= 2]
 
 
-def series_draft_mean(b, sd: np.ndarray, centred: bool):
-    """Per SD series (``sd``: indices among the design's series), the mean shift of its draft
+def series_draft_mean(b, centred: bool):
+    """Per SD series (the design's ``sd_series``), the mean shift of its draft
     system's series (``series_draft_shift``, spread ``series_draft_sd``): the draft lengths
     of one draft system share what the laws miss of their level 2, so an unseen k of a seen
     draft system is predicted around its siblings, not around the population's 0. Only for
@@ -103,7 +101,7 @@ def series_draft_mean(b, sd: np.ndarray, centred: bool):
     (None otherwise; :func:`within_centring`)."""
     if off(b.priors, "series_draft_sd"):
         return 0.0, None
-    ds, multi = series_draft_systems(np.asarray(b.d.series)[sd])
+    ds, multi = series_draft_systems(b.d)
     if len(multi) < 2:  # the means sum to zero over the draft systems: one has none
         return 0.0, None
     pm.modelcontext(None).add_coord("series_draft", multi.tolist())

@@ -1423,7 +1423,7 @@ def test_series_of_one_draft_system_share_a_mean_shift(sweep, fitted):
     on = {"centred": False, "priors": {"series_draft_sd": Prior("HalfNormal", sigma=0.1)}}
     lm = LatencyModel(model_config=on)
     model = lm.build_model(sweep)
-    ds, multi = series_draft_systems(lm.design.sd_series)
+    ds, multi = series_draft_systems(lm.design)
     assert list(model.coords["series_draft"]) == multi.tolist() and len(multi) == 2
     shift, means = model.replace_rvs_by_values([model["shift_series"], model["series_draft_shift"]])
     shift = model.compile_fn([shift, means], inputs=model.value_vars, on_unused_input="ignore")
@@ -1448,7 +1448,9 @@ def test_series_of_one_draft_system_share_a_mean_shift(sweep, fitted):
             "series_draft_shift": np.tile([0.3, -0.2], (draws, 1)),
             "shift_series": np.zeros((draws, sd))}  # fmt: skip
     labels = [f"{multi[0]}|k7|a0.9", "new|drafter|k1", "new|drafter|k2", lm.design.sd_series[0]]
-    out = draw_shifts(fitted, "series", labels, flat, draws, np.random.default_rng(1))[1]
+    drafts = [multi[0], "new|drafter", "new|drafter", ds[0]]
+    out = draw_shifts(fitted, "series", labels, flat, draws, np.random.default_rng(1),
+                      drafts=drafts)[1]  # fmt: skip
     np.testing.assert_allclose(out.mean(axis=0), [0.3, 0.0, 0.0, 0.0], atol=0.005)
     np.testing.assert_allclose(out.std(axis=0)[:3], [0.05, np.hypot(0.05, 0.1),
                                                      np.hypot(0.05, 0.1)], rtol=0.03)  # fmt: skip
