@@ -103,7 +103,8 @@ def derived(rows: dict, lat, tpot) -> tuple[np.ndarray, np.ndarray]:
     f64 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's cache notices
-        out = _derived_jit(f64(lat.T), f64(tpot.T), np.ascontiguousarray(rows["is_open"]),
+        planes = np.ascontiguousarray  # the planes' own dtype (float32): no float64 copies
+        out = _derived_jit(planes(lat.T), planes(tpot.T), np.ascontiguousarray(rows["is_open"]),
                            f64(np.nan_to_num(rows["rate"])), f64(np.nan_to_num(rows["conc"])),
                            f64(rows["decode_len"]), f64(rows["num_gpus"]),
                            _output((2, *lat.T.shape)))  # fmt: skip
@@ -117,7 +118,8 @@ def derived_numpy(rows: dict, lat, tpot) -> tuple[np.ndarray, np.ndarray]:
         requests = np.where(rows["is_open"], load, load / lat)  # Little's law
         throughput = np.where(np.isfinite(lat), requests * rows["decode_len"] / rows["num_gpus"],
                               0.0)  # fmt: skip
-        return throughput, np.where(np.isfinite(tpot), 1.0 / tpot, 0.0)
+        interactivity = np.where(np.isfinite(tpot), 1.0 / tpot, 0.0)
+    return throughput.astype(lat.dtype), interactivity.astype(lat.dtype)  # the planes' dtype
 
 
 def nan_quantiles(x: np.ndarray, qs, chunk_bytes: int = 1 << 22) -> list[np.ndarray]:
@@ -130,7 +132,7 @@ def nan_quantiles(x: np.ndarray, qs, chunk_bytes: int = 1 << 22) -> list[np.ndar
     faults than in sorting."""
     draws, n_cols = x.shape
     width = max(1, chunk_bytes // (8 * max(draws, 1)))
-    buf = np.empty((min(width, n_cols), draws))
+    buf = np.empty((min(width, n_cols), draws), dtype=x.dtype)
     out = [np.empty(n_cols) for _ in qs]
     for c0 in range(0, n_cols, width):
         c1 = min(c0 + width, n_cols)

@@ -103,8 +103,8 @@ def predict(
     ``ttft_p99``, ``tpot_p50`` … ``latency_p99`` (s): each metric's mean times its fitted
     percentile ratio at the row's load (``bayes_sd.laws``, **Tails**; percentiles no training
     run measured keep their prior, so their intervals are wide).
-    Memory: seven float64 arrays of draws × rows (10^5 rows × 100 draws: 560 MB), sixteen with
-    ``tails``.
+    Draws are kept in float32 (computed in float64): eight arrays of draws × rows (10^5 rows ×
+    100 draws: 320 MB), seventeen with ``tails`` (680 MB).
 
     With ``noise=True`` the draws also carry the fitted measurement noise of each metric
     (Student-t on the log, growing with load for E2E and TTFT): the posterior predictive of
@@ -168,7 +168,7 @@ def predict(
     # tokens per step: as given, or the acceptance law's draws
     # (draw, row) view of a (row, draw) array, like the kernel's planes: the summary's sort
     # then reads each row's draws contiguously
-    accepted = planes["acceptance_length"] = np.empty((len(rows), draws)).T
+    accepted = planes["acceptance_length"] = _kernels._output((len(rows), draws)).T
     accepted[:] = per_row["e_known"]
     latent = np.isnan(per_row["e_known"])
     if latent.any():
@@ -347,10 +347,11 @@ def _with_noise(design: Design, rows, flat, planes: dict, per_row: dict, rng) ->
         lat = planes[metric]
         with np.errstate(invalid="ignore", over="ignore"):
             noisy = lat * np.exp(noise)
-        planes[metric] = np.where(np.isfinite(lat), noisy, lat)
+        planes[metric] = np.where(np.isfinite(lat), noisy, lat).astype(lat.dtype)
     if composed:  # TTFT + (D − 1) TPOT of the noisy phases
         noisy = planes["ttft"] + (rows["decode_len"].to_numpy(dtype=float) - 1.0) * planes["tpot"]
-        planes["latency"] = np.where(np.isfinite(planes["latency"]), noisy, planes["latency"])
+        lat = planes["latency"]
+        planes["latency"] = np.where(np.isfinite(lat), noisy, lat).astype(lat.dtype)
 
 
 def _wave_shares(planes: dict) -> np.ndarray | None:
@@ -393,7 +394,7 @@ def _tail_draws(design: Design, rows, flat, planes: dict, per_row: dict, rng,
             scale = flat["tail_sigma"][:, t, None]
             ratio = rng.standard_t(flat["nu"][:, None], size=tails[name].shape) * scale
             with np.errstate(invalid="ignore", over="ignore"):
-                tails[name] = tails[name] * np.exp(ratio)
+                tails[name] *= np.exp(ratio)  # in place: the plane keeps its dtype
     return tails
 
 

@@ -175,7 +175,8 @@ def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
     """predict() wall time for dense and MoE rows (rows × posterior draws): the fused numba
     kernel, and as the baseline of the same run the NumPy path (``_kernels.AVAILABLE`` off)
     at 10^4 rows × 100 draws; at 10^5 rows × 100 draws also the means alone (``tails=False``:
-    no percentiles of TTFT, TPOT and E2E)."""
+    no percentiles of TTFT, TPOT and E2E), and the draws kept in float32 (the default) against
+    float64, each in fresh processes (:func:`_fresh_dtypes`)."""
     from bayes_sd import _kernels
 
     out = []
@@ -187,17 +188,16 @@ def prediction_speed(model, kinds=("dense", "moe")) -> list[dict]:
         if part.empty or kind not in kinds:
             continue
         for n, draws, path in sizes:
-            sample = _inputs(part.sample(n, replace=True, random_state=0))
-            sample = sample.reset_index(drop=True)
+            sample = _sample(rows, kind, n)
             _kernels.AVAILABLE = path == "numba" and _kernels.numba is not None
             try:
                 model.predict(sample.head(100), random_seed=0, max_draws=draws)  # warm
                 out.append(_timed(model, sample, kind, path, draws))
             finally:
                 _kernels.AVAILABLE = _kernels.numba is not None
-        sample = _inputs(part.sample(100_000, replace=True, random_state=0))
-        sample = sample.reset_index(drop=True)
+        sample = _sample(rows, kind, 100_000)
         out.append(_timed(model, sample, kind + ", means only (tails=False)", tails=False))
+        out += _fresh_dtypes(model, kind)
         if kind == "moe":
             # the worst case for the shared baseline solves: every row at its own rate
             sample["request_rate"] *= 1.0 + 1e-6 * np.arange(len(sample))
@@ -229,6 +229,59 @@ def _timed(model, sample, label: str, path: str = "numba", draws: int = 100, rep
            "distinct_baselines": _distinct_baselines(model, sample)}  # fmt: skip
     print_rows([row])
     return row
+
+
+def _fresh_dtypes(model, kind: str, processes: int = 3, calls: int = 5) -> list[dict]:
+    """The draws kept in float32 (the default) against float64 (before 2026-12-06), each in
+    ``processes`` fresh processes (alternating), ``calls`` predicts of the 10^5 ``kind`` rows
+    per process: the first call of a process pays for its fresh memory, and later calls reuse
+    what the call before freed — alternating the two in one process would hand float32 the
+    larger arrays float64 freed. Per dtype: the median first call and the median later call."""
+    import subprocess
+    import sys
+    import tempfile
+
+    walls = {"float32": [], "float64": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.nc"
+        model.save(path)
+        for _ in range(processes):
+            for dtype in walls:
+                cmd = [sys.executable, __file__, "--probe", str(path), "--probe-kind", kind,
+                       "--probe-dtype", dtype, "--probe-calls", str(calls)]  # fmt: skip
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                walls[dtype].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = [{"rows": f"{kind}, {dtype} draws, {processes} fresh processes x {calls} calls",
+             "path": "numba", "n_rows": 100_000, "max_draws": 100,
+             "wall_s": round(float(np.median([w[1:] for w in runs])), 2),
+             "first_wall_s": round(float(np.median([w[0] for w in runs])), 2),
+             "walls_s": runs}
+            for dtype, runs in walls.items()]  # fmt: skip
+    print_rows(rows)
+    return rows
+
+
+def _probe(args) -> None:
+    """One fresh process of :func:`_fresh_dtypes`: prints its calls' wall times (JSON)."""
+    from bayes_sd import _kernels
+
+    _kernels.DRAW_DTYPE = np.dtype(args.probe_dtype).type
+    model = LatencyModel.load(args.probe)
+    sample = _sample(model.design.rows, args.probe_kind, 100_000)
+    model.predict(sample.head(100), random_seed=0, max_draws=100)  # compile, as the others
+    walls = []
+    for _ in range(args.probe_calls):
+        t0 = time.perf_counter()
+        pred = model.predict(sample, random_seed=0, max_draws=100)
+        walls.append(round(time.perf_counter() - t0, 3))
+        del pred
+    print(json.dumps(walls))
+
+
+def _sample(rows: pd.DataFrame, kind: str, n: int) -> pd.DataFrame:
+    """``n`` of the fitted ``kind`` (dense or MoE) runs drawn with replacement, as inputs."""
+    part = rows[rows["target_experts"] > 1] if kind == "moe" else rows[rows["target_experts"] == 1]
+    return _inputs(part.sample(n, replace=True, random_state=0)).reset_index(drop=True)
 
 
 def _distinct_baselines(model, sample) -> int:
@@ -292,7 +345,14 @@ def main() -> None:
         "--predict-kinds", default="dense,moe", help="rows to time predict on: dense, moe"
     )
     parser.add_argument("--out", default="benchmarks/results/model.json")
+    parser.add_argument("--probe", metavar="MODEL", help=argparse.SUPPRESS)  # _fresh_dtypes
+    parser.add_argument("--probe-kind", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-calls", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe:
+        _probe(args)
+        return
     # numpyro runs chains in parallel only on as many JAX devices as chains (otherwise one
     # after another); on a CPU that means host devices, set before JAX starts
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.chains}")

@@ -38,6 +38,15 @@ def expected() -> dict:
     return json.loads((FIXTURES / "expected.json").read_text())
 
 
+@pytest.fixture
+def float64_draws(monkeypatch):
+    """predict keeps its draws in float64 (``_kernels.DRAW_DTYPE``, float32 by default): for the
+    tests of the algebra itself, to the last bits its float64 arithmetic carries."""
+    from bayes_sd import _kernels
+
+    monkeypatch.setattr(_kernels, "DRAW_DTYPE", np.float64)
+
+
 # Timing varies on shared 2-core machines (and compiles happen on first use): no deadlines.
 settings.register_profile("bayes_sd", deadline=None, max_examples=100)
 settings.load_profile("bayes_sd")

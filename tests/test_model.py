@@ -528,7 +528,7 @@ def test_moe_solver_lands_on_the_least_root_in_few_steps(rate, most, monkeypatch
     assert len(evaluations) <= most
 
 
-def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
+def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch, float64_draws):
     """predict's numba kernel gives the NumPy path's draws, dense and MoE targets (the MoE
     open-loop fixed point: safeguarded Newton there, bisection here): open and closed loop, stable
     and saturated, seen and unseen configurations and engines, with and without noise; the
@@ -566,7 +566,35 @@ def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch):
     assert np.isfinite(lat[..., (table["target_experts"] > 1).to_numpy()]).sum() > 100
 
 
-def test_percentile_pass_is_the_tail_law_of_laws_block_by_block():
+def test_draws_are_kept_in_float32_as_the_float64_arithmetic_rounded(fitted, monkeypatch):
+    """predict computes in float64 and keeps its draws in float32 (half the memory of 10^5 rows
+    x 100 draws): the kernel's planes are the float64 run's rounded to float32, bit for bit, the
+    passes after it (percentiles, throughput) and the summary agree to float32's precision."""
+    from bayes_sd import _kernels
+    from bayes_sd.predict import TAIL_OUTPUTS
+
+    table = fitted.design.rows.head(40)
+    small = [fitted.predict(table, random_seed=3, noise=noise) for noise in (False, True)]
+    monkeypatch.setattr(_kernels, "DRAW_DTYPE", np.float64)
+    wide = [fitted.predict(table, random_seed=3, noise=noise) for noise in (False, True)]
+    for f32, f64 in zip(small, wide, strict=True):
+        assert all(v.dtype == np.float32 for v in f32.draws.data_vars.values())
+        assert all(v.dtype == np.float64 for v in f64.draws.data_vars.values())
+        for var in f32.draws.data_vars:  # a prior-drawn tail past 3.4e38 s is +inf in float32
+            with np.errstate(over="ignore"):
+                rounded = f64.draws[var].values.astype(np.float32)
+            tol = 1e-5 if var in TAIL_OUTPUTS else 1e-6  # exp(exp(·)) amplifies the rounding
+            np.testing.assert_allclose(f32.draws[var].values, rounded, rtol=tol, err_msg=var)
+        numbers = f32.summary.select_dtypes("number").columns
+        with np.errstate(over="ignore"):
+            rounded = f64.summary[numbers].to_numpy(dtype=float).astype(np.float32)
+        np.testing.assert_allclose(f32.summary[numbers].to_numpy(dtype=float), rounded, rtol=1e-5)
+    for var in ("latency", "ttft", "tpot", "speedup", "saturation_rate", "acceptance_length"):
+        np.testing.assert_array_equal(small[0].draws[var].values,
+                                      wide[0].draws[var].values.astype(np.float32))  # fmt: skip
+
+
+def test_percentile_pass_is_the_tail_law_of_laws_block_by_block(float64_draws):
     """``_percentiles.tails`` evaluates :mod:`bayes_sd.laws` (``predicted_load``,
     ``tail_log_ratios``, ``wave_log_ratios``) a block of rows at a time on every core: blocks of
     3 rows give the whole-array law's planes, open and closed loop, with and without an opening
@@ -1000,7 +1028,7 @@ def test_measured_percentiles_enter_as_log_ratios_to_their_means(sweep):
     assert "tail_gpu_z" not in LatencyModel().build_model(one).named_vars
 
 
-def test_predicted_percentiles_take_the_terms_of_the_rows_engine_and_gpu(fitted):
+def test_predicted_percentiles_take_the_terms_of_the_rows_engine_and_gpu(fitted, float64_draws):
     """A row's tail levels are the population's plus its engine's and its GPU type's fitted
     terms, each percentile term with its own spread; a GPU type or engine the fit has not seen
     draws a new term from the spread, one per level (rows of one unseen GPU type share it)."""
@@ -1191,7 +1219,7 @@ def test_latency_figure_shows_saturated_runs_it_did_not_fit(sweep, mocked):
     assert "saturated (not fitted)" in labels
 
 
-def test_predict_adds_the_opening_wave_of_rows_that_give_their_request_count(fitted):
+def test_predict_adds_the_opening_wave_of_rows_that_give_their_request_count(fitted, float64_draws):
     """With the opening wave on, a closed-loop row with ``n_requests`` carries its benchmark's
     wave in TTFT and E2E (f κ B A2, TPOT unchanged); without it, or in an open loop, the steady
     state; with the default (off) none at all."""
