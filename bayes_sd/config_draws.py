@@ -136,6 +136,10 @@ def draw_shifts(model, group, labels, flat, draws, rng, ks=None, drafts=None) ->
     if group == "series" and "series_draft_sd" in flat and len(names):
         d_new = np.asarray(drafts, dtype=object)[new_rows][first]
         new = new + series_draft_means(design, d_new, flat, draws, rng)[:, :, None]
+    if group == "series" and np.any(flat.get("series_draft_slope_sd", 0.0)) and len(names):
+        d_new = np.asarray(drafts, dtype=object)[new_rows][first]
+        k_new = np.asarray(ks, dtype=float)[new_rows][first]
+        new = new + series_draft_slopes(design, d_new, k_new, flat, draws, rng)[:, :, None]
     fitted = flat.get(f"shift_{group}", np.zeros((draws, 1)))
     fitted = fitted if fitted.ndim == 3 else fitted[..., None]  # (draws, label, level)
     take = np.where(seen, idx, 0)
@@ -161,6 +165,26 @@ def series_draft_means(design: Design, drafts, flat, draws, rng) -> np.ndarray:
     if "series_draft_shift" in flat and (at >= 0).any():
         means[:, at >= 0] = flat["series_draft_shift"][:, at[at >= 0]]
     return means[:, inverse.ravel()]
+
+
+def series_draft_slopes(design: Design, drafts, ks, flat, draws, rng) -> np.ndarray:
+    """(draws, series) each new series' trend term (:func:`bayes_sd.graph_side.
+    series_draft_slope`): its draft system's slope times its k (``ks``) less the draft system's
+    mean fitted k — the fitted slope where the draft system ran three or more k, else one new
+    draw per draft system from the spread (around ``laws.SERIES_K_REF`` for a draft system
+    never fitted: an honest extra width, no line to follow)."""
+    from bayes_sd.graph_side import series_draft_centres
+
+    _, _, mean_k, sloped = series_draft_centres(design)
+    uniq, inverse = np.unique(np.asarray(drafts, dtype=object), return_inverse=True)
+    spread = np.asarray(flat["series_draft_slope_sd"])[:, None]
+    slopes = rng.normal(size=(draws, len(uniq))) * spread
+    at = sloped.get_indexer(uniq)
+    if "series_draft_slope" in flat and (at >= 0).any():
+        slopes[:, at >= 0] = flat["series_draft_slope"][:, at[at >= 0]]
+    centre = mean_k.reindex(uniq).fillna(laws.SERIES_K_REF).to_numpy(dtype=float)
+    dk = np.asarray(ks, dtype=float) - centre[inverse.ravel()]
+    return slopes[:, inverse.ravel()] * dk[None, :]
 
 
 def acceptance_draws(model, design: Design, rows, flat, per_row, draws, rng) -> np.ndarray:

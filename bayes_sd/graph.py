@@ -447,7 +447,7 @@ class _Builder:
         if len(sd) and "series" in self.opt.residuals:
             centred = self.opt.centred or self.opt.centred_series
             draft_mean, within = side.series_draft_mean(self, centred)
-            mean = side.series_trend(self, sd) + draft_mean
+            mean = side.series_trend(self, sd) + draft_mean + side.series_draft_slope(self, centred)
             shift = self.shifts("series", len(sd), anchor[sd], mean, within)[:, 1]
             scale2 = pt.set_subtensor(pt.ones(len(d.series))[sd], pt.exp(shift))
         else:

@@ -23,7 +23,9 @@ __all__ = [
     "off",
     "open_queue_share",
     "pinned_groups",
+    "series_draft_centres",
     "series_draft_mean",
+    "series_draft_slope",
     "series_draft_systems",
     "series_trend",
     "step_design",
@@ -113,6 +115,48 @@ def series_draft_mean(b, centred: bool):
     z = pm.ZeroSumNormal("series_draft_z", sigma=1.0, dims="series_draft")
     mean = pm.Deterministic("series_draft_shift", spread * z, dims="series_draft")
     return pt.switch(at >= 0, mean[np.maximum(at, 0)], 0.0), within_centring(at)
+
+
+def series_draft_centres(design) -> tuple[np.ndarray, np.ndarray, pd.Series, pd.Index]:
+    """The draft system and k of each of the design's SD series (``sd_series`` order), each
+    draft system's mean k over its series, and the draft systems that run three or more draft
+    lengths (sorted: the ``series_slope_draft`` coordinate) — the lines of
+    :func:`series_draft_slope`, in the graph and in predictions alike."""
+    ds, _ = series_draft_systems(design)
+    ks = design.rows.groupby("series")["k"].first().reindex(design.sd_series)
+    ks = ks.to_numpy(dtype=float)
+    by = pd.Series(ks).groupby(ds)
+    lengths = by.nunique()
+    return ds, ks, by.mean(), lengths.index[lengths >= 3].sort_values()
+
+
+def series_draft_slope(b, centred: bool):
+    """Per SD series, its draft system's trend in k (``series_draft_slope`` per draft token,
+    spread ``series_draft_slope_sd``) times the series' k less the draft system's mean k:
+    fitted on every k of the simulated held-out-k sweeps, each draft system's series shifts lie
+    on a line in k (residual sd 0.002–0.004 against 0.011–0.019 about the draft system's mean,
+    slopes of opposite sign on the dense and the MoE sweep; docs/validation.md, section 6), so
+    an unseen k of a draft system measured at three or more k is predicted on its siblings'
+    line. Only for those draft systems, and summing to zero over them (a ZeroSumNormal; needs
+    two): a trend all draft systems share is η's (``verify_share``, the level-2 cost per draft
+    token). Centred around the draft system's mean k, the slope leaves its mean shift
+    (:func:`series_draft_mean`) alone. **Off by default** (fixed at 0). Parametrised as the
+    series shifts are (``centred``)."""
+    if off(b.priors, "series_draft_slope_sd"):
+        return 0.0
+    ds, ks, mean_k, sloped = series_draft_centres(b.d)
+    if len(sloped) < 2:
+        return 0.0
+    pm.modelcontext(None).add_coord("series_slope_draft", sloped.tolist())
+    spread = b.prior("series_draft_slope_sd")
+    at = sloped.get_indexer(ds)
+    dk = ks - mean_k.reindex(ds).to_numpy(dtype=float)
+    if centred:
+        slope = pm.ZeroSumNormal("series_draft_slope", sigma=spread, dims="series_slope_draft")
+    else:
+        z = pm.ZeroSumNormal("series_draft_slope_z", sigma=1.0, dims="series_slope_draft")
+        slope = pm.Deterministic("series_draft_slope", spread * z, dims="series_slope_draft")
+    return pt.switch(at >= 0, slope[np.maximum(at, 0)] * dk, 0.0)
 
 
 def within_centring(group: np.ndarray) -> np.ndarray:

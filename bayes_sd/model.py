@@ -58,7 +58,7 @@ DEFAULT_RESIDUALS = RESIDUALS
 POPULATION_PARAMS = (
     "intercept", "size_slope", "gpus_slope", "length_slope", "gpu_sd", "engine_sd",
     "precision_sd", "system_sd", "draft_sd", "series_sd", "series_k_slope",
-    "series_draft_sd",
+    "series_draft_sd", "series_draft_slope_sd",
     "moe_excess", "accept_logit", "accept_decay", "accept_logit_sd", "accept_decay_sd",
     "accept_sigma", "accept_pos_sigma", "kink_tokens", "verify_share", "capacity",
     "capacity_length_slope", "capacity_sd", "ttft_share", "burst_share", "sigma", "ttft_sigma",

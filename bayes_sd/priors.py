@@ -50,6 +50,12 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   (``validation/configs/series_draft.yaml``): simulated held-out draft lengths 0.8–4.5% →
   1.4–2.2% median error, the demo's held-out series 9.9% → 4.9%, but notebook 01's fit does
   not mix with it (docs/validation.md, sections 4 and 6).
+* ``series_draft_slope_sd``: spread of a draft system's trend in k of its series shifts
+  (:func:`bayes_sd.graph_side.series_draft_slope`), only for draft systems that run three or
+  more draft lengths, summing to zero over them (what they share is η's, ``verify_share``): an
+  unseen k of such a draft system is predicted on its siblings' line. **Off by default**
+  (fixed at 0); on with ``Prior("HalfNormal", sigma=0.02)`` per draft token
+  (``validation/configs/series_draft_slope.yaml``, docs/validation.md, section 6).
 * ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
   what a dense model of the total size would", Normal(0, 0.5). Hierarchically centred with the
   residuals when the prior is a location family (its ``mu`` shifted by the anchor).
@@ -211,6 +217,7 @@ def _latency_defaults() -> dict[str, Prior]:
         "series_sd": Prior("HalfNormal", sigma=0.1),
         "series_k_slope": 0.0,  # the series shifts' trend in k: off (see above)
         "series_draft_sd": 0.0,  # a draft system's mean series shift: off (see above)
+        "series_draft_slope_sd": 0.0,  # a draft system's series trend in k: off (see above)
         "moe_excess": Prior("Normal", mu=0.0, sigma=0.5, dims="coef_pv"),
         "accept_logit": Prior("Normal", mu=1.0, sigma=1.0),
         "accept_decay": Prior("HalfNormal", sigma=0.7),

@@ -1486,6 +1486,69 @@ def test_series_of_one_draft_system_share_a_mean_shift(sweep, fitted):
     assert shared == pytest.approx(0.1**2 / (0.1**2 + 0.05**2), abs=0.03)
 
 
+def test_series_of_one_draft_system_follow_its_line_in_k(fitted):
+    """With ``series_draft_slope_sd`` on (off by default), the series of a draft system that
+    runs three or more draft lengths shift by its slope times k less its mean k
+    (``series_draft_slope``, zero-sum over such draft systems); an unseen k of it is predicted
+    on that line, an unseen draft system draws one slope for all its series."""
+    from pymc_extras.prior import Prior
+
+    from bayes_sd.config_draws import draw_shifts
+    from bayes_sd.graph_side import series_draft_centres
+
+    configs = [dict(CONFIGS[0]), {**CONFIGS[1], "sd": [(2, 0.7), (4, 0.8), (6, 0.85)]}]
+    lines, _ = simulate_from_model(configs, seed=11)
+    assert "series_draft_slope" not in LatencyModel().build_model(lines).named_vars  # default
+    on = {"centred": False, "priors": {"series_draft_slope_sd": Prior("HalfNormal", sigma=0.05)}}
+    lm = LatencyModel(model_config=on)
+    model = lm.build_model(lines)
+    ds, ks, mean_k, sloped = series_draft_centres(lm.design)
+    assert list(model.coords["series_slope_draft"]) == sloped.tolist() and len(sloped) == 2
+    assert sorted(mean_k[sloped].tolist()) == [3.0, 4.0]
+    shift, slope = model.replace_rvs_by_values([model["shift_series"],
+                                                model["series_draft_slope"]])  # fmt: skip
+    fn = model.compile_fn([shift, slope], inputs=model.value_vars, on_unused_input="ignore")
+    ip = model.initial_point()
+    ip.update(series_draft_slope_z_zerosum__=np.array([1.0]),
+              series_draft_slope_sd_log__=np.log(0.04),
+              shift_series_z=np.zeros_like(ip["shift_series_z"]))  # fmt: skip
+    got, line = fn(ip)
+    assert line.sum() == pytest.approx(0.0) and abs(line[0]) > 0.01  # zero-sum over them
+    at = sloped.get_indexer(ds)
+    want = np.where(at >= 0, line[np.maximum(at, 0)], 0.0) * (ks - mean_k.reindex(ds).to_numpy())
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert (want != 0).sum() == 4  # k = 1, 5 and 2, 6 off their lines' centres; k = 3, 4 on
+    # centred series levels: the slopes are sampled themselves
+    centred = LatencyModel(model_config={**on, "centred": True}).build_model(lines)
+    free = {v.name for v in centred.free_RVs}
+    assert "series_draft_slope" in free and "series_draft_slope_z" not in free
+    # predictions: the fitted line for a new k of a sloped draft system (fitted: the eagle
+    # head at k = 1, 3, 5, mean 3), a fresh slope around k = 3 for a new draft system
+    _, _, mean_f, sloped_f = series_draft_centres(fitted.design)
+    assert len(sloped_f) == 1 and mean_f[sloped_f[0]] == 3.0
+    draws, sd = 20000, len(fitted.design.sd_series)
+    flat = {"series_sd": np.full(draws, 0.05), "series_draft_slope_sd": np.full(draws, 0.02),
+            "series_draft_slope": np.full((draws, 1), 0.03),
+            "shift_series": np.zeros((draws, sd))}  # fmt: skip
+    labels = [f"{sloped_f[0]}|k7|a0.9", "new|drafter|k1", "new|drafter|k5"]
+    out = draw_shifts(
+        fitted,
+        "series",
+        labels,
+        flat,
+        draws,
+        np.random.default_rng(1),
+        ks=[7, 1, 5],
+        drafts=[sloped_f[0], "new|drafter", "new|drafter"],
+    )[1]
+    np.testing.assert_allclose(out.mean(axis=0), [0.03 * 4, 0.0, 0.0], atol=0.005)
+    np.testing.assert_allclose(out.std(axis=0), [0.05, np.hypot(0.05, 0.04),
+                                                 np.hypot(0.05, 0.04)], rtol=0.03)  # fmt: skip
+    # one draft system: one slope draw, opposite signs on either side of k = 3
+    assert np.corrcoef(out[:, 1], out[:, 2])[0, 1] == pytest.approx(-0.04**2 / (0.04**2 + 0.05**2),
+                                                                   abs=0.03)  # fmt: skip
+
+
 def test_series_shifts_follow_their_trend_in_k(sweep, fitted):
     """With ``series_k_slope`` on (off by default), the SD series' level-2 shifts have a trend
     in k (laws.series_trend) when the series run two or more draft lengths, none otherwise;
