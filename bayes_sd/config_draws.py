@@ -130,15 +130,14 @@ def draw_shifts(model, group, labels, flat, draws, rng, ks=None, drafts=None) ->
     # one new draw per unseen label: the rows of one configuration share it
     names, first, inverse = np.unique(labels[new_rows], return_index=True, return_inverse=True)
     new = rng.normal(size=(draws, len(names), sd.shape[2])) * sd
+    if group == "series" and len(names):  # each new series' k and draft system, once
+        k_new = None if ks is None else np.asarray(ks, dtype=float)[new_rows][first]
+        d_new = None if drafts is None else np.asarray(drafts, dtype=object)[new_rows][first]
     if group == "series" and "series_k_slope" in flat and len(names):
-        k_new = np.asarray(ks, dtype=float)[new_rows][first]
         new = new + laws.series_trend(flat["series_k_slope"][:, None, None], k_new[None, :, None])
     if group == "series" and "series_draft_sd" in flat and len(names):
-        d_new = np.asarray(drafts, dtype=object)[new_rows][first]
         new = new + series_draft_means(design, d_new, flat, draws, rng)[:, :, None]
     if group == "series" and np.any(flat.get("series_draft_slope_sd", 0.0)) and len(names):
-        d_new = np.asarray(drafts, dtype=object)[new_rows][first]
-        k_new = np.asarray(ks, dtype=float)[new_rows][first]
         new = new + series_draft_slopes(design, d_new, k_new, flat, draws, rng)[:, :, None]
     fitted = flat.get(f"shift_{group}", np.zeros((draws, 1)))
     fitted = fitted if fitted.ndim == 3 else fitted[..., None]  # (draws, label, level)
