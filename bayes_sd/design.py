@@ -116,7 +116,10 @@ def label_systems(rows: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
     ``series`` and ``base_series``; lengths enter the labels as workloads
     (:func:`workload_lengths`, against the fitted ``reference`` rows for predictions). Labels
     are built once per distinct configuration (a prediction table of 10^5 rates of a few
-    configurations costs a few label builds)."""
+    configurations costs a few label builds). A row of unknown k has no series: an error."""
+    if (unknown := pd.isna(rows["k"]).to_numpy()).any():
+        raise DataError("unknown draft length (k; 0 without SD)", field="k",
+                        record=rows.index[unknown.argmax()])  # fmt: skip
     cols = [*SYSTEM_KEYS, "drafter", "method", "k", "alpha"]
     group = rows[cols].groupby(cols, dropna=False, sort=False).ngroup().to_numpy()
     _, first = np.unique(group, return_index=True)
@@ -131,12 +134,9 @@ def label_systems(rows: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
     # the level of the GPU effect: the GPU type (the count is a covariate, ``gpus_slope``)
     uniq["gpu_key"] = uniq["gpu"].astype(str)
     uniq["system"] = [_label(t) for t in uniq[list(SYSTEM_KEYS)].itertuples(index=False)]
-    uniq["draft_system"] = [
-        s + "|" + (str(d) if isinstance(d, str) else str(m)) if k > 0 else ""
-        for s, d, m, k in zip(
-            uniq["system"], uniq["drafter"], uniq["method"], uniq["k"], strict=True
-        )
-    ]
+    uniq["draft_system"] = [s + "|" + (str(d) if isinstance(d, str) else str(m)) if k > 0 else ""
+                            for s, d, m, k in zip(uniq["system"], uniq["drafter"], uniq["method"],
+                                                  uniq["k"], strict=True)]  # fmt: skip
     # a series: one draft system at one draft length (and α when the sweep gives it)
     uniq["base_series"] = uniq["system"] + "|k0"
     uniq["series"] = [

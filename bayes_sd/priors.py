@@ -54,7 +54,7 @@ reference sizes of :mod:`bayes_sd.coefs` and a 1,024-token length.
   (:func:`bayes_sd.graph_side.series_draft_slope`), only for draft systems that run three or
   more draft lengths, summing to zero over them (what they share is η's, ``verify_share``): an
   unseen k of such a draft system is predicted on its siblings' line. **Off by default**
-  (fixed at 0); on with ``Prior("HalfNormal", sigma=0.02)`` per draft token
+  (fixed at 0); on with ``Prior("HalfNormal", sigma=0.05)`` per draft token
   (``validation/configs/series_draft_slope.yaml``, docs/validation.md, section 6).
 * ``moe_excess``: MoE coverage increment on the log scale around "reading every expert costs
   what a dense model of the total size would", Normal(0, 0.5). Hierarchically centred with the

@@ -322,3 +322,19 @@ def test_an_error_of_many_problems_names_its_file_once_and_stays_short():
     # problems of several files keep each its file
     two = str(DataError(problems=[Problem("bad", "a.json", 1, "x"), Problem("bad", "b.json")]))
     assert "a.json: record 1: field 'x': bad" in two and "b.json: bad" in two
+
+
+def test_labelling_a_run_of_unknown_draft_length_names_it(blog_sweep):
+    """``label_systems`` (public, and the fit's and predict's labelling) refuses a row whose
+    draft length is unknown with the row and the field, not pandas' "boolean value of NA"."""
+    from bayes_sd.design import fill_labels, label_systems
+
+    rows = blog_sweep.head(5).reset_index(drop=True)
+    rows["k"] = pd.array([0, 3, pd.NA, 1, 2], dtype="Int64")
+    fill_labels(rows)
+    with pytest.raises(DataError, match="unknown draft length") as err:
+        label_systems(rows)
+    assert (err.value.record, err.value.field) == (2, "k")
+    rows["k"] = rows["k"].fillna(5)
+    label_systems(rows)
+    assert rows["series"].str.endswith("|k5").iloc[2]
