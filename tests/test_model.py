@@ -504,7 +504,7 @@ def test_moe_solver_lands_on_the_least_root_in_few_steps(rate, most, monkeypatch
 
     if not _kernels.AVAILABLE:
         pytest.skip("numba not installed")
-    # kernel order: c1p c2p c1v c2v c1s c2s c1d c2d; MoE coverage increments s (drafter: 0)
+    # kernel order (last axis): c1p c2p c1v c2v c1s c2s c1d c2d; MoE increments s (drafter: 0)
     u = np.array([0.02, 0.001, 0.01, 0.0005, 0.002, 0.0001, 0.001, 0.00005])
     s = np.array([0.01, 0.0005, 0.005, 0.0002, 0.001, 0.00005, 0.0, 0.0])
     k, e, dl, plen, m, experts = 3.0, 2.5, 256.0, 512.0, 8.0, 64.0
@@ -512,7 +512,7 @@ def test_moe_solver_lands_on_the_least_root_in_few_steps(rate, most, monkeypatch
     real = _kernels._step
     monkeypatch.setattr(_kernels, "_step", lambda *a: evaluations.append(1) or real(*a))
     tm = np.empty(11)  # the step terms, roofline off (kink at infinity)
-    _kernels._terms.py_func(u[:, None, None], s[:, None, None], 1.0, 0, 0, k, 1.0, np.inf, 0.0, tm)
+    _kernels._terms.py_func(u[None, None, :], s[None, None, :], 1.0, 0, 0, k, 1.0, np.inf, 0.0, tm)
     log_q = np.log1p(-m / experts)
     phi_p = 1.0 - np.exp(plen * log_q)
     a1, a2 = tm[0] + phi_p * tm[5], tm[1] + phi_p * tm[6]
@@ -558,7 +558,9 @@ def test_fused_kernel_matches_the_numpy_algebra(fitted, monkeypatch, float64_dra
         monkeypatch.setattr(_kernels, "AVAILABLE", True)
         for var in ("latency", "ttft", "tpot", "speedup", "saturation_rate", "throughput",
                     "interactivity", "acceptance_length"):  # fmt: skip
-            np.testing.assert_allclose(fused[var].values, numpy[var].values, rtol=1e-9)
+            # the kernel's Newton stops within ~1e-8 of the root (_kernels.STEP_TOL), the
+            # NumPy path's bisection at 1e-13
+            np.testing.assert_allclose(fused[var].values, numpy[var].values, rtol=3e-8)
         for var in TAIL_OUTPUTS:  # exp(exp(·)) of a saturated draw's load amplifies rounding
             np.testing.assert_allclose(fused[var].values, numpy[var].values, rtol=1e-6)
     lat = fused["latency"].values
@@ -636,7 +638,7 @@ def test_percentile_pass_is_the_tail_law_of_laws_block_by_block(float64_draws):
     assert np.isinf(got[6:, 0, 0]).all() and np.isfinite(got[:6, 0, 0]).all()
 
 
-def test_moe_rows_share_their_baseline_solves(fitted, monkeypatch):
+def test_moe_rows_share_their_baseline_solves(fitted, monkeypatch, float64_draws):
     """A planning grid of draft lengths at each rate solves each MoE baseline once per draw
     (not once per SD row): the same draws as the NumPy path, which solves every row's own;
     rows of the same target with other sizes, or at another rate, get their own baseline, and
@@ -668,7 +670,7 @@ def test_moe_rows_share_their_baseline_solves(fitted, monkeypatch):
     monkeypatch.setattr(_kernels, "AVAILABLE", False)
     numpy = fitted.predict(table, random_seed=5).draws
     for var in ("latency", "speedup", "saturation_rate"):
-        np.testing.assert_allclose(fused[var].values, numpy[var].values, rtol=1e-9)
+        np.testing.assert_allclose(fused[var].values, numpy[var].values, rtol=3e-8)
     speedup = fused["speedup"].values
     assert np.isfinite(speedup).sum() > 100
     base = table["k"].to_numpy() == 0
