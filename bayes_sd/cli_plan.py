@@ -44,7 +44,7 @@ def _config_from_args(items: list[str]) -> dict:
 
 _NUMERIC_CONFIG = {"prefill_len", "decode_len", "num_gpus", "alpha", "acceptance_length",
                    "engines", "target_params", "target_active_params", "target_experts",
-                   "target_experts_per_token", "drafter_params"}  # fmt: skip
+                   "target_experts_per_token", "drafter_params", "max_num_seqs"}  # fmt: skip
 # a configuration without its load and draft length (bayes_sd.predict.prediction_rows)
 CONFIG_KEYS = _NUMERIC_CONFIG | {"gpu", "target", "drafter", "method", "dataset", "source",
                                  "engine", "precision", "layout"}  # fmt: skip

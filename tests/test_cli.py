@@ -167,6 +167,14 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
     assert ranges[0][0] == 1 and all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
     assert all(f"[{lo}, {hi}, {k}]" in text for lo, hi, k in ranges)
     assert spec["num_speculative_tokens"] == max(k for *_, k in ranges)
+    # the engine's max_num_seqs (advertised by --config's help) ends the schedule
+    assert ranges[-1][1] > 12
+    capped = tmp_path / "capped.json"
+    at = args.index("--schedule-json")
+    with pytest.warns(UserWarning, match="no training run measured a percentile of E2E"):
+        assert main([*args[:at], "--schedule-json", str(capped), *args[at + 2:],
+                     "--config", "max_num_seqs=12"]) == EXIT_OK  # fmt: skip
+    assert json.loads(capped.read_text())["num_speculative_tokens_per_batch_size"][-1][1] == 12
     capacity = pd.read_csv(tmp_path / "capacity.csv")
     assert list(capacity["k"]) == [0, 4, 0, 4]
     assert list(capacity["load"]) == ["rate", "rate", "concurrency", "concurrency"]
