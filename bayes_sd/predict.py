@@ -274,6 +274,7 @@ _ROW_RULES = (
     # (not bounded by k + 1 here: planning holds a given acceptance length fixed across k)
     ("acceptance_length", lambda v, r: (v >= 1) & (v <= 65), "between 1 and 65 tokens per step"),
     ("n_requests", lambda v, r: (v >= 1) & (v == np.round(v)), "a whole number ≥ 1 of requests"),
+    ("max_num_seqs", lambda v, r: (v >= 1) & (v == np.round(v)), "a whole number ≥ 1 of requests"),
 )  # fmt: skip
 
 

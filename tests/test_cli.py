@@ -175,6 +175,9 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
         assert main([*args[:at], "--schedule-json", str(capped), *args[at + 2:],
                      "--config", "max_num_seqs=12"]) == EXIT_OK  # fmt: skip
     assert json.loads(capped.read_text())["num_speculative_tokens_per_batch_size"][-1][1] == 12
+    for cap in ("0", "0.5"):  # not a cap (0 was taken as "none given", 0.5 dropped the ranges)
+        assert main([*args, "--config", f"max_num_seqs={cap}"]) == EXIT_DATA
+        assert "max_num_seqs must be a whole number ≥ 1" in capsys.readouterr().err
     capacity = pd.read_csv(tmp_path / "capacity.csv")
     assert list(capacity["k"]) == [0, 4, 0, 4]
     assert list(capacity["load"]) == ["rate", "rate", "concurrency", "concurrency"]
