@@ -50,13 +50,13 @@ CONFIG_KEYS = _NUMERIC_CONFIG | {"gpu", "target", "drafter", "method", "dataset"
                                  "engine", "precision", "layout"}  # fmt: skip
 
 
-def _check_config(model, cfg: dict) -> None:
-    """Impossible values (``num_gpus=0``) fail here, in one line, before any computing."""
-    import pandas as pd
+def _check_config(model, cfg: dict, ks: list[int]) -> str:
+    """Impossible values (``num_gpus=0``) fail here, in one line, before any computing; a
+    configuration the model was not fitted on gives a note (``predict.unfitted_note``)."""
+    from bayes_sd.predict import unfitted_note
 
-    from bayes_sd.predict import prediction_rows
-
-    prediction_rows(model.design, pd.DataFrame([{**cfg, "k": 0.0, "request_rate": 1.0}]))
+    note = unfitted_note(model.design, {**cfg, "k": float(max(ks))})
+    return f"Note: {note}.\n\n" if note else ""
 
 
 def _ks(text: str) -> list[int]:
@@ -114,7 +114,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise DataError("--schedule-json names a folder; give a file such as schedule.json",
                         file=args.schedule_json)  # fmt: skip
     model = _helpers()._load_model(args.model)
-    _check_config(model, cfg)
+    note = _check_config(model, cfg, ks)
     from bayes_sd import planning
     from bayes_sd.capacity import slo_capacity
     from bayes_sd.schema import atomic_write
@@ -133,6 +133,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     text = [
         f"# Capacity plan: {cfg['target']} on {cfg['gpu']}\n\n",
         f"SLO: {slo_text}, with credibility {args.credibility:g}.\n\n",
+        note,
         "## Highest load meeting the SLO, per draft length\n\n",
         _capacity_lines(capacity),
         "\n",
@@ -213,7 +214,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     if not 0 < args.interval < 1:
         raise DataError(f"--interval must be between 0 and 1, got {args.interval:g}")
     model = _helpers()._load_model(args.model)
-    _check_config(model, base)
+    print(_check_config(model, base, ks), end="", file=sys.stderr)
     configs = {"": base}
     for item in args.compare:
         key, sep, values = item.partition("=")

@@ -22,6 +22,7 @@ from bayes_sd import _kernels, _percentiles, config_draws, laws
 from bayes_sd._percentiles import nan_quantiles
 from bayes_sd.design import (
     CONFIG_SIZE_COLUMNS,
+    SYSTEM_KEYS,
     Design,
     fill_labels,
     label_systems,
@@ -33,7 +34,7 @@ from bayes_sd.priors import draw_priors
 from bayes_sd.registry import fill_sizes
 from bayes_sd.schema import acceptance_of
 
-__all__ = ["Prediction", "nan_quantiles", "predict", "prediction_rows"]
+__all__ = ["Prediction", "nan_quantiles", "predict", "prediction_rows", "unfitted_note"]
 
 # posterior variables the predictions read
 POSTERIOR_VARS = (
@@ -276,6 +277,47 @@ _ROW_RULES = (
     ("n_requests", lambda v, r: (v >= 1) & (v == np.round(v)), "a whole number ≥ 1 of requests"),
     ("max_num_seqs", lambda v, r: (v >= 1) & (v == np.round(v)), "a whole number ≥ 1 of requests"),
 )  # fmt: skip
+
+
+def unfitted_note(design: Design, config: dict) -> str | None:
+    """Why ``config`` (one configuration, without its load) is not a system (or, with a drafter
+    and ``k`` > 0, a draft system) the model was fitted on — the fields it differs in from the
+    closest fitted one — or None when it is. An unfitted configuration is predicted as a new
+    one, with fresh draws of its residuals: honest, wider intervals, but a user who left out a
+    field (a layout, a dataset) meant the fitted system, and should know."""
+    rows = prediction_rows(design, pd.DataFrame([{"k": 0.0, **config, "request_rate": 1.0}]))
+    row = rows.iloc[0]
+    if row["system"] in design.systems:
+        if row["k"] == 0 or row["draft_system"] in design.draft_systems:
+            return None
+        fitted = sorted({d.rsplit("|", 1)[1] for d in design.draft_systems
+                         if d.rsplit("|", 1)[0] == row["system"]})  # fmt: skip
+        return (f"the model has not seen drafter {row['draft_system'].rsplit('|', 1)[1]!r} on "
+                "this system (fitted with it: " + (", ".join(fitted) or "none") + "): its draft "
+                "costs are drawn afresh from the population's spread")  # fmt: skip
+    keys = [key for key in SYSTEM_KEYS if key in design.sys_table]
+
+    def value(table, key):  # the lengths as the labels take them (fitted workloads)
+        return table[f"_{key}"] if f"_{key}" in table else table[key]
+
+    def text(v) -> str:  # as the labels write it (8 and 8.0 alike)
+        if isinstance(v, float | np.floating | int | np.integer) and not isinstance(v, bool):
+            return "" if pd.isna(v) else f"{float(v):g}"
+        return "" if pd.isna(v) else str(v)
+
+    table = design.sys_table
+    same = sum(value(table, key).map(text).to_numpy() == text(value(row, key)) for key in keys)
+    near = table.iloc[int(np.argmax(same))]
+    differ = [key for key in keys if text(value(near, key)) != text(value(row, key))]
+    show = lambda v: repr(text(v)) if isinstance(v, str) or pd.isna(v) else text(v)  # noqa: E731
+    return ("no fitted system matches this configuration, so it is predicted as a new one "
+            "(fresh draws from the population's spread: wider intervals); the closest fitted "
+            "one differs in " + ", ".join(f"{key} ({show(value(row, key))} here, "
+                                          f"{show(value(near, key))} fitted)" for key in differ)
+            + advice(cli=" — for that one, give "
+                     + " ".join(f"--config {key}={show(value(near, key))}" for key in differ),
+                     python=" — for that one, give "
+                     + ", ".join(f"{key}={show(value(near, key))}" for key in differ)))  # fmt: skip
 
 
 def _check_values(rows: pd.DataFrame) -> None:

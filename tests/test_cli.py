@@ -187,6 +187,7 @@ def test_plan_and_predict_from_the_command_line(demo_fit, tmp_path, capsys):
                                         "none up to the largest load searched"}  # fmt: skip
     plan = (tmp_path / "plan.md").read_text()
     assert "Break-even" in plan and "SLO: p90 E2E ≤ 30 s and mean E2E ≤ 4 s" in plan
+    assert "no fitted system" not in plan and "has not seen drafter" not in plan  # the fitted one
     assert "* SD k=4: up to" in plan and "## Goodput at the given rates" in plan
     good = pd.read_csv(tmp_path / "goodput.csv")
     assert list(good["value"]) == [2.0, 6.0, 2.0, 6.0]

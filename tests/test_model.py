@@ -638,6 +638,29 @@ def test_percentile_pass_is_the_tail_law_of_laws_block_by_block(float64_draws):
     assert np.isinf(got[6:, 0, 0]).all() and np.isfinite(got[:6, 0, 0]).all()
 
 
+def test_a_configuration_the_model_was_not_fitted_on_is_named(fitted):
+    """``unfitted_note`` (plan's note): a fitted system and draft system give none; one field
+    off (a layout left out, here one added) names the field, both values and the fix; an
+    unseen drafter on a fitted system names the drafters fitted there."""
+    from bayes_sd.errors import interface
+    from bayes_sd.predict import unfitted_note
+
+    design = fitted.design
+    run = design.rows[design.rows["k"] > 0].iloc[0]
+    keys = ["source", "dataset", "gpu", "num_gpus", "target", "prefill_len", "decode_len",
+            "engine", "precision", "drafter", "method", "k"]  # fmt: skip
+    cfg = {key: run[key] for key in keys}
+    assert unfitted_note(design, cfg) is None
+    assert unfitted_note(design, {**cfg, "k": 0.0, "num_gpus": float(run["num_gpus"])}) is None
+    note = unfitted_note(design, {**cfg, "layout": "tp2 pp2"})
+    assert "no fitted system matches" in note and "layout ('tp2 pp2' here, '' fitted)" in note
+    assert note.endswith("give layout=''")
+    with interface("cli"):
+        assert unfitted_note(design, {**cfg, "layout": "tp2 pp2"}).endswith("--config layout=''")
+    note = unfitted_note(design, {**cfg, "drafter": "never-seen-drafter"})
+    assert "has not seen drafter 'never-seen-drafter'" in note and run["drafter"] in note
+
+
 def test_moe_rows_share_their_baseline_solves(fitted, monkeypatch, float64_draws):
     """A planning grid of draft lengths at each rate solves each MoE baseline once per draw
     (not once per SD row): the same draws as the NumPy path, which solves every row's own;
