@@ -24,6 +24,7 @@ from bayes_sd.design import (
     CONFIG_SIZE_COLUMNS,
     SYSTEM_KEYS,
     Design,
+    _label,
     fill_labels,
     label_systems,
     opening_of,
@@ -300,11 +301,7 @@ def unfitted_note(design: Design, config: dict) -> str | None:
     def value(table, key):  # the lengths as the labels take them (fitted workloads)
         return table[f"_{key}"] if f"_{key}" in table else table[key]
 
-    def text(v) -> str:  # as the labels write it (8 and 8.0 alike)
-        if isinstance(v, float | np.floating | int | np.integer) and not isinstance(v, bool):
-            return "" if pd.isna(v) else f"{float(v):g}"
-        return "" if pd.isna(v) else str(v)
-
+    text = lambda v: _label((v,))  # noqa: E731  (as the labels write it: 8 and 8.0 alike)
     table = design.sys_table
     same = sum(value(table, key).map(text).to_numpy() == text(value(row, key)) for key in keys)
     near = table.iloc[int(np.argmax(same))]
