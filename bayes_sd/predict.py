@@ -291,10 +291,10 @@ def unfitted_note(design: Design, config: dict) -> str | None:
     if row["system"] in design.systems:
         if row["k"] == 0 or row["draft_system"] in design.draft_systems:
             return None
-        fitted = sorted({d.rsplit("|", 1)[1] for d in design.draft_systems
-                         if d.rsplit("|", 1)[0] == row["system"]})  # fmt: skip
-        return (f"the model has not seen drafter {row['draft_system'].rsplit('|', 1)[1]!r} on "
-                "this system (fitted with it: " + (", ".join(fitted) or "none") + "): its draft "
+        cut = len(row["system"]) + 1  # a draft system's label: its system's, "|", the drafter
+        on = design.draft_table.index[design.draft_table["system"] == row["system"]]
+        return (f"the model has not seen drafter {row['draft_system'][cut:]!r} on this system "
+                f"(fitted with it: {', '.join(d[cut:] for d in on) or 'none'}): its draft "
                 "costs are drawn afresh from the population's spread")  # fmt: skip
     keys = [key for key in SYSTEM_KEYS if key in design.sys_table]
 
